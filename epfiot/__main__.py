@@ -1,0 +1,3 @@
+from epfiot.cli import main
+
+raise SystemExit(main())
