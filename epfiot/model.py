@@ -1,0 +1,340 @@
+"""Desired and observed state, as frozen data.
+
+Desired objects come from manifests (epfiot.manifest); observed objects come from the live host
+(epfiot.libvirt) and the bootstrap registry (epfiot.lwm2m.registry). The planner (epfiot.plan) compares the
+two and is the only place that decides anything. Nothing here imports libvirt or aiocoap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+# Names of owners, stacks, VMs, networks and things: a DNS label. No dots, so that the libvirt name
+# "<owner>.<name>" is unambiguous and two tenants can both have a VM called "example1".
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+LIBVIRT_NAME_SEPARATOR = "."
+
+
+def libvirt_name(owner: str, name: str) -> str:
+    """The libvirt object name of an epfiot resource: owner "charlie", VM "example1" -> "charlie.example1"."""
+    return f"{owner}{LIBVIRT_NAME_SEPARATOR}{name}"
+
+
+class PowerState(StrEnum):
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+    PAUSED = "paused"
+
+
+class NetworkMode(StrEnum):
+    ROUTE = "route"
+    NAT = "nat"
+    ISOLATED = "isolated"
+
+
+@dataclass(frozen=True, order=True)
+class Source:
+    """Where something was declared: shown in every error and plan line that concerns it."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+NO_SOURCE = Source("<none>", 0)
+
+
+@dataclass(frozen=True)
+class UsbId:
+    """A USB vendor:product pair, lower-case hex without 0x: UsbId("18d1", "9302")."""
+
+    vendor: str
+    product: str
+
+    def __str__(self) -> str:
+        return f"{self.vendor}:{self.product}"
+
+    @classmethod
+    def parse(cls, text: str) -> UsbId:
+        vendor, _, product = text.partition(":")
+        return cls(vendor.lower(), product.lower())
+
+
+@dataclass(frozen=True)
+class UsbSelector:
+    """A VM's claim on a host USB device.
+
+    A device matches when its id is `id` or one of `aliases` (a Coral is 1a6e:089a until its first inference,
+    then 18d1:9302), and, when given, its serial and port path match too.
+    """
+
+    id: UsbId
+    aliases: tuple[UsbId, ...] = ()
+    serial: str | None = None
+    port: str | None = None
+    required: bool = True
+    source: Source = field(default=NO_SOURCE, compare=False)
+
+    @property
+    def ids(self) -> tuple[UsbId, ...]:
+        return (self.id, *self.aliases)
+
+    def __str__(self) -> str:
+        text = "|".join(str(i) for i in self.ids)
+        if self.serial:
+            text += f" serial={self.serial}"
+        if self.port:
+            text += f" port={self.port}"
+        return text
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """First-boot login. Holds no plain secret: the password is already a SHA-512 crypt hash."""
+
+    user: str
+    password_hash: str | None = None
+    ssh_authorized_keys: tuple[str, ...] = ()
+    hostname: str | None = None
+    user_data: str | None = None  # extra cloud-config, merged after epfiot's own
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    owner: str
+    stack: str
+    name: str
+    memory_mib: int
+    vcpu: int
+    max_memory_mib: int  # headroom for live growth; equals memory_mib unless the manifest says more
+    max_vcpu: int
+    state: PowerState = PowerState.RUNNING
+    allow_restart: bool = False  # may apply restart the VM for a change libvirt cannot make live?
+    shutdown_timeout: float = 60.0  # graceful (ACPI) shutdown, then forced
+    image: str | None = None  # base volume in the image pool; the VM gets a qcow2 overlay
+    disk_size_gib: int | None = None
+    network: str | None = None  # a network of the same owner
+    address: str | None = None  # fixed IPv4 address: a DHCP host reservation
+    credentials: Credentials | None = None
+    devices: tuple[UsbSelector, ...] = ()
+    wait_for_address: float | None = None  # seconds apply waits for the VM's address
+    source: Source = field(default=NO_SOURCE, compare=False)
+
+    @property
+    def libvirt_name(self) -> str:
+        return libvirt_name(self.owner, self.name)
+
+    @property
+    def mac(self) -> str:
+        """A stable, locally administered MAC derived from the VM's identity (52:54:00 is QEMU's prefix)."""
+        digest = hashlib.sha256(self.libvirt_name.encode()).digest()
+        return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+    def spec_hash(self) -> str:
+        """A digest of everything epfiot applies for this VM, recorded in the domain's metadata."""
+        return spec_digest(self)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    owner: str
+    stack: str
+    name: str
+    mode: NetworkMode
+    cidr: str  # IPv4 network, e.g. "10.128.0.0/24"; the host takes the first address
+    dhcp_start: str | None = None  # default: the second half of the network
+    dhcp_end: str | None = None
+    source: Source = field(default=NO_SOURCE, compare=False)
+
+    @property
+    def libvirt_name(self) -> str:
+        return libvirt_name(self.owner, self.name)
+
+    @property
+    def bridge(self) -> str:
+        """Linux limits interface names to 15 characters: a short, stable name from the identity."""
+        return "epf" + hashlib.sha256(self.libvirt_name.encode()).hexdigest()[:10]
+
+    def spec_hash(self) -> str:
+        return spec_digest(self)
+
+
+@dataclass(frozen=True)
+class ResourceWriteSpec:
+    """An extra bootstrap write: a value for an LwM2M resource path like "/3/0/14"."""
+
+    path: str
+    value: str | int | float | bool
+
+
+@dataclass(frozen=True)
+class ThingSpec:
+    owner: str
+    stack: str
+    name: str  # the LwM2M endpoint name, unique on the host
+    vm: str | None = None  # a VM of the same owner: its LwM2M server is coap://<address>:<port>
+    server: str | None = None  # or an explicit LwM2M server URI
+    port: int = 5683
+    lifetime: int = 300
+    binding: str = "U"
+    deletes: tuple[str, ...] = ("/0", "/1")
+    writes: tuple[ResourceWriteSpec, ...] = ()
+    source: Source = field(default=NO_SOURCE, compare=False)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One (owner, stack) scope. An apply creates, changes and prunes only inside the scopes it is given."""
+
+    owner: str
+    name: str
+    source: Source = field(default=NO_SOURCE, compare=False)
+
+
+@dataclass(frozen=True)
+class Desired:
+    stacks: tuple[StackSpec, ...] = ()
+    vms: tuple[VmSpec, ...] = ()
+    networks: tuple[NetworkSpec, ...] = ()
+    things: tuple[ThingSpec, ...] = ()
+
+    def scopes(self) -> frozenset[tuple[str, str]]:
+        return frozenset((s.owner, s.name) for s in self.stacks)
+
+
+# --- observed --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """epfiot's element in a libvirt object's <metadata>. An object without it is never touched."""
+
+    owner: str
+    stack: str
+    name: str
+    spec_hash: str = ""
+    seed_digest: str = ""  # digest of the cloud-init seed: detects credential changes without secrets
+
+
+@dataclass(frozen=True)
+class HostUsbDevice:
+    """A USB device on the host, from libvirt's node devices."""
+
+    nodedev: str  # libvirt node device name, e.g. "usb_1_4"
+    id: UsbId
+    vendor_name: str = ""
+    product_name: str = ""
+    bus: int = 0
+    device: int = 0
+    port: str | None = None  # port path like "1-2.3", stable across re-enumeration
+    serial: str | None = None
+    is_hub: bool = False
+
+
+@dataclass(frozen=True)
+class AttachedUsb:
+    """A USB hostdev in a domain definition, as libvirt reads it back."""
+
+    id: UsbId
+    bus: int | None = None
+    device: int | None = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ObservedVm:
+    libvirt_name: str
+    uuid: str
+    ownership: Ownership | None  # None: not managed by epfiot
+    state: PowerState
+    # the persistent definition (what the VM boots with next time)
+    vcpu: int
+    max_vcpu: int
+    memory_mib: int
+    max_memory_mib: int
+    network: str | None = None  # libvirt network name
+    mac: str | None = None
+    disk_volume: str | None = None  # overlay volume name
+    seed_volume: str | None = None
+    devices: tuple[AttachedUsb, ...] = ()
+    # the running instance, when there is one (differs from the definition while a restart is pending)
+    live_vcpu: int | None = None
+    live_memory_mib: int | None = None
+    live_max_memory_mib: int | None = None
+    live_devices: tuple[AttachedUsb, ...] | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.ownership is not None
+
+    @property
+    def active(self) -> bool:
+        return self.state is not PowerState.SHUTOFF
+
+
+@dataclass(frozen=True)
+class ObservedNetwork:
+    libvirt_name: str
+    ownership: Ownership | None
+    active: bool
+    mode: NetworkMode | None
+    cidr: str | None
+    dhcp_start: str | None = None
+    dhcp_end: str | None = None
+    dhcp_hosts: tuple[tuple[str, str], ...] = ()  # (mac, ip) reservations
+    bridge: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedVolume:
+    pool: str
+    name: str
+    capacity_bytes: int = 0
+    backing: str | None = None  # path of the backing file (base image), if any
+
+
+@dataclass(frozen=True)
+class ObservedThing:
+    """A registry entry, as the planner needs it (the registry module has the full record)."""
+
+    name: str
+    owner: str
+    stack: str
+    vm: str | None
+    server_uri: str | None
+    lifetime: int
+    binding: str
+    deletes: tuple[str, ...]
+    writes: tuple[ResourceWriteSpec, ...]
+    status: str = "pending"
+
+
+@dataclass(frozen=True)
+class Observed:
+    vms: tuple[ObservedVm, ...] = ()
+    networks: tuple[ObservedNetwork, ...] = ()
+    usb: tuple[HostUsbDevice, ...] = ()
+    volumes: tuple[ObservedVolume, ...] = ()  # the image pool: base images and epfiot's overlays and seeds
+    things: tuple[ObservedThing, ...] = ()
+    vm_addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # libvirt name -> IPv4 addresses
+    image_pool: str | None = None  # None: no image pool on this host
+
+
+def spec_digest(spec: object) -> str:
+    """A short, stable digest of a frozen dataclass (source positions excluded)."""
+    data = _without_sources(asdict(spec))  # type: ignore[call-overload]
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _without_sources(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _without_sources(v) for k, v in value.items() if k != "source"}
+    if isinstance(value, list | tuple):
+        return [_without_sources(v) for v in value]
+    return value
