@@ -57,13 +57,14 @@ class Host(Protocol):
         ...
 
     def set_vcpus(self, name: str, count: int, *, live: bool) -> None:
-        """live=True: the running VM and its definition at once (LIVE|CONFIG); else the definition only."""
+        """live=True: the running VM only (AFFECT_LIVE); else the definition only (AFFECT_CONFIG).
+        The planner re-renders the whole definition after live changes, so live calls never touch it."""
         ...
 
     def set_memory(self, name: str, mib: int, *, live: bool) -> None: ...
 
     def attach_usb(self, name: str, device: HostUsbDevice, *, required: bool, live: bool) -> None:
-        """live=True: to the running VM and its definition at once; else the definition only."""
+        """live=True: the running VM only (AFFECT_LIVE); else the definition only (AFFECT_CONFIG)."""
         ...
 
     def detach_usb(self, name: str, device: AttachedUsb, *, live: bool) -> None: ...

@@ -23,6 +23,16 @@ def libvirt_name(owner: str, name: str) -> str:
     return f"{owner}{LIBVIRT_NAME_SEPARATOR}{name}"
 
 
+def overlay_volume_name(owner: str, name: str) -> str:
+    """The VM's copy-on-write disk in the image pool."""
+    return f"{libvirt_name(owner, name)}.qcow2"
+
+
+def seed_volume_name(owner: str, name: str) -> str:
+    """The VM's cloud-init NoCloud seed ISO in the image pool."""
+    return f"{libvirt_name(owner, name)}-seed.iso"
+
+
 class PowerState(StrEnum):
     RUNNING = "running"
     SHUTOFF = "shutoff"
