@@ -1,0 +1,73 @@
+"""The event log: every action taken (by apply or watch), its outcome, and each drift or bootstrap event.
+
+SQLite in the state directory, so `epfiot events` can show what happened long after the process ended.
+Fields never hold secrets: they come from plans, which hold none.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    message TEXT NOT NULL,
+    fields TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_at ON events(at);
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    kind: str  # "action.done", "action.failed", "drift", "bootstrap.finished", "manifest.invalid" ...
+    subject: str  # "vm/charlie/example1", "thing/prueba", "watch"
+    message: str
+    fields: dict[str, object]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"at": self.at, "kind": self.kind, "subject": self.subject, "message": self.message, **self.fields}
+
+
+class EventLog:
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> EventLog:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(state_dir / "events.db")
+
+    def record(self, kind: str, subject: str, message: str, **fields: object) -> None:
+        blob = json.dumps(fields, sort_keys=True, default=str)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO events (at, kind, subject, message, fields) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), kind, subject, message, blob),
+            )
+
+    def since(self, seconds_ago: float | None = None, limit: int = 10_000) -> list[Event]:
+        floor = time.time() - seconds_ago if seconds_ago is not None else 0.0
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, kind, subject, message, fields FROM events WHERE at >= ? ORDER BY id DESC LIMIT ?",
+                (floor, limit),
+            ).fetchall()
+        return [Event(at, kind, subject, message, json.loads(fields)) for at, kind, subject, message, fields in reversed(rows)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,121 @@
+"""Human and machine output: plans, tables, JSON and YAML. Pure formatting, no decisions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from epfiot.plan import Action, Change, Plan, Verb
+
+SYMBOL = {Verb.CREATE: "+", Verb.UPDATE: "~", Verb.DESTROY: "-", Verb.WAIT: "!", Verb.NOOP: "="}
+NOOP_DETAIL_LIMIT = 20  # above this many unchanged resources, list them only with --verbose
+
+
+def _value(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return str(value)
+
+
+def change_line(change: Change) -> str:
+    how = f" ({change.how})" if change.how else ""
+    return f"{change.field}: {_value(change.before)} -> {_value(change.after)}{how}"
+
+
+def action_title(action: Action) -> str:
+    return f"{action.kind} {action.owner}/{action.name}"
+
+
+def render_plan(plan: Plan, *, verbose: bool = False) -> str:
+    lines: list[str] = []
+    noops = [a for a in plan.actions if a.verb is Verb.NOOP]
+    show_noops = verbose or len(noops) <= NOOP_DETAIL_LIMIT
+    for action in plan.actions:
+        if action.verb is Verb.NOOP and not show_noops:
+            continue
+        lines.append(f"  {SYMBOL[action.verb]} {action_title(action)}: {action.verb} ({action.reason})")
+        if action.verb is not Verb.NOOP:
+            lines += [f"      {change_line(c)}" for c in action.changes]
+            lines += [f"      note: {n}" for n in action.notes]
+    if noops and not show_noops:
+        lines.append(f"  = {len(noops)} resources unchanged (--verbose lists them)")
+    if plan.problems:
+        lines.append("")
+        lines.append("Problems (nothing will be applied until they are fixed):")
+        lines += [f"  {p}" for p in plan.problems]
+    lines.append("")
+    lines.append(summary_line(plan))
+    return "\n".join(lines)
+
+
+def summary_line(plan: Plan) -> str:
+    parts = [
+        f"{plan.count(Verb.CREATE)} to create",
+        f"{plan.count(Verb.UPDATE)} to change",
+        f"{plan.count(Verb.DESTROY)} to destroy",
+        f"{plan.count(Verb.NOOP)} unchanged",
+    ]
+    if waiting := plan.count(Verb.WAIT):
+        parts.append(f"{waiting} waiting")
+    return "Plan: " + ", ".join(parts) + "."
+
+
+def plan_as_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "actions": [
+            {
+                "kind": a.kind.value,
+                "owner": a.owner,
+                "stack": a.stack,
+                "name": a.name,
+                "action": a.verb.value,
+                "reason": a.reason,
+                "changes": [
+                    {"field": c.field, "before": c.before, "after": c.after, "how": c.how} for c in a.changes
+                ],
+                "steps": [step.describe() for step in a.steps],
+                "notes": list(a.notes),
+            }
+            for a in plan.actions
+        ],
+        "problems": list(plan.problems),
+        "summary": {verb.value: plan.count(verb) for verb in Verb},
+    }
+
+
+def to_json(data: object) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=str)
+
+
+def to_yaml(data: object) -> str:
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False)
+
+
+def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "No resources found."
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    headers = [c.upper() for c in columns]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def select_fields(rows: Sequence[Mapping[str, object]], fields: Sequence[str]) -> list[dict[str, object]]:
+    return [{f: row.get(f) for f in fields} for row in rows]
