@@ -1,0 +1,217 @@
+"""The command line end to end, in process, on the libvirt test driver.
+
+`test:///default` is shared by every connection of one process and reset when the last one closes: the
+fixture holds one connection for the test's duration, so successive commands see one host, and each
+test starts from a fresh one. Its predefined domain "test" has no epfiot metadata: it must survive all.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from epfiot.cli import main
+from tests.stacks import vm, write_stack
+
+URI = "test:///default"
+
+
+@pytest.fixture
+def host() -> Iterator[libvirt.virConnect]:
+    conn = libvirt.open(URI)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def run(tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    state = tmp_path / "state"
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["--connect", URI, "--state-dir", str(state), *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def domain_names(conn: libvirt.virConnect) -> set[str]:
+    return {d.name() for d in conn.listAllDomains()}
+
+
+def test_plan_apply_plan_is_the_idempotency_triple(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1"), vm("example2", state="shutoff")])
+
+    code, out, _ = run("plan", "-f", str(stack), "--detailed-exitcode")
+    assert code == 2
+    assert "+ vm alice/example1: create" in out
+    assert "Plan: 2 to create, 0 to change, 0 to destroy, 0 unchanged." in out
+
+    code, out, _ = run("apply", "-f", str(stack))
+    assert code == 0, out
+    assert "Apply complete: 2 created" in out
+    assert host.lookupByName("alice.example1").isActive()
+    assert not host.lookupByName("alice.example2").isActive()
+
+    code, out, _ = run("plan", "-f", str(stack), "--detailed-exitcode")
+    assert code == 0, out
+    code, out, _ = run("apply", "-f", str(stack))
+    assert code == 0 and "No changes." in out
+    assert "test" in domain_names(host)
+
+
+def test_get_vms_json_and_field_selection(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1", memory="128MiB", vcpu=2)])
+    assert run("apply", "-f", str(stack))[0] == 0
+
+    code, out, _ = run("get", "vms", "-o", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [(r["name"], r["owner"], r["stack"], r["state"], r["vcpu"], r["memory_mib"]) for r in rows] == [
+        ("example1", "alice", "alice-stack", "running", 2, 128)
+    ]
+    code, out, _ = run("get", "vms", "alice/example1", "-o", "json", "--fields", "name,state")
+    assert json.loads(out) == [{"name": "example1", "state": "running"}]
+    code, _, err = run("get", "vms", "--fields", "name,colour")
+    assert code == 2 and "colour" in err
+
+
+def test_live_vcpu_and_memory_changes_then_stop_and_start(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    write_stack(tmp_path, "alice", vms=[vm("example1", vcpu=1, max_vcpu=4, memory="64MiB", max_memory="256MiB")])
+    assert run("apply", "-f", str(tmp_path))[0] == 0
+
+    write_stack(tmp_path, "alice", vms=[vm("example1", vcpu=3, max_vcpu=4, memory="128MiB", max_memory="256MiB")])
+    code, out, _ = run("plan", "-f", str(tmp_path))
+    assert "vcpu: 1 -> 3 (live)" in out and "memory_mib: 64 -> 128 (live)" in out
+    assert run("apply", "-f", str(tmp_path))[0] == 0
+    dom = host.lookupByName("alice.example1")
+    assert dom.info()[3] == 3
+    assert run("plan", "-f", str(tmp_path), "--detailed-exitcode")[0] == 0
+
+    write_stack(tmp_path, "alice", vms=[vm("example1", vcpu=3, max_vcpu=4, memory="128MiB", max_memory="256MiB", state="shutoff")])
+    assert run("apply", "-f", str(tmp_path))[0] == 0
+    assert not dom.isActive()
+    write_stack(tmp_path, "alice", vms=[vm("example1", vcpu=3, max_vcpu=4, memory="128MiB", max_memory="256MiB")])
+    assert run("apply", "-f", str(tmp_path))[0] == 0
+    assert dom.isActive()
+    assert run("plan", "-f", str(tmp_path), "--detailed-exitcode")[0] == 0
+
+
+def test_drift_a_vm_stopped_by_hand_is_started_again(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    assert run("apply", "-f", str(stack))[0] == 0
+    host.lookupByName("alice.example1").destroy()
+
+    code, out, _ = run("plan", "-f", str(stack), "--detailed-exitcode")
+    assert code == 2 and "state: shutoff -> running" in out
+    assert run("apply", "-f", str(stack))[0] == 0
+    assert host.lookupByName("alice.example1").isActive()
+
+
+def test_prune_destroys_only_the_tenants_own_removed_vms(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    alice = tmp_path / "alice"
+    bob = tmp_path / "bob"
+    alice.mkdir()
+    bob.mkdir()
+    write_stack(alice, "alice", vms=[vm("example1"), vm("example2")])
+    write_stack(bob, "bob", vms=[vm("example1")])
+    assert run("apply", "-f", str(alice), "-f", str(bob))[0] == 0
+    assert {"alice.example1", "alice.example2", "bob.example1"} <= domain_names(host)
+
+    write_stack(alice, "alice", vms=[vm("example2")])
+    code, out, _ = run("apply", "-f", str(alice), "--force")
+    assert code == 0, out
+    assert "- vm alice/example1: destroy (no longer declared)" in out
+    names = domain_names(host)
+    assert "alice.example1" not in names
+    assert {"alice.example2", "bob.example1", "test"} <= names
+
+
+def test_a_domain_without_epfiot_metadata_is_never_touched(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    xml = "<domain type='test'><name>alice.example1</name><memory>65536</memory><os><type>hvm</type></os></domain>"
+    host.defineXML(xml)
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1", vcpu=2)])
+
+    code, out, err = run("apply", "-f", str(stack))
+    assert code == 1
+    assert "not managed by epfiot" in err
+    assert "nothing was changed" in err
+    dom = host.lookupByName("alice.example1")
+    assert not dom.isActive() and dom.info()[3] == 1
+
+
+def test_delete_one_vm_and_delete_by_manifest(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1"), vm("example2")])
+    assert run("apply", "-f", str(stack))[0] == 0
+
+    code, out, _ = run("delete", "vm", "alice/example1", "--force")
+    assert code == 0, out
+    assert "alice.example1" not in domain_names(host)
+    code, _, err = run("delete", "vm", "alice/example1")
+    assert code == 1 and "not found" in err
+
+    assert run("delete", "-f", str(stack), "--force")[0] == 0
+    assert not {n for n in domain_names(host) if n.startswith("alice.")}
+
+
+def test_manifest_errors_are_reported_at_once_before_any_connection(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: example1\n    memroy: 64MiB\n    vcpu: 0\n")
+    # The URI cannot be opened: a manifest error must come first, before any libvirt call.
+    code = main(["--connect", "test:///nonexistent/host.xml", "--state-dir", str(tmp_path / "s"), "apply", "-f", str(bad)])
+    assert code == 2
+
+
+def test_manifest_error_output_names_file_line_and_field(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: example1\n    memroy: 64MiB\n    vcpu: 0\n")
+    code, out, err = run("plan", "-f", str(bad))
+    assert code == 2
+    assert f"{bad}:" in err and "memroy" in err and "vcpu" in err
+
+
+def test_connection_failure_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    uri = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
+    code = main(["--connect", uri, "--state-dir", str(tmp_path / "s"), "plan", "-f", str(stack)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"cannot connect to libvirt at {uri}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_plan_json_output(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    code, out, _ = run("plan", "-f", str(stack), "-o", "json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["summary"]["create"] == 1
+    assert data["actions"][0]["kind"] == "vm" and data["actions"][0]["action"] == "create"
+
+
+def test_schema_command_prints_the_json_schema(run) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run("schema")
+    assert code == 0
+    assert json.loads(out)["type"] == "object"
+
+
+def test_manifest_from_stdin(tmp_path: Path, host: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    text = write_stack(tmp_path, "alice", vms=[vm("example1")]).read_text()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    code = main(["--connect", URI, "--state-dir", str(tmp_path / "s"), "apply", "-f", "-"])
+    assert code == 0, capsys.readouterr()
+    assert "alice.example1" in domain_names(host)
+
+
+def test_installed_script_runs() -> None:
+    script = Path(sys.executable).parent / "epfiot"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.startswith("epfiot ")
