@@ -362,13 +362,13 @@ def cmd_get(args: argparse.Namespace) -> int:
                 from epfiot.usb import held_by
 
                 observed = host.observe()
-                rows = views.usb_rows(observed.usb, held_by(observed.vms))
+                rows = views.usb_rows(observed.usb, held_by(observed.vms, observed.usb))
                 columns = views.USB_COLUMNS
             elif resource == "networks":
                 rows = views.network_rows(host.observe(), owner=owner)
                 columns = views.NETWORK_COLUMNS
             else:
-                from epfiot.libvirt.storage import is_epfiot_volume
+                from epfiot.model import is_epfiot_volume
 
                 observed = host.observe()
                 rows = [

@@ -27,6 +27,7 @@ from epfiot.model import (
     ThingSpec,
     UsbSelector,
     VmSpec,
+    is_epfiot_volume,
     libvirt_name,
     overlay_volume_name,
     seed_volume_name,
@@ -381,7 +382,7 @@ class _Planner:
         seed_digest = self.seed_digests.get(name, "") if spec.credentials else ""
         if spec.image and spec.image not in self.volumes and (observed is None or observed.disk_volume is None):
             pool = self.observed.image_pool
-            images = sorted(v.name for v in self.observed.volumes if not v.name.startswith(f"{spec.owner}."))
+            images = sorted(v.name for v in self.observed.volumes if not is_epfiot_volume(v.name))
             if pool is None:
                 self.problems.append(f"{spec.source}: vm {spec.name}: image {spec.image!r}: the image pool does not exist")
             else:
