@@ -28,14 +28,15 @@ class Host(Protocol):
     def define_vm(
         self,
         spec: VmSpec,
-        usb: tuple[HostUsbDevice, ...],
+        usb: tuple[tuple[HostUsbDevice, bool], ...],
         *,
         uuid: str | None,
         seed_digest: str,
     ) -> None:
         """Define (create or replace) the persistent definition from templates/domain.xml.j2, ownership
         metadata included. `uuid` keeps an existing domain's identity; `usb` are the host devices the
-        VM's selectors resolved to (optional ones that are unplugged are absent)."""
+        VM's selectors resolved to, each with its selector's `required` (optional ones that are unplugged
+        are absent)."""
         ...
 
     def start_vm(self, name: str, *, paused: bool = False) -> None: ...
