@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
@@ -23,14 +24,29 @@ def libvirt_name(owner: str, name: str) -> str:
     return f"{owner}{LIBVIRT_NAME_SEPARATOR}{name}"
 
 
+# epfiot's own volumes in the image pool: "<owner>.<name>.epfiot-disk.qcow2" and "<owner>.<name>.epfiot-seed.iso".
+# Base images share the pool and are named by people ("debian-12.qcow2", "alpine-3.19.qcow2": dots too), so
+# the owner.name prefix alone cannot tell them apart; the ".epfiot-" marker can. Names of that exact form are
+# reserved; every other volume of the pool is a base image.
+OVERLAY_VOLUME_SUFFIX = ".epfiot-disk.qcow2"
+SEED_VOLUME_SUFFIX = ".epfiot-seed.iso"
+_LABEL = NAME_PATTERN[1:-1]
+_EPFIOT_VOLUME = re.compile(rf"{_LABEL}\.{_LABEL}(?:{re.escape(OVERLAY_VOLUME_SUFFIX)}|{re.escape(SEED_VOLUME_SUFFIX)})")
+
+
 def overlay_volume_name(owner: str, name: str) -> str:
     """The VM's copy-on-write disk in the image pool."""
-    return f"{libvirt_name(owner, name)}.qcow2"
+    return f"{libvirt_name(owner, name)}{OVERLAY_VOLUME_SUFFIX}"
 
 
 def seed_volume_name(owner: str, name: str) -> str:
     """The VM's cloud-init NoCloud seed ISO in the image pool."""
-    return f"{libvirt_name(owner, name)}-seed.iso"
+    return f"{libvirt_name(owner, name)}{SEED_VOLUME_SUFFIX}"
+
+
+def is_epfiot_volume(volume: str) -> bool:
+    """Is this volume of the image pool a VM's overlay or seed (and not a base image)?"""
+    return _EPFIOT_VOLUME.fullmatch(volume) is not None
 
 
 class PowerState(StrEnum):
