@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
 # Names of owners, stacks, VMs, networks and things: a DNS label. No dots, so that the libvirt name
@@ -162,8 +162,11 @@ class VmSpec:
         return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
     def spec_hash(self) -> str:
-        """A digest of everything epfiot applies for this VM, recorded in the domain's metadata."""
-        return spec_digest(self)
+        """A digest of everything epfiot applies for this VM, recorded in the domain's metadata.
+
+        The order of `devices` is not part of it: a reordered device list is no change."""
+        devices = tuple(sorted(self.devices, key=lambda d: (str(d), d.required)))
+        return spec_digest(replace(self, devices=devices))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import libvirt
 import pytest
 
 from epfiot import policy as policy_module
+from epfiot.errors import HostError
+from epfiot.host import Host
+from epfiot.libvirt.host import LibvirtHost
 from epfiot.libvirt.usb import (
     hostdev_element,
     hostdev_xml,
@@ -27,15 +31,20 @@ from epfiot.libvirt.usb import (
 )
 from epfiot.model import (
     AttachedUsb,
+    Desired,
     HostUsbDevice,
     ObservedVm,
     Ownership,
     PowerState,
     Source,
+    StackSpec,
     UsbId,
     UsbSelector,
+    VmSpec,
 )
+from epfiot.plan import Options, Plan
 from epfiot.policy import PolicyError, UsbPolicy, load_policy, parse_policy
+from epfiot.reconcile import apply_plan, observe, plan_changes
 from epfiot.usb import (
     attached_matches,
     attached_to_claim,
@@ -44,6 +53,7 @@ from epfiot.usb import (
     match,
     resolve_claims,
 )
+from tests.fakes import FakeLiveUsb, LiveUsbCall
 from tests.hosts.usbhost import CORAL_BOOT, CORAL_GOOGLE, standard_devices, write_usb_host
 
 CP210X = UsbId("10c4", "ea60")
@@ -485,3 +495,87 @@ def test_the_test_driver_keeps_usb_hostdevs_in_a_definition(devices: tuple[HostU
         conn.close()
     assert back == (AttachedUsb(CP210X, 1, 5, False),)
 
+
+
+# --- the live path, through FakeLiveUsb ------------------------------------------------------------------
+# These machines have no USB bus, so libvirt cannot attach a USB device to a running domain here (and the
+# test driver has no attachDeviceFlags at all). FakeLiveUsb stands in for exactly the live calls a test sets
+# up, over a real LibvirtHost on the test driver, and fails loudly on any other.
+
+
+@pytest.fixture
+def live_host(tmp_path: Path) -> Iterator[FakeLiveUsb]:
+    host = LibvirtHost.open(write_usb_host(tmp_path), virt_type="test")
+    try:
+        yield FakeLiveUsb(host)
+    finally:
+        host.close()
+
+
+def logger_vm(*devices: UsbSelector, state: PowerState = PowerState.RUNNING) -> Desired:
+    spec = VmSpec("alice", "main", "logger", 64, 1, 64, 1, state=state, devices=devices)
+    return Desired(stacks=(StackSpec("alice", "main"),), vms=(spec,))
+
+
+def converge(host: Host, desired: Desired) -> Plan:
+    plan = plan_changes(desired, observe(host, None, desired), Options(), None)
+    result = apply_plan(plan, desired, host, None, Options(), None, parallel=1)
+    assert not result.failed, [o.error for o in result.failed]
+    return plan
+
+
+def pending(host: Host, desired: Desired) -> list[str]:
+    plan = plan_changes(desired, observe(host, None, desired), Options(), None)
+    assert plan.problems == ()
+    return [f"{a.name}: {a.verb}" for a in plan.actions if a.changes_something]
+
+
+A1_SELECTOR = UsbSelector(CP210X, serial="A1", source=Source("alice.yaml", 8))
+B2_SELECTOR = UsbSelector(CP210X, port="1-1.2", required=False, source=Source("alice.yaml", 9))
+
+
+def test_live_attach_and_detach_through_the_host_interface(live_host: FakeLiveUsb) -> None:
+    host = live_host
+    converge(host, logger_vm(A1_SELECTOR))  # created with A1 in its definition, then started
+    [vm] = [v for v in host.observe().vms if v.libvirt_name == "alice.logger"]
+    a1, b2 = (by_name(host.observe().usb, n) for n in ("usb_1_1_1", "usb_1_1_2"))
+    assert vm.active and vm.devices == (attached(a1),)
+    assert host.calls == [] and pending(host, logger_vm(A1_SELECTOR)) == []
+
+    host.expect("alice.logger", b2)
+    converge(host, logger_vm(A1_SELECTOR, B2_SELECTOR))
+    assert host.calls == [LiveUsbCall("attach", "alice.logger", attached(b2, False))]
+    [vm] = [v for v in host.observe().vms if v.libvirt_name == "alice.logger"]
+    assert set(vm.devices) == set(vm.live_devices or ()) == {attached(a1), attached(b2, False)}
+    assert pending(host, logger_vm(A1_SELECTOR, B2_SELECTOR)) == []  # attached: no action
+
+    host.expect("alice.logger", a1)
+    converge(host, logger_vm(B2_SELECTOR))
+    assert host.calls[-1] == LiveUsbCall("detach", "alice.logger", attached(a1))
+    [vm] = [v for v in host.observe().vms if v.libvirt_name == "alice.logger"]
+    assert vm.devices == vm.live_devices == (attached(b2, False),)
+    assert pending(host, logger_vm(B2_SELECTOR)) == []
+
+
+def test_a_reordered_device_list_plans_no_action(live_host: FakeLiveUsb) -> None:
+    converge(live_host, logger_vm(A1_SELECTOR, B2_SELECTOR))
+    assert pending(live_host, logger_vm(B2_SELECTOR, A1_SELECTOR)) == []
+    assert live_host.calls == []
+
+
+def test_the_fake_fails_loudly_on_anything_not_set_up(live_host: FakeLiveUsb) -> None:
+    converge(live_host, logger_vm())
+    a1 = by_name(live_host.observe().usb, "usb_1_1_1")
+    with pytest.raises(AssertionError, match=r"FakeLiveUsb: unexpected live attach of 10c4:ea60 \(usb_1_1_1\)"):
+        live_host.attach_usb("alice.logger", a1, required=True, live=True)
+    with pytest.raises(AssertionError, match="FakeLiveUsb: unexpected live detach"):
+        live_host.detach_usb("alice.logger", attached(a1), live=True)
+    live_host.expect("alice.logger", a1)
+    with pytest.raises(HostError, match="not attached"):
+        live_host.detach_usb("alice.logger", attached(a1), live=True)
+    live_host.attach_usb("alice.logger", a1, required=True, live=True)
+    with pytest.raises(HostError, match="in use"):
+        live_host.attach_usb("alice.logger", a1, required=True, live=True)
+    live_host.destroy_vm("alice.logger")
+    with pytest.raises(HostError, match="not running"):
+        live_host.attach_usb("alice.logger", a1, required=True, live=True)
