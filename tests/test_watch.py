@@ -1,0 +1,253 @@
+"""epfiot watch.
+
+Fast tests of its pure parts (the removal rule, the scheduling, the scope memory, the log format), one of
+the reconciler on the libvirt test driver, and the whole daemon as a subprocess against the real libvirt
+daemon: manifests written, edited, broken and removed, a VM destroyed by hand, libvirtd restarted, SIGTERM.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from epfiot.logs import Log
+from epfiot.model import Desired, NetworkMode, NetworkSpec, Observed, ObservedVm, Ownership, PowerState, Source, StackSpec, VmSpec
+from epfiot.watch import (
+    STARTUP_KEY,
+    RemovalGate,
+    Schedule,
+    ScopeMemory,
+    desired_keys,
+    scope_is_empty,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the removal rule --------------------------------------------------------------------------------------
+
+
+def keys(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+def test_removal_is_pruned_only_once_it_has_lasted_prune_after() -> None:
+    gate = RemovalGate(5.0, now=0.0, hold_at_start=False)
+    assert gate.update(keys("stack/a/s", "vm/a/one", "vm/a/two"), 0.0) == []
+    assert gate.prune_allowed(0.0)
+
+    assert gate.update(keys("stack/a/s", "vm/a/one"), 10.0) == ["vm/a/two"]
+    assert not gate.prune_allowed(10.0)
+    assert not gate.prune_allowed(14.9)
+    assert gate.waiting(12.0) == {"vm/a/two": pytest.approx(3.0)}
+    assert gate.due() == 15.0
+    # Still missing in a later load: the clock is not reset.
+    assert gate.update(keys("stack/a/s", "vm/a/one"), 13.0) == []
+    assert gate.prune_allowed(15.0)
+    assert gate.pruned(15.0) == ["vm/a/two"]
+    assert gate.due() is None
+    assert gate.prune_allowed(15.0)
+
+
+def test_a_removal_undone_within_the_window_prunes_nothing() -> None:
+    gate = RemovalGate(5.0, now=0.0, hold_at_start=False)
+    gate.update(keys("stack/a/s", "vm/a/one"), 0.0)
+    gate.update(keys(), 1.0)  # a checkout: every file is gone for a moment
+    assert not gate.prune_allowed(1.5)
+    gate.update(keys("stack/a/s", "vm/a/one"), 1.6)  # ... and back
+    assert gate.prune_allowed(1.6)
+    assert gate.due() is None
+
+
+def test_pruning_waits_for_the_latest_removal() -> None:
+    gate = RemovalGate(5.0, now=0.0, hold_at_start=False)
+    gate.update(keys("vm/a/one", "vm/a/two", "vm/a/three"), 0.0)
+    gate.update(keys("vm/a/two", "vm/a/three"), 1.0)
+    gate.update(keys("vm/a/three"), 4.0)
+    assert not gate.prune_allowed(7.0)  # "one" is stable, "two" is not: nothing is pruned yet
+    assert gate.due() == 9.0
+    assert gate.prune_allowed(9.0)
+    assert gate.pruned(9.0) == ["vm/a/one", "vm/a/two"]
+
+
+def test_nothing_is_pruned_in_the_first_prune_after_seconds() -> None:
+    gate = RemovalGate(2.0, now=100.0)
+    gate.update(keys("vm/a/one"), 100.1)
+    assert not gate.prune_allowed(101.0)
+    assert gate.due() == 102.0
+    assert gate.prune_allowed(102.0)
+    assert gate.pruned(102.0) == [STARTUP_KEY]
+    assert RemovalGate(0.0, now=5.0).prune_allowed(5.0)
+
+
+def test_desired_keys_name_stacks_and_resources() -> None:
+    desired = Desired(
+        stacks=(StackSpec("a", "s"),),
+        vms=(VmSpec("a", "s", "one", 64, 1, 64, 1),),
+        networks=(NetworkSpec("a", "s", "edge", NetworkMode.ROUTE, "10.0.0.0/24"),),
+    )
+    assert desired_keys(desired) == {"stack/a/s", "vm/a/one", "network/a/edge"}
+
+
+# --- scheduling ---------------------------------------------------------------------------------------------
+
+
+def test_file_changes_are_debounced_and_coalesced() -> None:
+    sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
+    assert sched.due(0.0) == 60.0
+    sched.files_changed(1.0)
+    sched.files_changed(1.1)
+    assert sched.due(1.1) == pytest.approx(1.3)
+    assert sched.take(1.2) == frozenset()
+    assert sched.take(1.3) == {"manifest"}
+    # Triggers during the run coalesce into one more run.
+    sched.trigger("event")
+    sched.trigger("event")
+    sched.files_changed(1.35)
+    sched.finished(1.4, "ok")
+    assert sched.due(1.4) == 1.4
+    assert sched.take(1.4) == {"event"}  # the file change is still being debounced: its own run follows
+    assert sched.take(1.55) == {"manifest"}
+    assert sched.due(2.0) == pytest.approx(61.4)  # next resync
+
+
+def test_endless_changes_still_get_a_run() -> None:
+    sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
+    t = 0.0
+    while t < 10.0 and not sched.take(t):
+        sched.files_changed(t)
+        t += 0.1
+    assert 4.9 <= t <= 5.2
+
+
+def test_failures_back_off_but_a_saved_file_runs_at_once() -> None:
+    sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
+    assert sched.take(0.0) == frozenset()
+    assert sched.finished(0.0, "failed") == 1.0
+    sched.trigger("event")
+    assert sched.due(0.5) == 1.0
+    assert sched.take(0.5) == frozenset()
+    assert sched.take(1.0) == {"retry", "event"}
+    assert sched.finished(1.0, "failed") == 2.0
+    sched.files_changed(1.1)
+    assert sched.take(1.3) == {"manifest", "retry"}
+    assert sched.finished(1.5, "failed") == 4.0
+    assert sched.take(5.4) == frozenset()
+    assert sched.take(5.5) == {"retry"}
+    assert sched.finished(5.6, "ok") is None
+    assert sched.take(5.7) == frozenset()
+    assert sched.finished(6.0, "failed") == 1.0  # the backoff starts over after a success
+
+
+def test_lost_connections_retry_fast_with_a_cap() -> None:
+    sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
+    delays = [sched.finished(float(i), "disconnected") for i in range(8)]
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+    assert sched.finished(9.0, "ok") is None
+    assert sched.finished(9.5, "disconnected") == 0.2
+
+
+def test_repeated_drift_slows_down() -> None:
+    sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
+    assert sched.finished(1.0, "drift") is None
+    assert sched.finished(2.0, "drift") is None
+    assert sched.finished(3.0, "drift") == 1.0
+    assert sched.finished(4.0, "drift") == 2.0
+    sched.trigger("event")
+    assert sched.take(5.0) == frozenset()
+    assert sched.take(6.0) == {"event"}
+    assert sched.finished(200.0, "drift") is None  # the earlier ones are out of the window
+
+
+def test_prune_due_triggers_a_run() -> None:
+    sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
+    assert sched.due(1.0, prune_due=3.0) == 3.0
+    assert sched.take(2.0, prune_due=3.0) == frozenset()
+    assert sched.take(3.0, prune_due=3.0) == {"prune"}
+
+
+# --- the scope memory ---------------------------------------------------------------------------------------
+
+
+def stack(owner: str, name: str, file: Path) -> StackSpec:
+    return StackSpec(owner, name, source=Source(str(file), 1))
+
+
+def test_scopes_of_removed_stacks_are_remembered_across_restarts(tmp_path: Path) -> None:
+    watched, elsewhere = tmp_path / "stacks", tmp_path / "other"
+    state = tmp_path / "state.json"
+    memory = ScopeMemory(state, [watched])
+    memory.load()
+    memory.remember(Desired(stacks=(stack("a", "s1", watched / "s1.yaml"), stack("a", "s2", watched / "sub" / "s2.yaml"))))
+    memory.save()
+
+    again = ScopeMemory(state, [watched])
+    again.load()
+    assert again.retained(Desired(stacks=(stack("a", "s1", watched / "s1.yaml"),))) == (StackSpec("a", "s2"),)
+    again.forget([("a", "s2")])
+    again.save()
+
+    # Another watcher, on other directories, keeps its own scopes and never sees these.
+    other = ScopeMemory(state, [elsewhere])
+    other.load()
+    assert other.retained(Desired()) == ()
+    other.remember(Desired(stacks=(stack("b", "x", elsewhere / "x.yaml"),)))
+    other.save()
+    third = ScopeMemory(state, [watched])
+    third.load()
+    assert third.retained(Desired()) == (StackSpec("a", "s1"),)
+    data = json.loads(state.read_text())
+    assert {(e["owner"], e["stack"]) for e in data["scopes"]} == {("a", "s1"), ("b", "x")}
+
+
+def test_an_unreadable_scope_file_starts_afresh(tmp_path: Path) -> None:
+    state = tmp_path / "watch-scopes.json"
+    state.write_text("{not json")
+    memory = ScopeMemory(state, [tmp_path])
+    memory.load()
+    assert memory.retained(Desired()) == ()
+
+
+def test_a_scope_is_empty_when_nothing_managed_is_left() -> None:
+    def domain(name: str, ownership: Ownership | None) -> ObservedVm:
+        return ObservedVm(name, "uuid", ownership, PowerState.RUNNING, 1, 1, 64, 64)
+
+    observed = Observed(vms=(domain("a.x", Ownership("a", "s", "x")), domain("a.hand", None)))
+    assert not scope_is_empty(observed, "a", "s")
+    assert scope_is_empty(observed, "a", "other")
+    assert scope_is_empty(Observed(vms=(domain("a.hand", None),)), "a", "s")
+
+
+# --- the log format -----------------------------------------------------------------------------------------
+
+
+def test_log_lines_json_and_human() -> None:
+    out = io.StringIO()
+    log = Log(out, "json", clock=lambda: 1_800_000_000.25)
+    log("action.start", "create: not defined", subject="vm/a/one", action="create")
+    log("reconcile.start", "resync", level="debug")  # hidden unless verbose
+    record = json.loads(out.getvalue())
+    assert record == {
+        "ts": 1_800_000_000.25,
+        "time": "2027-01-15T08:00:00.250Z",
+        "level": "info",
+        "event": "action.start",
+        "subject": "vm/a/one",
+        "message": "create: not defined",
+        "action": "create",
+    }
+    human = io.StringIO()
+    Log(human, "human", clock=lambda: 1_800_000_000.25)("drift", "is shut off", subject="vm/a/one", level="warning")
+    line = human.getvalue()
+    assert line.count("\n") == 1 and "WARNING drift" in line and line.rstrip().endswith("vm/a/one: is shut off")
