@@ -187,8 +187,8 @@ def test_boot_device_follows_image_and_network() -> None:
 def test_domain_type_and_required_devices() -> None:
     root = ET.fromstring(render(vm(), virt_type="kvm"))
     assert root.get("type") == "kvm"
-    assert root.find("cpu[@mode='host-passthrough']") is not None
-    assert ET.fromstring(render(vm(), virt_type="qemu")).find("cpu") is None
+    # no <cpu>: host-passthrough fails under nested KVM (QEMU cannot set MSR 0x10a): QEMU's default model
+    assert root.find("cpu") is None
     devices = root.find("devices")
     assert devices is not None
     assert devices.find("memballoon[@model='virtio']") is not None  # live setMemory
