@@ -20,6 +20,7 @@ import pytest
 from epfiot import policy as policy_module
 from epfiot.errors import HostError
 from epfiot.host import Host
+from epfiot.libvirt import usb as libvirt_usb
 from epfiot.libvirt.host import LibvirtHost
 from epfiot.libvirt.usb import (
     hostdev_element,
@@ -579,3 +580,32 @@ def test_the_fake_fails_loudly_on_anything_not_set_up(live_host: FakeLiveUsb) ->
     live_host.destroy_vm("alice.logger")
     with pytest.raises(HostError, match="not running"):
         live_host.attach_usb("alice.logger", a1, required=True, live=True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="planner: live USB steps (AFFECT_LIVE only) on a running VM do not re-render its definition when the "
+    "spec hash is unchanged, so a re-enumerated device's stale hostdev stays in the definition and every plan "
+    "repeats the attach/detach",
+)
+def test_a_coral_that_reenumerates_under_a_running_vm_converges(
+    tmp_path: Path, live_host: FakeLiveUsb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    infer = logger_vm(CORAL_SELECTOR)
+    converge(live_host, infer)
+    boot = by_name(live_host.observe().usb, "usb_1_2")
+    google = by_name(observed(tmp_path / "google", CORAL_GOOGLE), "usb_1_2")
+    # After its first inference the Coral is 18d1:9302 at a new device number, on the same port.
+    reenumerated = tuple(google if d.nodedev == "usb_1_2" else d for d in live_host.observe().usb)
+    monkeypatch.setattr(libvirt_usb, "observe_usb", lambda conn, **_: reenumerated)
+    live_host.expect("alice.logger", google)
+    live_host.expect("alice.logger", boot)
+    converge(live_host, infer)
+    assert live_host.calls == [
+        LiveUsbCall("attach", "alice.logger", attached(google)),
+        LiveUsbCall("detach", "alice.logger", attached(boot)),
+    ]
+    [vm] = [v for v in live_host.observe().vms if v.libvirt_name == "alice.logger"]
+    assert vm.live_devices == (attached(google),)
+    assert vm.devices == (attached(google),)  # the definition follows, so a restart keeps the device
+    assert pending(live_host, infer) == []
