@@ -9,13 +9,11 @@ make the whole plan unappliable: apply then changes nothing.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 
 from epfiot import steps as s
 from epfiot.model import (
-    AttachedUsb,
     Desired,
     HostUsbDevice,
     NetworkSpec,
@@ -32,6 +30,7 @@ from epfiot.model import (
     overlay_volume_name,
     seed_volume_name,
 )
+from epfiot.usb import attached_matches, diff_attached
 
 
 class Kind(StrEnum):
@@ -523,30 +522,28 @@ class _Planner:
             redefine = True  # records the new digest
             changes.append(Change("credentials", _seed_label(observed_digest), _seed_label(seed_digest), "at next boot"))
 
-        # USB devices: attached live on a running VM (and in its definition at once), else in the definition.
-        attached = list(vm.devices)
-        for device, required in usb:
-            match = _find_attached(attached, device)
-            if match is not None:
-                attached.remove(match)
-                if match.required != required:
-                    config("usb", f"{device.id} required={match.required}", f"required={required}", restart=False)
-                continue
-            changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}", "live" if running else "definition"))
+        # USB devices: attached to (or detached from) the running VM live, and always written into the
+        # definition, which is re-rendered. A Coral that re-enumerated is a detach of its old identity and an
+        # attach of its new one.
+        diff = diff_attached(vm.devices, usb)
+        how = "live" if running else "definition"
+        for device, required in diff.attach:
+            redefine = True
+            changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}", how))
             if running:
                 live.append(s.AttachUsb(name, device, required, live=True))
-            else:
-                redefine = True
-        for stale in attached:
-            changes.append(Change("usb", f"{stale.id}", None, "live" if running else "definition"))
+        for stale in diff.detach:
+            redefine = True
+            changes.append(Change("usb", str(stale.id), None, how))
             if running:
                 live.append(s.DetachUsb(name, stale, live=True))
-            else:
-                redefine = True
+        for device, required in diff.required_changed:
+            redefine = True
+            changes.append(Change("usb", f"{device.id} required={not required}", f"required={required}", "definition"))
         if running and vm.live_devices is not None:
             # Unplugged and plugged again: the definition has it, the running VM lost it.
-            for device, required in usb:
-                if _find_attached(list(vm.live_devices), device) is None and _find_attached(list(vm.devices), device):
+            for device, required in diff.unchanged:
+                if not any(attached_matches(a, device) for a in vm.live_devices):
                     live.append(s.AttachUsb(name, device, required, live=True))
                     changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}", "re-attach live"))
 
@@ -672,15 +669,6 @@ def _short(libvirt_network: str | None) -> str | None:
 
 def _seed_label(digest: str) -> str | None:
     return f"seed {digest}" if digest else None
-
-
-def _find_attached(attached: Iterable[AttachedUsb], device: HostUsbDevice) -> AttachedUsb | None:
-    for candidate in attached:
-        if candidate.id != device.id:
-            continue
-        if candidate.bus is None or (candidate.bus, candidate.device) == (device.bus, device.device):
-            return candidate
-    return None
 
 
 def _network_changes(spec: NetworkSpec, net: ObservedNetwork | None) -> tuple[Change, ...]:

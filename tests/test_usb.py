@@ -582,12 +582,6 @@ def test_the_fake_fails_loudly_on_anything_not_set_up(live_host: FakeLiveUsb) ->
         live_host.attach_usb("alice.logger", a1, required=True, live=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner: live USB steps (AFFECT_LIVE only) on a running VM do not re-render its definition when the "
-    "spec hash is unchanged, so a re-enumerated device's stale hostdev stays in the definition and every plan "
-    "repeats the attach/detach",
-)
 def test_a_coral_that_reenumerates_under_a_running_vm_converges(
     tmp_path: Path, live_host: FakeLiveUsb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
