@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from time import struct_time
 from typing import Any
 
 import yaml
@@ -53,7 +54,12 @@ FIXED_TIME = 946684800.0  # 2000-01-01T00:00:00Z: every date in the ISO
 SUDO_RULE = "ALL=(ALL) NOPASSWD:ALL"
 
 # ISO 9660 level 1 names are 8.3 upper case; cloud-init reads the Rock Ridge / Joliet names.
-_ISO_NAMES = {"meta-data": "METADATA", "user-data": "USERDATA", "network-config": "NETCONF", "vendor-data": "VENDDATA"}
+_ISO_NAMES = {
+    "meta-data": "METADATA",
+    "user-data": "USERDATA",
+    "network-config": "NETCONF",
+    "vendor-data": "VENDDATA",
+}
 
 _PART_TYPES = (  # first line of extra user-data -> MIME type of its part (longest prefixes first)
     ("#cloud-config-archive", "text/cloud-config-archive"),
@@ -163,7 +169,11 @@ def _merge_users(ours: list[Any], theirs: list[Any]) -> list[Any]:
     users = [dict(u) if isinstance(u, dict) else u for u in ours]
     for entry in theirs:
         same = next(
-            (u for u in users if isinstance(u, dict) and isinstance(entry, dict) and u.get("name") == entry.get("name")),
+            (
+                u
+                for u in users
+                if isinstance(u, dict) and isinstance(entry, dict) and u.get("name") == entry.get("name")
+            ),
             None,
         )
         if same is not None:
@@ -211,7 +221,13 @@ def _multipart(parts: list[tuple[str, str]]) -> str:
 
 
 def _problem(spec: VmSpec, message: str) -> ManifestError:
-    return ManifestError([ManifestProblem(spec.source.file, spec.source.line, f"vms.{spec.name}.credentials.user_data", message)])
+    return ManifestError(
+        [
+            ManifestProblem(
+                spec.source.file, spec.source.line, f"vms.{spec.name}.credentials.user_data", message
+            )
+        ]
+    )
 
 
 # --- the ISO ---------------------------------------------------------------------------------------------
@@ -231,7 +247,7 @@ class _FixedClock:
         return FIXED_TIME
 
     @staticmethod
-    def localtime(seconds: float | None = None) -> time.struct_time:
+    def localtime(seconds: float | None = None) -> struct_time:
         return time.gmtime(FIXED_TIME if seconds is None else seconds)
 
 
@@ -240,7 +256,11 @@ def _fixed_dates() -> Iterator[None]:
     """pycdlib dates everything with time.time() and has no option for fixed dates: swap the `time` module
     of pycdlib's own modules (only those: no other code sees it) for a fixed clock while building."""
     with _clock_lock:
-        patched = [m for name, m in list(sys.modules.items()) if name.startswith("pycdlib") and getattr(m, "time", None) is time]
+        patched = [
+            m
+            for name, m in list(sys.modules.items())
+            if name.startswith("pycdlib") and getattr(m, "time", None) is time
+        ]
         clock = _FixedClock()
         for module in patched:
             module.time = clock  # type: ignore[attr-defined]
