@@ -214,8 +214,11 @@ def _require(conn: Any, name: str, operation: str) -> Any:
 
 
 def define_network(conn: Any, spec: NetworkSpec) -> None:
-    """Define (or re-define), start and autostart the network. Safe to run again after a crash part-way.
-    Refuses to replace a network of the same name that epfiot does not manage."""
+    """Define (or re-define), start and autostart the network. Safe to run again after a crash part-way:
+    an existing definition keeps its UUID and DHCP host reservations. A network that is already running
+    keeps its running settings until it is restarted (the planner removes a network before defining it
+    anew when its settings change). Refuses to replace a network of the same name that epfiot does not
+    manage."""
     name = spec.libvirt_name
     existing = _lookup(conn, name)
     uuid: str | None = None
