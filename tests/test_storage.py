@@ -172,6 +172,17 @@ def test_a_missing_base_image_is_an_error(conn: Any, pool: str) -> None:
         storage.create_overlay(conn, pool, vm(image=None))
 
 
+def test_another_vms_disk_is_never_a_base_image(conn: Any, pool: str) -> None:
+    storage.create_overlay(conn, pool, vm(owner="alice", name="secret"))
+    with pytest.raises(HostError, match="is a VM's disk or seed, not a base image"):
+        storage.create_overlay(conn, pool, vm(image=overlay_volume_name("alice", "secret")))
+
+
+def test_a_seed_needs_a_vm_name(conn: Any, pool: str) -> None:
+    with pytest.raises(HostError, match="not a VM's libvirt name"):
+        storage.write_seed(conn, pool, "nodot", b"\0" * 2048)
+
+
 # --- seeds -----------------------------------------------------------------------------------------------
 
 

@@ -202,6 +202,10 @@ def create_overlay(conn: Any, pool: str, spec: VmSpec) -> None:
     (never resized: the VM may be using it); one backed by anything else is an error, never replaced."""
     if not spec.image:
         raise HostError(f"create disk of {spec.libvirt_name}: the VM has no image")
+    if is_epfiot_volume(spec.image):
+        raise HostError(
+            f"create disk of {spec.libvirt_name}: {spec.image!r} is a VM's disk or seed, not a base image"
+        )
     name = overlay_volume_name(spec.owner, spec.name)
     found = _require_pool(conn, pool)
     base = _lookup_volume(found, spec.image)
@@ -251,6 +255,8 @@ def write_seed(conn: Any, pool: str, name: str, iso: bytes) -> None:
     The test driver has no virStorageVolUpload (and keeps no content anyway): there the volume is created
     with the ISO's size and no content; the upload itself is tested against the real daemon."""
     owner, _, vm = name.partition(".")
+    if not owner or not vm:
+        raise HostError(f"write seed: {name!r} is not a VM's libvirt name (<owner>.<name>)")
     volume_name = seed_volume_name(owner, vm)
     found = _require_pool(conn, pool)
     existing = _lookup_volume(found, volume_name)
