@@ -335,13 +335,12 @@ def _parse_libvirt_xml(xml: str) -> dict[str, Any] | None:
     (name, uuid, owner, stack, rname, spec_hash, seed_digest, mem_unit, memory, cur_unit, current, vcpu, max_vcpu) = (
         head.groups()
     )
-    if "&" in head.group(0):
+    if xml.find("&", 0, head.end()) >= 0:
         name, owner, stack, rname, spec_hash, seed_digest = (
             _unescape(v) for v in (name, owner, stack, rname, spec_hash, seed_digest)
         )
-    body = xml[start:]
     disk_volume = seed_volume = network = mac = None
-    for kind, attr_text, inner in _DEVICE.findall(body):
+    for kind, attr_text, inner in _DEVICE.findall(xml, start):
         attrs = _attrs(attr_text)
         if kind == "disk":
             if attrs.get("type") != "volume":
@@ -359,10 +358,10 @@ def _parse_libvirt_xml(xml: str) -> dict[str, Any] | None:
             address = _MAC.search(inner)
             mac = _unescape(address.group(1)).lower() if address else None
     devices: tuple[AttachedUsb, ...] = ()
-    if "<hostdev" in body:
+    if xml.find("<hostdev", start) >= 0:
         from epfiot.libvirt import usb
 
-        devices = usb.parse_hostdevs(ET.fromstring(body[: -len("</domain>\n")].strip()))
+        devices = usb.parse_hostdevs(ET.fromstring(xml[start : -len("</domain>\n")].strip()))
     max_vcpus = int(max_vcpu)
     return {
         "name": name,
