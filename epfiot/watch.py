@@ -415,7 +415,6 @@ class Reconciler:
         self._shown_problems: tuple[str, ...] = ()
         self._shown_plan_problems: tuple[str, ...] = ()
         self._shown_waits: tuple[str, ...] = ()
-        self._drift_run = False
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -467,7 +466,7 @@ class Reconciler:
         files = [p for p in self.config.paths if p.is_file() or any(_manifest_files(p))]
         if not files:
             return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
-        return load_manifests([str(p) for p in files], stdin=sys.stdin)
+        return load_manifests([str(p) for p in files])
 
     # --- one run -----------------------------------------------------------------------------------------
 
@@ -540,11 +539,10 @@ class Reconciler:
             for key in released:
                 if key != STARTUP_KEY:
                     self.log("removal.stable", f"still not declared after {self.config.prune_after:g}s: pruned", subject=key, key=key)
-            else:
-                waiting = self.gate.waiting(now)
-                if "prune" in reasons or "manifest" in reasons:
-                    held = ", ".join(sorted(k for k in waiting if k != STARTUP_KEY)) or "start-up"
-                    self.log("prune.held", f"pruning held for {max(waiting.values()):.1f}s more ({held})", level="debug")
+            waiting = self.gate.waiting(now)
+            if waiting and not prune:
+                held = ", ".join(sorted(k for k in waiting if k != STARTUP_KEY)) or "start-up"
+                self.log("prune.held", f"pruning held for {max(waiting.values()):.1f}s more ({held})", level="debug")
             self.scopes.save()
             if plan.problems:
                 return self._plan_problems(plan)
@@ -556,7 +554,9 @@ class Reconciler:
                 return "ok"
             # Drift: the host no longer matches what it matched, the manifests being the same (pruning that
             # was held until now is no drift).
-            drift = self.converged == desired and not released
+            drift = [
+                a for a in plan.changes if self.converged == desired and not (released and a.verb is Verb.DESTROY)
+            ]
             self.converged = None
             self.log(
                 "plan",
@@ -567,7 +567,7 @@ class Reconciler:
                 prune=prune,
             )
             if drift:
-                for action in plan.changes:
+                for action in drift:
                     self.log("drift", action.reason, subject=action.address, level="warning")
                     self.events.record("drift", action.address, action.reason, source="watch")
             result = apply_plan(
@@ -630,9 +630,20 @@ class Reconciler:
 
 
 def _manifest_files(root: Path) -> Iterable[Path]:
+    """The files the loader reads under a directory (hidden files and directories are skipped)."""
     if root.is_file():
         return [root]
-    return (p for p in root.rglob("*") if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file())
+    return (p for p in root.rglob("*") if is_manifest_path(p, root) and p.is_file())
+
+
+def is_manifest_path(path: Path, root: Path) -> bool:
+    if path.suffix not in MANIFEST_SUFFIXES:
+        return False
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    return not any(part.startswith(".") for part in parts)
 
 
 # --- the asyncio side ---------------------------------------------------------------------------------------
@@ -651,6 +662,7 @@ class Watcher:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epfiot-reconcile")
         self.events_conn: Any = None
         self.events_lost = asyncio.Event()
+        self.reconciler: Reconciler | None = None
 
     # --- triggers -----------------------------------------------------------------------------------------
 
@@ -666,7 +678,9 @@ class Watcher:
         self.wake.set()
 
     def _libvirt_event(self, domain: str, event: str) -> None:  # in the loop thread
-        if domain not in self.managed:
+        # The reconciler publishes the names before it acts: the events of a VM it is creating count.
+        managed = self.reconciler.managed if self.reconciler is not None else self.managed
+        if domain not in managed:
             return
         self.log("libvirt.event", event, subject=domain, domain=domain)
         self._trigger("event")
@@ -699,10 +713,11 @@ class Watcher:
             p = Path(path)
             if p in files:
                 return True
-            if not any(is_under(p, d) for d in dirs):
+            root = next((d for d in dirs if is_under(p, d)), None)
+            if root is None:
                 return False
-            suffix = p.suffix.lower()
-            return suffix in MANIFEST_SUFFIXES or (suffix == "" and not p.is_file())
+            # A manifest, or something without a suffix that is no file: a directory moved or removed.
+            return is_manifest_path(p, root) or (p.suffix == "" and not p.is_file() and not p.name.startswith("."))
 
         async for changes in awatch(*roots, watch_filter=accept, step=50, debounce=int(max(MAX_DEBOUNCE, self.config.debounce) * 1000), stop_event=self.stopping):
             self._files_changed(changes)
@@ -787,7 +802,7 @@ class Watcher:
         from epfiot.libvirt.events import ensure_event_loop
 
         ensure_event_loop()  # before any libvirt connection: keepalive and close callbacks need it
-        reconciler = Reconciler(self.config, self.log, events, policy)
+        reconciler = self.reconciler = Reconciler(self.config, self.log, events, policy)
         server: Any = None
         if self.config.serve:
             server = await self._start_server(events)
@@ -836,6 +851,8 @@ class Watcher:
                 await loop.run_in_executor(None, self.events_conn.close)
             await loop.run_in_executor(self.worker, reconciler.close)
             self.worker.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
         self.log("watch.stopped", "stopped", code=code)
         return code
 

@@ -7,30 +7,46 @@ daemon: manifests written, edited, broken and removed, a VM destroyed by hand, l
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
+from epfiot.eventlog import EventLog
 from epfiot.logs import Log
-from epfiot.model import Desired, NetworkMode, NetworkSpec, Observed, ObservedVm, Ownership, PowerState, Source, StackSpec, VmSpec
+from epfiot.model import (
+    Desired,
+    NetworkMode,
+    NetworkSpec,
+    Observed,
+    ObservedVm,
+    Ownership,
+    PowerState,
+    Source,
+    StackSpec,
+    VmSpec,
+)
 from epfiot.watch import (
+    SCOPES_FILE,
     STARTUP_KEY,
+    Reconciler,
     RemovalGate,
     Schedule,
     ScopeMemory,
+    WatchConfig,
+    Watcher,
     desired_keys,
     scope_is_empty,
 )
+from tests.stacks import vm, write_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -251,3 +267,199 @@ def test_log_lines_json_and_human() -> None:
     Log(human, "human", clock=lambda: 1_800_000_000.25)("drift", "is shut off", subject="vm/a/one", level="warning")
     line = human.getvalue()
     assert line.count("\n") == 1 and "WARNING drift" in line and line.rstrip().endswith("vm/a/one: is shut off")
+
+
+# --- the reconciler, on the libvirt test driver -------------------------------------------------------------
+
+TEST_URI = "test:///default"
+
+
+@pytest.fixture
+def testhost() -> Iterator[libvirt.virConnect]:
+    """test:///default lives as long as one connection to it is open: this one, for the test's duration."""
+    conn = libvirt.open(TEST_URI)
+    yield conn
+    conn.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def config_for(tmp_path: Path, paths: list[Path], *, uri: str = TEST_URI, prune_after: float = 5.0) -> WatchConfig:
+    return WatchConfig(
+        paths=tuple(paths),
+        uri=uri,
+        state_dir=tmp_path / "state",
+        image_pool="epfiot-images",
+        policy=None,
+        resync=60.0,
+        debounce=0.05,
+        prune_after=prune_after,
+        parallel=4,
+        serve=False,
+        bind="::",
+        port=0,
+        log_format="json",
+        verbose=True,
+    )
+
+
+def records(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def names(conn: libvirt.virConnect) -> set[str]:
+    return {d.name() for d in conn.listAllDomains()}
+
+
+def test_reconciler_keeps_the_last_valid_manifests_and_prunes_stable_removals(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    clock = Clock()
+    out = io.StringIO()
+    config = config_for(tmp_path, [stacks])
+    (tmp_path / "state").mkdir()
+    events = EventLog.in_state_dir(config.state_dir)
+    rec = Reconciler(config, Log(out, "json", verbose=True), events, None, clock=clock)
+    try:
+        main = write_stack(stacks, "alice", vms=[vm("one"), vm("two")])
+        extra = write_stack(stacks, "alice", stack="extra", vms=[vm("three")])
+        assert rec.run(frozenset({"start"})).outcome == "ok"
+        assert {"alice.one", "alice.two", "alice.three", "test"} <= names(testhost)
+        report = rec.run(frozenset({"event"}))
+        assert report.outcome == "ok" and report.managed == {"alice.one", "alice.two", "alice.three"}
+
+        # Broken YAML: every problem logged with file:line, nothing changes, drift is still corrected.
+        main.write_text("version: 1\nstack: alice-stack\nowner: alice\nvms: [\n")
+        out.truncate(0), out.seek(0)
+        assert rec.run(frozenset({"manifest"})).outcome == "ok"
+        logged = records(out)
+        problems = [r for r in logged if r["event"] == "manifest.problem"]
+        assert problems and problems[0]["subject"].startswith(f"{main}:")
+        assert not [r for r in logged if r["event"].startswith("action.")]
+        testhost.lookupByName("alice.one").destroy()
+        assert rec.run(frozenset({"event"})).outcome == "drift"
+        assert testhost.lookupByName("alice.one").isActive()
+        assert {"alice.one", "alice.two", "alice.three"} <= names(testhost)
+
+        # A VM removed from its stack: kept while the removal is recent, pruned once it is stable.
+        clock.now = 10.0
+        write_stack(stacks, "alice", vms=[vm("one")])
+        report = rec.run(frozenset({"manifest"}))
+        assert report.outcome == "ok" and report.prune_due == 15.0
+        assert "alice.two" in names(testhost)
+        clock.now = 15.0
+        assert rec.run(frozenset({"prune"})).outcome == "ok", out.getvalue()
+        assert "alice.two" not in names(testhost)
+
+        # A whole stack file removed: its scope stays in the plans, so its VM is pruned too.
+        extra.unlink()
+        clock.now = 20.0
+        assert rec.run(frozenset({"manifest"})).prune_due == 25.0
+        assert "alice.three" in names(testhost)
+        clock.now = 25.0
+        rec.run(frozenset({"prune"}))
+        assert "alice.three" not in names(testhost)
+        rec.run(frozenset({"resync"}))
+        scopes = json.loads((config.state_dir / SCOPES_FILE).read_text())["scopes"]
+        assert [(s["owner"], s["stack"]) for s in scopes] == [("alice", "alice-stack")]  # "extra" is forgotten
+
+        # A file removed while watch is down: the scope was remembered, the stack is pruned after a restart.
+        gone = write_stack(stacks, "alice", stack="gone", vms=[vm("four")])
+        rec.run(frozenset({"manifest"}))
+        assert "alice.four" in names(testhost)
+    finally:
+        rec.close()
+    gone.unlink()
+    clock.now = 40.0
+    rec = Reconciler(config, Log(out, "json", verbose=True), events, None, clock=clock)
+    try:
+        rec.run(frozenset({"start"}))
+        assert "alice.four" in names(testhost)  # nothing is pruned in the first prune_after seconds
+        clock.now = 45.0
+        rec.run(frozenset({"prune"}))
+        assert "alice.four" not in names(testhost)
+        assert {"alice.one", "test"} <= names(testhost)  # the unmanaged "test" domain is never touched
+    finally:
+        rec.close()
+
+    kinds = {e.kind for e in events.since()}
+    events.close()
+    assert {"action.done", "drift", "manifest.invalid", "removal.pending"} <= kinds
+
+
+def test_every_manifest_removed_prunes_every_watched_stack(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    clock = Clock()
+    out = io.StringIO()
+    config = config_for(tmp_path, [stacks], prune_after=0.0)
+    (tmp_path / "state").mkdir()
+    events = EventLog.in_state_dir(config.state_dir)
+    rec = Reconciler(config, Log(out, "json"), events, None, clock=clock)
+    try:
+        path = write_stack(stacks, "bob", vms=[vm("one")])
+        rec.run(frozenset({"start"}))
+        assert "bob.one" in names(testhost)
+        path.unlink()  # the directory is empty now: an empty desired state, not an error
+        assert rec.run(frozenset({"manifest"})).outcome == "ok"
+        assert "bob.one" not in names(testhost)
+        assert not [r for r in records(out) if r["level"] == "error"]
+    finally:
+        rec.close()
+        events.close()
+
+
+def test_the_watch_loop_on_the_test_driver(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    """The asyncio side in process: a saved file, a domain destroyed by hand, a removed file, SIGTERM."""
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    config = config_for(tmp_path, [stacks], prune_after=0.3)
+    out = io.StringIO()
+    (tmp_path / "state").mkdir()
+    events = EventLog.in_state_dir(config.state_dir)
+
+    def active(name: str) -> bool:
+        return name in names(testhost) and bool(testhost.lookupByName(name).isActive())
+
+    def logged(event: str) -> int:
+        return sum(1 for r in records(out) if r["event"] == event)
+
+    async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; log:\n{out.getvalue()}")
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> int:
+        watcher = Watcher(config, Log(out, "json", verbose=True))
+        task = asyncio.create_task(watcher.run(events, None))
+        await until(lambda: logged("watch.started") == 1 and logged("reconcile.done") >= 1, "the first reconcile")
+        path = write_stack(stacks, "carol", vms=[vm("one")])
+        await until(lambda: active("carol.one"), "the VM of a saved manifest")
+        testhost.lookupByName("carol.one").destroy()
+        await until(lambda: logged("drift") == 1 and active("carol.one"), "the destroyed VM to run again")
+        path.unlink()
+        await until(lambda: "carol.one" not in names(testhost), "the removed stack to be pruned")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return await asyncio.wait_for(task, 10.0)
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        events.close()
+    log = records(out)
+    assert log[-1]["event"] == "watch.stopped"
+    removed = {"stack/carol/carol-stack", "vm/carol/one"}
+    assert {r["subject"] for r in log if r["event"] == "removal.pending"} == removed
+    assert {r["subject"] for r in log if r["event"] == "removal.stable"} == removed
+    pending = min(r["ts"] for r in log if r["event"] == "removal.pending")
+    destroy = next(r for r in log if r["event"] == "action.start" and r["action"] == "destroy")
+    assert destroy["ts"] - pending >= config.prune_after
+    assert not [r for r in log if r["level"] == "error"]
