@@ -453,6 +453,9 @@ def test_graceful_shutdown(host: LibvirtHost) -> None:
     assert host.shutdown_vm("o.vm", timeout=5) is True
     assert only(host, "o.vm").state is PowerState.SHUTOFF
     assert host.shutdown_vm("o.vm", timeout=5) is True  # already off
+    host.start_vm("o.vm", paused=True)
+    assert host.shutdown_vm("o.vm", timeout=5) is True  # resumed, so that the guest can act on it
+    assert only(host, "o.vm").state is PowerState.SHUTOFF
     host.destroy_vm("o.vm")  # already off: no error
 
 

@@ -228,12 +228,19 @@ class LibvirtHost:
                 dom.suspend()
 
     def shutdown_vm(self, name: str, *, timeout: float) -> bool:
+        """ACPI shutdown, polled until `timeout`, then destroy. A paused VM is resumed first: a guest that
+        does not run cannot act on ACPI."""
         dom = self._domain(name, "shut down")
         deadline = time.monotonic() + max(0.0, timeout)
         with host_errors(f"shut down {name}"):
             if not dom.isActive():
                 return True
             try:
+                state = dom.state()[0]
+                if state == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+                elif state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+                    dom.pMWakeup(0)
                 dom.shutdown()
             except libvirt.libvirtError:
                 if not dom.isActive():
