@@ -11,7 +11,6 @@ hostdevs, the only live detail epfiot compares that info() does not give.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import ipaddress
 import threading
 import time
@@ -165,16 +164,19 @@ class LibvirtHost:
         return self.image_pool
 
     def _observe_networks(self) -> tuple[ObservedNetwork, ...]:
-        network = _optional_module("network")
-        return tuple(network.observe_networks(self._conn)) if network else ()
+        from epfiot.libvirt import network
+
+        return tuple(network.observe_networks(self._conn))
 
     def _observe_volumes(self) -> tuple[ObservedVolume, ...]:
-        storage = _optional_module("storage")
-        return tuple(storage.observe_volumes(self._conn, self.image_pool)) if storage else ()
+        from epfiot.libvirt import storage
+
+        return tuple(storage.observe_volumes(self._conn, self.image_pool))
 
     def _observe_usb(self) -> tuple[HostUsbDevice, ...]:
-        usb = _optional_module("usb")
-        return tuple(usb.observe_usb(self._conn)) if usb else ()
+        from epfiot.libvirt import usb
+
+        return tuple(usb.observe_usb(self._conn))
 
     # --- VMs ---------------------------------------------------------------------------------------------
 
@@ -395,17 +397,6 @@ class LibvirtHost:
         from epfiot.libvirt import storage
 
         storage.delete_volume(self._conn, self.image_pool, volume)
-
-
-def _optional_module(name: str) -> Any | None:
-    """epfiot.libvirt.<name>, or None while that module is not written yet."""
-    full = f"epfiot.libvirt.{name}"
-    try:
-        return importlib.import_module(full)
-    except ModuleNotFoundError as e:
-        if e.name != full:
-            raise
-        return None
 
 
 def _ipv4_addresses(interfaces: dict[str, Any]) -> tuple[str, ...]:
