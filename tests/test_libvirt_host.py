@@ -8,14 +8,27 @@ removes whatever `<tenant>.*` objects a failed test leaves behind.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import libvirt
 import pytest
 
 from epfiot.errors import HostError
+from epfiot.libvirt import domain
 from epfiot.libvirt.domain import NAMESPACE
 from epfiot.libvirt.host import LibvirtHost
-from epfiot.model import AttachedUsb, HostUsbDevice, ObservedVm, Ownership, PowerState, UsbId, VmSpec
+from epfiot.model import (
+    AttachedUsb,
+    Credentials,
+    HostUsbDevice,
+    ObservedVm,
+    Ownership,
+    PowerState,
+    UsbId,
+    VmSpec,
+    overlay_volume_name,
+    seed_volume_name,
+)
 
 pytestmark = pytest.mark.daemon
 
@@ -101,3 +114,21 @@ def test_errors_are_host_errors(host: LibvirtHost, tenant: str) -> None:
     with pytest.raises(HostError, match=rf"^start {tenant}\.missing: "):
         host.start_vm(f"{tenant}.missing")
     assert host.vm_addresses(f"{tenant}.missing") == ()
+
+
+def test_both_readers_agree_on_the_daemons_xml(host: LibvirtHost, tenant: str) -> None:
+    # defined only: starting needs the network, the volumes and a USB bus this machine lacks
+    spec = replace(tiny(tenant, "full"), image="debian-12", network="edge", credentials=Credentials(user="u"))
+    host.define_vm(spec, ((CP210X, False),), uuid=None, seed_digest="sha256:seed")
+    xml = host.connection.lookupByName(spec.libvirt_name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert domain._parse_libvirt_xml(xml) is not None, "the QEMU driver's formatting changed: the fast reader gave up"
+    fast = domain.parse_domain(xml, libvirt.VIR_DOMAIN_SHUTOFF)
+    assert fast == domain.parse_domain_tree(xml, libvirt.VIR_DOMAIN_SHUTOFF)
+    assert (fast.network, fast.mac, fast.disk_volume, fast.seed_volume) == (
+        f"{tenant}.edge",
+        spec.mac,
+        overlay_volume_name(tenant, "full"),
+        seed_volume_name(tenant, "full"),
+    )
+    assert fast.devices == (AttachedUsb(CP210X.id, 1, 4, False),)
+    host.undefine_vm(spec.libvirt_name)
