@@ -1,0 +1,19 @@
+# The README's two commands: `make demo` (the main job on an example stack) and `make test` (everything).
+.PHONY: setup daemon demo lint test stop
+
+setup:
+	scripts/setup.sh
+
+daemon: setup
+	scripts/libvirtd.sh ensure
+
+demo: daemon
+	.venv/bin/epfiot apply -f specs/first-vm.yaml
+	.venv/bin/epfiot get vms
+
+lint: setup
+	.venv/bin/ruff check epfiot tests bench
+	.venv/bin/mypy
+
+test: daemon lint
+	.venv/bin/pytest -q

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Everything epfiot needs on a fresh Debian 12 machine, as root: apt packages and .venv. Idempotent, and
+# quick when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  pkg-config libvirt-dev                       # to build libvirt-python
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # the daemon (no libvirt-daemon-system: it pulls systemd)
+  qemu-system-x86 qemu-utils ipxe-qemu         # guests, qcow2 volumes, network boot
+  dnsmasq-base iptables                        # libvirt networks: DHCP and routing
+  libxml2-utils                                # xmllint, for virt-xml-validate
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: apt packages present"
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.epfiot-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  echo "setup: pip install -e '.[dev]'"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$want" > "$stamp"
+else
+  echo "setup: .venv up to date"
+fi
