@@ -181,13 +181,18 @@ class Schedule:
 
     def due(self, now: float, prune_due: float | None = None) -> float | None:
         """The time the next run should start (may be in the past: at once); None: nothing to do ever."""
-        candidates = [self.resync_at]
+        retry_at = self.retry_at
+
+        def after_backoff(t: float) -> float:
+            return t if retry_at is None else max(t, retry_at)
+
+        candidates = [after_backoff(self.resync_at)]
         if self.files_due is not None:
             candidates.append(self.files_due)
         if self.pending:
-            candidates.append(self.retry_at if self.retry_at is not None else now)
+            candidates.append(after_backoff(now))
         if prune_due is not None:
-            candidates.append(prune_due if self.retry_at is None else max(prune_due, self.retry_at))
+            candidates.append(after_backoff(prune_due))
         return min(candidates)
 
     def take(self, now: float, prune_due: float | None = None) -> frozenset[str]:
@@ -673,7 +678,7 @@ class Watcher:
     def _files_changed(self, changes: set[tuple[Any, str]]) -> None:
         paths = sorted({path for _, path in changes})
         shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-        self.log("manifest.changed", shown, level="debug" if not self.log.verbose else "info", files=paths[:50])
+        self.log("manifest.changed", shown, level="debug", files=paths[:50])
         self.schedule.files_changed(time.monotonic())
         self.wake.set()
 
@@ -777,9 +782,8 @@ class Watcher:
                     await asyncio.wait_for(self.wake.wait(), due - now)
                 continue
             reasons = self.schedule.take(now, self.prune_due)
-            if not reasons:
-                self.wake.clear()
-                await self.wake.wait()
+            if not reasons:  # pragma: no cover - due() and take() agree; never spin if they do not
+                await asyncio.sleep(0.05)
                 continue
             if "prune" in reasons:
                 self.prune_due = None

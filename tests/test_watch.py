@@ -191,6 +191,20 @@ def test_repeated_drift_slows_down() -> None:
     assert sched.finished(200.0, "drift") is None  # the earlier ones are out of the window
 
 
+def test_due_and_take_agree_under_backoff() -> None:
+    """Whatever is pending, the loop never wakes up for a run that take() then refuses."""
+    sched = Schedule(debounce=0.2, resync=5.0, start=0.0)
+    sched.finished(0.0, "failed")
+    for _ in range(5):  # backoff 1, 2, 4, 8, 16 s: longer than the resync period
+        now = sched.due(0.0, prune_due=0.5)
+        assert now is not None
+        assert sched.take(now, prune_due=0.5)
+        sched.finished(now, "failed")
+    assert sched.retry_at is not None and sched.resync_at < sched.retry_at
+    now = sched.due(sched.resync_at - 1.0)
+    assert now is not None and sched.take(now)
+
+
 def test_prune_due_triggers_a_run() -> None:
     sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
     assert sched.due(1.0, prune_due=3.0) == 3.0
