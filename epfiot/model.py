@@ -295,6 +295,7 @@ class ObservedVm:
     live_vcpu: int | None = None
     live_memory_mib: int | None = None
     live_max_memory_mib: int | None = None
+    live_max_vcpu: int | None = None  # the running instance's maximum: a new maximum waits for a restart
     live_devices: tuple[AttachedUsb, ...] | None = None
 
     @property

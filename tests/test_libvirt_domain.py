@@ -285,6 +285,13 @@ def test_power_states(state: int, power: PowerState) -> None:
     assert (observed.live_vcpu is None) == (power is PowerState.SHUTOFF)
 
 
+def test_a_domain_being_started_counts_as_running() -> None:
+    starting = parse_domain(render(vm()), libvirt.VIR_DOMAIN_PAUSED, [3, 131072, 65536, 1, 0], reason=11)
+    assert starting.state is PowerState.RUNNING  # VIR_DOMAIN_PAUSED_STARTING_UP
+    paused = parse_domain(render(vm()), libvirt.VIR_DOMAIN_PAUSED, [3, 131072, 65536, 1, 0], reason=2)
+    assert paused.state is PowerState.PAUSED  # VIR_DOMAIN_PAUSED_USER
+
+
 def test_live_devices_come_from_the_live_xml() -> None:
     inactive = render(vm(), ((CP210X, True), (CORAL, False)))
     live = render(vm(), ((CP210X, True),))
@@ -416,6 +423,19 @@ def test_redefine_keeps_identity(host: LibvirtHost) -> None:
     second = only(host, "o.vm")
     assert second.uuid == first.uuid and second.vcpu == 2
     assert len(host.observe().vms) == 1
+
+
+def test_a_new_maximum_waits_for_a_restart(host: LibvirtHost) -> None:
+    host.define_vm(vm(), (), uuid=None, seed_digest="")
+    host.start_vm("o.vm")
+    before = only(host, "o.vm")
+    assert (before.max_vcpu, before.live_max_vcpu, before.live_max_memory_mib) == (2, 2, 128)
+    host.define_vm(vm(max_vcpu=3, max_memory_mib=256), (), uuid=before.uuid, seed_digest="")
+    after = only(host, "o.vm")
+    assert (after.max_vcpu, after.max_memory_mib) == (3, 256)  # the definition
+    assert (after.live_max_vcpu, after.live_max_memory_mib) == (2, 128)  # the running instance
+    host.destroy_vm("o.vm")
+    assert only(host, "o.vm").live_max_vcpu is None
 
 
 def test_vcpus_and_memory_live_and_in_the_definition(host: LibvirtHost) -> None:

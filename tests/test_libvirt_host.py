@@ -70,11 +70,14 @@ def test_tiny_vm_lifecycle(host: LibvirtHost, tenant: str) -> None:
     host.start_vm(name)
     running = observed(host, name)
     assert running.state is PowerState.RUNNING
-    assert (running.live_vcpu, running.live_max_memory_mib) == (1, 128)
+    assert (running.live_vcpu, running.live_max_vcpu, running.live_max_memory_mib) == (1, 2, 128)
 
     host.set_vcpus(name, 2, live=True)
     host.set_memory(name, 96, live=True)  # the balloon takes it; a guest without a driver never deflates
     assert observed(host, name).live_vcpu == 2
+    host.define_vm(replace(spec, max_vcpu=3), (), uuid=running.uuid, seed_digest="")
+    pending = observed(host, name)
+    assert (pending.max_vcpu, pending.live_max_vcpu) == (3, 2)  # a new maximum waits for a restart
     with pytest.raises(HostError, match=rf"set memory to 512 MiB live on {name}: "):
         host.set_memory(name, 512, live=True)
 

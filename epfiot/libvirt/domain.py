@@ -41,6 +41,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 # libvirt's virDomainState values -> epfiot's three states.
 _NOSTATE, _RUNNING, _BLOCKED, _PAUSED, _SHUTDOWN, _SHUTOFF, _CRASHED, _PMSUSPENDED = range(8)
+_PAUSED_STARTING_UP = 11  # virDomainPausedReason: QEMU is paused while libvirt starts it
 POWER_STATES = {
     _NOSTATE: PowerState.RUNNING,
     _RUNNING: PowerState.RUNNING,
@@ -70,7 +71,9 @@ _UNITS = {
 }
 
 
-def power_state(state: int) -> PowerState:
+def power_state(state: int, reason: int = 0) -> PowerState:
+    if state == _PAUSED and reason == _PAUSED_STARTING_UP:
+        return PowerState.RUNNING  # being started (perhaps by an apply that was killed meanwhile)
     return POWER_STATES.get(state, PowerState.RUNNING)
 
 
@@ -150,18 +153,22 @@ def parse_domain(
     state: int,
     info: Sequence[int] | None = None,
     live_xml: str | None = None,
+    *,
+    reason: int = 0,
+    live_max_vcpu: int | None = None,
 ) -> ObservedVm:
     """What epfiot owns of a domain.
 
-    `xml_inactive`: XMLDesc(VIR_DOMAIN_XML_INACTIVE), the persistent definition. `state`: libvirt's domain
-    state. `info`: dom.info() of an active domain (state, maxMem KiB, memory KiB, nrVirtCpu, cpuTime) for the
-    running instance's values. `live_xml`: XMLDesc(0) of an active domain, read for its USB hostdevs; when it
-    is None, `live_devices` stays None (not read).
+    `xml_inactive`: XMLDesc(VIR_DOMAIN_XML_INACTIVE), the persistent definition. `state`, `reason`: libvirt's
+    domain state and its reason. `info`: dom.info() of an active domain (state, maxMem KiB, memory KiB,
+    nrVirtCpu, cpuTime) for the running instance's values, with `live_max_vcpu` (vcpusFlags(LIVE|MAXIMUM)).
+    `live_xml`: XMLDesc(0) of an active domain, read for its USB hostdevs; when it is None, `live_devices`
+    stays None (not read).
     """
     fields = _parse_libvirt_xml(xml_inactive)
     if fields is None:
         fields = _fields_from_tree(ET.fromstring(xml_inactive))
-    return _observed(fields, state, info, live_xml)
+    return _observed(fields, power_state(state, reason), info, live_xml, live_max_vcpu)
 
 
 def parse_domain_tree(
@@ -169,9 +176,13 @@ def parse_domain_tree(
     state: int,
     info: Sequence[int] | None = None,
     live_xml: str | None = None,
+    *,
+    reason: int = 0,
+    live_max_vcpu: int | None = None,
 ) -> ObservedVm:
     """parse_domain with the ElementTree reader only (the reference the fast reader is tested against)."""
-    return _observed(_fields_from_tree(ET.fromstring(xml_inactive)), state, info, live_xml)
+    fields = _fields_from_tree(ET.fromstring(xml_inactive))
+    return _observed(fields, power_state(state, reason), info, live_xml, live_max_vcpu)
 
 
 def has_hostdevs(xml: str) -> bool:
@@ -179,8 +190,13 @@ def has_hostdevs(xml: str) -> bool:
     return "<hostdev" in xml
 
 
-def _observed(fields: dict[str, Any], state: int, info: Sequence[int] | None, live_xml: str | None) -> ObservedVm:
-    power = power_state(state)
+def _observed(
+    fields: dict[str, Any],
+    power: PowerState,
+    info: Sequence[int] | None,
+    live_xml: str | None,
+    live_max_vcpu: int | None,
+) -> ObservedVm:
     active = power is not PowerState.SHUTOFF
     live_vcpu = live_memory = live_max_memory = None
     if active and info is not None:
@@ -207,6 +223,7 @@ def _observed(fields: dict[str, Any], state: int, info: Sequence[int] | None, li
         live_vcpu=live_vcpu,
         live_memory_mib=live_memory,
         live_max_memory_mib=live_max_memory,
+        live_max_vcpu=live_max_vcpu if active else None,
         live_devices=live_devices,
     )
 

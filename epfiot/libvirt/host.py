@@ -3,9 +3,10 @@
 Thread safety: apply calls one LibvirtHost from several threads at once. libvirt connections are
 thread-safe, and a LibvirtHost holds no mutable state of its own after `open`.
 
-Observing reads each domain once: its persistent XML (XMLDesc INACTIVE) and dom.info() (state and the running
-instance's vCPUs and memory). The live XML is read only for running domains whose definition has USB
-hostdevs, the only live detail epfiot compares that info() does not give.
+Observing reads the states of all domains in one call (getAllDomainStats), then each domain's persistent XML
+(XMLDesc INACTIVE); for running domains also dom.info() and the live vCPU maximum (the running instance's
+vCPUs and memory). The live XML is read only for running domains whose definition has USB hostdevs, the only
+live detail epfiot compares that those do not give. Unchanged domains reuse the last observe's parse.
 """
 
 from __future__ import annotations
@@ -121,38 +122,59 @@ class LibvirtHost:
     def observe_vms(self) -> tuple[ObservedVm, ...]:
         """All domains, managed or not, sorted by name."""
         inactive_flag = libvirt.VIR_DOMAIN_XML_INACTIVE
+        live_maximum = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_VCPU_MAXIMUM
         shutoff = libvirt.VIR_DOMAIN_SHUTOFF
         crashed = libvirt.VIR_DOMAIN_CRASHED
-        with host_errors("list domains"):
-            domains = self._conn.listAllDomains(0)
         previous = self._parsed
         parsed: dict[tuple[object, ...], ObservedVm] = {}
         found = []
-        for dom in domains:
+        for dom, state, reason in self._domain_states():
             try:
                 xml = dom.XMLDesc(inactive_flag)
-                info = dom.info()
-                state = info[0]
                 if state in (shutoff, crashed):
                     key: tuple[object, ...] = (xml, state)
-                    live_info = live_xml = None
+                    info = live_xml = max_vcpu = None
                 else:
+                    info = dom.info()
+                    max_vcpu = dom.vcpusFlags(live_maximum)
                     live_xml = dom.XMLDesc(0) if domxml.has_hostdevs(xml) else None
-                    key = (xml, state, info[1], info[2], info[3], live_xml)
-                    live_info = info
+                    key = (xml, state, reason, info[1], info[2], info[3], max_vcpu, live_xml)
             except libvirt.libvirtError as e:
                 if _code(e) == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined between the listing and now
                 raise host_error("read domain", e) from e
             vm = previous.get(key)
             if vm is None:
-                vm = domxml.parse_domain(xml, state, live_info, live_xml)
+                vm = domxml.parse_domain(xml, state, info, live_xml, reason=reason, live_max_vcpu=max_vcpu)
             parsed[key] = vm
             found.append(vm)
         with self._lock:
             self._parsed = parsed
         found.sort(key=lambda vm: vm.libvirt_name)
         return tuple(found)
+
+    def _domain_states(self) -> list[tuple[Any, int, int]]:
+        """Every domain with its state and reason: one call for all of them."""
+        try:
+            stats = self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        except libvirt.libvirtError as e:
+            if _code(e) != libvirt.VIR_ERR_NO_SUPPORT:
+                raise host_error("list domains", e) from e
+        else:
+            return [(dom, int(st.get("state.state", 0)), int(st.get("state.reason", 0))) for dom, st in stats]
+        # a driver without bulk stats: one state() call per domain
+        found = []
+        with host_errors("list domains"):
+            domains = self._conn.listAllDomains(0)
+        for dom in domains:
+            try:
+                state, reason = dom.state()
+            except libvirt.libvirtError as e:
+                if _code(e) == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise host_error("read domain state", e) from e
+            found.append((dom, int(state), int(reason)))
+        return found
 
     def _image_pool_name(self) -> str | None:
         try:
@@ -286,10 +308,14 @@ class LibvirtHost:
         dom = self._domain(name, "resume")
         with host_errors(f"resume {name}"):
             state = dom.state()[0]
-            if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
-                dom.pMWakeup(0)
-            elif state == libvirt.VIR_DOMAIN_PAUSED:
-                dom.resume()
+            try:
+                if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+                    dom.pMWakeup(0)
+                elif state == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+            except libvirt.libvirtError:
+                if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+                    raise  # else it got there by itself (it was still starting up)
 
     def undefine_vm(self, name: str) -> None:
         dom = self._find(name)
