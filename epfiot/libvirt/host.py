@@ -131,18 +131,25 @@ class LibvirtHost:
         for dom, state, reason in self._domain_states():
             try:
                 xml = dom.XMLDesc(inactive_flag)
-                if state in (shutoff, crashed):
-                    key: tuple[object, ...] = (xml, state)
-                    info = live_xml = max_vcpu = None
-                else:
-                    info = dom.info()
-                    max_vcpu = dom.vcpusFlags(live_maximum)
-                    live_xml = dom.XMLDesc(0) if domxml.has_hostdevs(xml) else None
-                    key = (xml, state, reason, info[1], info[2], info[3], max_vcpu, live_xml)
+                info = live_xml = max_vcpu = None
+                if state not in (shutoff, crashed):
+                    try:
+                        info = dom.info()
+                        max_vcpu = dom.vcpusFlags(live_maximum)
+                        live_xml = dom.XMLDesc(0) if domxml.has_hostdevs(xml) else None
+                    except libvirt.libvirtError as e:
+                        if _code(e) != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
+                            raise
+                        state, reason = shutoff, 0  # stopped between the listing and now
+                        info = live_xml = max_vcpu = None
             except libvirt.libvirtError as e:
                 if _code(e) == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined between the listing and now
                 raise host_error("read domain", e) from e
+            if info is None:
+                key: tuple[object, ...] = (xml, state)
+            else:
+                key = (xml, state, reason, info[1], info[2], info[3], max_vcpu, live_xml)
             vm = previous.get(key)
             if vm is None:
                 vm = domxml.parse_domain(xml, state, info, live_xml, reason=reason, live_max_vcpu=max_vcpu)
