@@ -3,9 +3,8 @@
 Thread safety: apply calls one LibvirtHost from several threads at once. libvirt connections are
 thread-safe, and a LibvirtHost holds no mutable state of its own after `open`.
 
-Observing reads the states of all domains in one call (getAllDomainStats), then each domain's persistent XML
-(XMLDesc INACTIVE); for running domains also dom.info() and the live vCPU maximum (the running instance's
-vCPUs and memory). The live XML is read only for running domains whose definition has USB hostdevs, the only
+Observing reads, for each domain, dom.info() (state, and the running instance's memory and vCPUs) and its
+persistent XML (XMLDesc INACTIVE); for running domains also the live vCPU maximum, for paused ones the reason. The live XML is read only for running domains whose definition has USB hostdevs, the only
 live detail epfiot compares that those do not give. Unchanged domains reuse the last observe's parse.
 """
 
@@ -125,63 +124,45 @@ class LibvirtHost:
         live_maximum = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_VCPU_MAXIMUM
         shutoff = libvirt.VIR_DOMAIN_SHUTOFF
         crashed = libvirt.VIR_DOMAIN_CRASHED
+        paused = libvirt.VIR_DOMAIN_PAUSED
+        with host_errors("list domains"):
+            domains = self._conn.listAllDomains(0)
         previous = self._parsed
         parsed: dict[tuple[object, ...], ObservedVm] = {}
         found = []
-        for dom, state, reason in self._domain_states():
+        for dom in domains:
             try:
+                info = dom.info()  # state, and the running instance's memory and vCPUs
+                state = info[0]
+                reason = dom.state()[1] if state == paused else 0  # paused, or still starting up?
                 xml = dom.XMLDesc(inactive_flag)
-                info = live_xml = max_vcpu = None
-                if state not in (shutoff, crashed):
+                live_xml = max_vcpu = None
+                if state in (shutoff, crashed):
+                    key: tuple[object, ...] = (xml, state)
+                else:
                     try:
-                        info = dom.info()
                         max_vcpu = dom.vcpusFlags(live_maximum)
                         live_xml = dom.XMLDesc(0) if domxml.has_hostdevs(xml) else None
                     except libvirt.libvirtError as e:
                         if _code(e) != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
                             raise
-                        state, reason = shutoff, 0  # stopped between the listing and now
-                        info = live_xml = max_vcpu = None
+                        state, reason = shutoff, 0  # stopped between info() and now
+                        live_xml = max_vcpu = None
+                    key = (xml, state, reason, info[1], info[2], info[3], max_vcpu, live_xml)
             except libvirt.libvirtError as e:
                 if _code(e) == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined between the listing and now
                 raise host_error("read domain", e) from e
-            if info is None:
-                key: tuple[object, ...] = (xml, state)
-            else:
-                key = (xml, state, reason, info[1], info[2], info[3], max_vcpu, live_xml)
             vm = previous.get(key)
             if vm is None:
-                vm = domxml.parse_domain(xml, state, info, live_xml, reason=reason, live_max_vcpu=max_vcpu)
+                live_info = None if state in (shutoff, crashed) else info
+                vm = domxml.parse_domain(xml, state, live_info, live_xml, reason=reason, live_max_vcpu=max_vcpu)
             parsed[key] = vm
             found.append(vm)
         with self._lock:
             self._parsed = parsed
         found.sort(key=lambda vm: vm.libvirt_name)
         return tuple(found)
-
-    def _domain_states(self) -> list[tuple[Any, int, int]]:
-        """Every domain with its state and reason: one call for all of them."""
-        try:
-            stats = self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
-        except libvirt.libvirtError as e:
-            if _code(e) != libvirt.VIR_ERR_NO_SUPPORT:
-                raise host_error("list domains", e) from e
-        else:
-            return [(dom, int(st.get("state.state", 0)), int(st.get("state.reason", 0))) for dom, st in stats]
-        # a driver without bulk stats: one state() call per domain
-        found = []
-        with host_errors("list domains"):
-            domains = self._conn.listAllDomains(0)
-        for dom in domains:
-            try:
-                state, reason = dom.state()
-            except libvirt.libvirtError as e:
-                if _code(e) == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue
-                raise host_error("read domain state", e) from e
-            found.append((dom, int(state), int(reason)))
-        return found
 
     def _image_pool_name(self) -> str | None:
         try:
