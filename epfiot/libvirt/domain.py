@@ -31,6 +31,7 @@ from epfiot.model import (
     Ownership,
     PowerState,
     VmSpec,
+    libvirt_name,
     overlay_volume_name,
     seed_volume_name,
 )
@@ -123,7 +124,7 @@ def render_domain_xml(
     seed_volume = seed_volume_name(spec.owner, spec.name) if spec.credentials else None
     if (disk_volume or seed_volume) and not image_pool:
         raise ValueError(f"{spec.libvirt_name}: a disk or seed volume needs an image pool")
-    network = f"{spec.owner}.{spec.network}" if spec.network else None
+    network = libvirt_name(spec.owner, spec.network) if spec.network else None
     ordered = sorted(usb, key=lambda pair: (pair[0].bus, pair[0].device, str(pair[0].id), pair[0].nodedev, not pair[1]))
     hostdevs = [Markup(hostdev_xml(device, required=required)) for device, required in ordered]
     boot = "network" if network and not disk_volume else "hd"
