@@ -142,7 +142,8 @@ def encode_tlv_resources(resources: Mapping[ResourceKey, Value]) -> bytes:
     for rid, value in _group_resources(resources):
         if isinstance(value, dict):
             inner = b"".join(
-                tlv_entry(TLV_RESOURCE_INSTANCE, riid, tlv_value_bytes(v)) for riid, v in sorted(value.items())
+                tlv_entry(TLV_RESOURCE_INSTANCE, riid, tlv_value_bytes(v))
+                for riid, v in sorted(value.items())
             )
             out += tlv_entry(TLV_MULTIPLE_RESOURCE, rid, inner)
         else:

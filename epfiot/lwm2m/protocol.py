@@ -61,6 +61,10 @@ class MethodNotAllowed(ProtocolError):
     code = (4, 5)
 
 
+class ServiceUnavailable(ProtocolError):
+    code = (5, 3)
+
+
 @dataclass(frozen=True)
 class BootstrapRequest:
     endpoint: str
@@ -161,6 +165,8 @@ def plan_bootstrap(config: ThingConfig, content_format: int) -> list[Operation]:
 
     ops = [Operation("DELETE", path) for path in config.deletes]
     for (obj, inst), resources in instances.items():
-        ops.append(Operation("PUT", format_path((obj, inst)), encode_instance(fmt, obj, inst, resources), fmt))
+        ops.append(
+            Operation("PUT", format_path((obj, inst)), encode_instance(fmt, obj, inst, resources), fmt)
+        )
     ops.append(FINISH)
     return ops

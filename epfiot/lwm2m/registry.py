@@ -15,18 +15,20 @@ thread/process (the server opens its own). This module does not import aiocoap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from epfiot.errors import EpfiotError
 from epfiot.lwm2m.codec import CodecError, parse_path
 
 SCHEMA_VERSION: Final = 1
@@ -49,12 +51,16 @@ _BINDING_RE = re.compile(r"^[UQSTN]{1,8}$")
 _MAX_EP_BYTES = 252  # Uri-Query options are at most 255 bytes, "ep=" included
 
 
-class RegistryError(Exception):
-    """Registry-level failure (schema, conflicting ownership)."""
+class RegistryError(EpfiotError):
+    """The registry cannot be used as asked (database errors, schema, conflicting ownership)."""
 
 
 class ThingConflictError(RegistryError):
     """An endpoint name is already registered by another owner (names are unique per host)."""
+
+
+class InvalidThingConfig(RegistryError, ValueError):
+    """A thing configuration that cannot be bootstrapped as given."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +75,21 @@ class ResourceWrite:
         try:
             ids = parse_path(self.path, min_depth=3, max_depth=4)
         except CodecError as exc:
-            raise ValueError(f"write path {self.path!r}: {exc}") from None
+            raise InvalidThingConfig(f"write path {self.path!r}: {exc}") from None
         if ids[:2] == (0, 0):
-            raise ValueError(f"write path {self.path!r}: instance /0/0 (the bootstrap account) is never written")
+            raise InvalidThingConfig(
+                f"write path {self.path!r}: instance /0/0 (the bootstrap account) is never written"
+            )
         if not isinstance(self.value, str | int | float | bool):
-            raise ValueError(f"write {self.path}: value must be a string, number or boolean")
+            raise InvalidThingConfig(f"write {self.path}: value must be a string, number or boolean")
         if isinstance(self.value, float) and not math.isfinite(self.value):
-            raise ValueError(f"write {self.path}: value must be a finite number")
-        if isinstance(self.value, int) and not isinstance(self.value, bool) and not -(2**63) <= self.value < 2**63:
-            raise ValueError(f"write {self.path}: integer does not fit in 64 bits")
+            raise InvalidThingConfig(f"write {self.path}: value must be a finite number")
+        if (
+            isinstance(self.value, int)
+            and not isinstance(self.value, bool)
+            and not -(2**63) <= self.value < 2**63
+        ):
+            raise InvalidThingConfig(f"write {self.path}: integer does not fit in 64 bits")
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -108,57 +120,63 @@ class ThingConfig:
 
 def _validate_config(cfg: ThingConfig) -> None:
     if not isinstance(cfg.name, str) or not cfg.name:
-        raise ValueError("thing name (LwM2M endpoint name) must be a non-empty string")
+        raise InvalidThingConfig("thing name (LwM2M endpoint name) must be a non-empty string")
     if len(cfg.name.encode("utf-8")) > _MAX_EP_BYTES:
-        raise ValueError(f"endpoint name {cfg.name[:40]!r}...: at most {_MAX_EP_BYTES} bytes")
+        raise InvalidThingConfig(f"endpoint name {cfg.name[:40]!r}...: at most {_MAX_EP_BYTES} bytes")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in cfg.name) or "&" in cfg.name:
-        raise ValueError(f"endpoint name {cfg.name!r} contains control characters or '&'")
+        raise InvalidThingConfig(f"endpoint name {cfg.name!r} contains control characters or '&'")
     if not isinstance(cfg.owner, str) or not cfg.owner:
-        raise ValueError(f"thing {cfg.name}: owner must be a non-empty string")
+        raise InvalidThingConfig(f"thing {cfg.name}: owner must be a non-empty string")
     if not isinstance(cfg.stack, str):
-        raise ValueError(f"thing {cfg.name}: stack must be a string")
+        raise InvalidThingConfig(f"thing {cfg.name}: stack must be a string")
     if cfg.server_uri is not None:
         _validate_server_uri(cfg.name, cfg.server_uri)
     if isinstance(cfg.lifetime, bool) or not isinstance(cfg.lifetime, int) or not 1 <= cfg.lifetime < 2**31:
-        raise ValueError(f"thing {cfg.name}: lifetime must be a positive integer (seconds)")
+        raise InvalidThingConfig(f"thing {cfg.name}: lifetime must be a positive integer (seconds)")
     if not isinstance(cfg.binding, str) or not _BINDING_RE.match(cfg.binding):
-        raise ValueError(f"thing {cfg.name}: binding {cfg.binding!r} is not a LwM2M binding (e.g. 'U', 'UQ')")
+        raise InvalidThingConfig(
+            f"thing {cfg.name}: binding {cfg.binding!r} is not a LwM2M binding (e.g. 'U', 'UQ')"
+        )
     ssid = cfg.short_server_id
     if isinstance(ssid, bool) or not isinstance(ssid, int) or not 1 <= ssid <= 65534:
-        raise ValueError(f"thing {cfg.name}: short_server_id must be 1..65534")
+        raise InvalidThingConfig(f"thing {cfg.name}: short_server_id must be 1..65534")
     for path in cfg.deletes:
         try:
             ids = parse_path(path, min_depth=0, max_depth=2)
         except CodecError as exc:
-            raise ValueError(f"thing {cfg.name}: delete {path!r}: {exc}") from None
+            raise InvalidThingConfig(f"thing {cfg.name}: delete {path!r}: {exc}") from None
         if ids == (0, 0):
-            raise ValueError(f"thing {cfg.name}: /0/0 (the bootstrap account) is never deleted")
+            raise InvalidThingConfig(f"thing {cfg.name}: /0/0 (the bootstrap account) is never deleted")
     seen: set[tuple[int, ...]] = set()
     for write in cfg.writes:
         if not isinstance(write, ResourceWrite):
-            raise ValueError(f"thing {cfg.name}: writes must be ResourceWrite values")
+            raise InvalidThingConfig(f"thing {cfg.name}: writes must be ResourceWrite values")
         ids = write.ids
         if ids in seen or ids[:3] in seen or any(s[:3] == ids for s in seen):
-            raise ValueError(f"thing {cfg.name}: {write.path} written twice")
+            raise InvalidThingConfig(f"thing {cfg.name}: {write.path} written twice")
         seen.add(ids)
         if ids[:2] == (0, SECURITY_INSTANCE) and ids[2] in SECURITY_MANAGED_RESOURCES:
-            raise ValueError(f"thing {cfg.name}: {write.path} is set from the thing's server settings")
+            raise InvalidThingConfig(
+                f"thing {cfg.name}: {write.path} is set from the thing's server settings"
+            )
         if ids[:2] == (1, SECURITY_INSTANCE) and ids[2] in SERVER_MANAGED_RESOURCES:
-            raise ValueError(f"thing {cfg.name}: {write.path} is set from the thing's server settings")
+            raise InvalidThingConfig(
+                f"thing {cfg.name}: {write.path} is set from the thing's server settings"
+            )
 
 
 def _validate_server_uri(name: str, uri: str) -> None:
     if not isinstance(uri, str):
-        raise ValueError(f"thing {name}: server_uri must be a string or None")
+        raise InvalidThingConfig(f"thing {name}: server_uri must be a string or None")
     try:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"thing {name}: server_uri {uri!r}: {exc}") from None
+        raise InvalidThingConfig(f"thing {name}: server_uri {uri!r}: {exc}") from None
     if parts.scheme != "coap" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"thing {name}: server_uri {uri!r} must look like coap://host:port (NoSec)")
+        raise InvalidThingConfig(f"thing {name}: server_uri {uri!r} must look like coap://host:port (NoSec)")
     if port == 0:
-        raise ValueError(f"thing {name}: server_uri {uri!r} has port 0")
+        raise InvalidThingConfig(f"thing {name}: server_uri {uri!r} has port 0")
 
 
 def server_uri_for(address: str | None, port: int = 5683) -> str | None:
@@ -309,18 +327,26 @@ class Registry:
 
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so writers never
-        # deadlock on a read-to-write lock upgrade
-        self._db = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
+        with self._guard():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so writers never
+            # deadlock on a read-to-write lock upgrade
+            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+            except BaseException:
+                self._db.close()
+                raise
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """sqlite and file errors become RegistryError (one clear line for the CLI)."""
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except BaseException:
-            self._db.close()
-            raise
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise RegistryError(f"registry {self.path}: {exc}") from exc
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -339,8 +365,7 @@ class Registry:
         self.close()
 
     def _migrate(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise RegistryError(
@@ -351,15 +376,15 @@ class Registry:
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target}")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     # -- reading -----------------------------------------------------------------------------
 
     def things(self, owner: str | None = None) -> list[ThingRecord]:
         """All things (or those of one owner), sorted by name."""
+        with self._guard():
+            return self._things(owner)
+
+    def _things(self, owner: str | None) -> list[ThingRecord]:
         if owner is None:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM things ORDER BY name").fetchall()
         else:
@@ -374,11 +399,19 @@ class Registry:
 
     def bootstrap_target(self, name: str) -> BootstrapTarget | None:
         """The record and config revision of an endpoint (one indexed read)."""
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM things WHERE name = ?", (name,)).fetchone()
+        with self._guard():
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM things WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
         record, revision = _row_to_record(row)
         return BootstrapTarget(record, revision)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection committed to the database (SQLite
+        ``PRAGMA data_version``); lets a reader cache what it read in between."""
+        with self._guard():
+            (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        return int(version)
 
     # -- configuration (reconcile) -----------------------------------------------------------
 
@@ -449,7 +482,9 @@ class Registry:
         with self._transaction():
             names = [
                 name
-                for (name,) in self._db.execute("SELECT name FROM things WHERE owner = ? ORDER BY name", (owner,))
+                for (name,) in self._db.execute(
+                    "SELECT name FROM things WHERE owner = ? ORDER BY name", (owner,)
+                )
                 if name not in keep_set
             ]
             self._db.executemany("DELETE FROM things WHERE name = ?", [(n,) for n in names])
@@ -484,7 +519,12 @@ class Registry:
             return self._db.total_changes - before
 
     def mark_bootstrapping(self, name: str, revision: int, client_address: str) -> bool:
-        return self.apply_status([StatusUpdate(name, revision, STATUS_BOOTSTRAPPING, client_address=client_address)]) > 0
+        return (
+            self.apply_status(
+                [StatusUpdate(name, revision, STATUS_BOOTSTRAPPING, client_address=client_address)]
+            )
+            > 0
+        )
 
     def mark_bootstrapped(self, name: str, revision: int, client_address: str, server_uri: str) -> bool:
         now = time.time()
@@ -505,24 +545,14 @@ class Registry:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error)."""
+        with self._guard():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
-        else:
-            self._db.execute("ROLLBACK")

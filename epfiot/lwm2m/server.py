@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import sqlite3
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,13 @@ from typing import Any
 import aiocoap
 import aiocoap.error
 from aiocoap.numbers.codes import Code
+from aiocoap.transports.udp6 import UDP6EndpointAddress
+
+try:  # the direct request path (see BootstrapServer._request); public API otherwise
+    from aiocoap.interfaces import RequestInterface as _RequestInterface
+    from aiocoap.pipe import Pipe as _Pipe
+except ImportError:  # pragma: no cover - older aiocoap
+    _Pipe = _RequestInterface = None
 
 from epfiot.lwm2m.codec import CF_SENML_JSON
 from epfiot.lwm2m.protocol import (
@@ -50,6 +56,7 @@ from epfiot.lwm2m.protocol import (
     NotFound,
     Operation,
     ProtocolError,
+    ServiceUnavailable,
     parse_bootstrap_query,
     plan_bootstrap,
 )
@@ -57,7 +64,9 @@ from epfiot.lwm2m.registry import (
     STATUS_BOOTSTRAPPED,
     STATUS_BOOTSTRAPPING,
     STATUS_FAILED,
+    BootstrapTarget,
     Registry,
+    RegistryError,
     StatusUpdate,
     ThingConfig,
 )
@@ -68,6 +77,8 @@ DEFAULT_PORT = 5683
 DEFAULT_EXCHANGE_TIMEOUT = 30.0
 DEFAULT_REBOOTSTRAP_WINDOW = 30.0
 DEFAULT_FLUSH_INTERVAL = 0.01
+RECEIVE_BUFFER = 1 << 20
+DEFAULT_MAX_CONCURRENT = 16
 
 EventCallback = Callable[[str, dict[str, object]], None]
 
@@ -80,22 +91,55 @@ _METHODS = {"DELETE": Code.DELETE, "PUT": Code.PUT, "POST": Code.POST}
 _FORMAT_NAMES = {CF_SENML_JSON: "senml-json"}
 
 
+class _UnicastRemote(UDP6EndpointAddress):  # type: ignore[misc]
+    """A client address known to be unicast on both ends. aiocoap re-derives ``is_multicast``
+    by parsing the address text several times per message sent; a bootstrap sends five
+    requests to the same client, so the answers are fixed once here."""
+
+    is_multicast = False
+    is_multicast_locally = False
+
+
+def _sending_remote(remote: Any) -> Any:
+    """The remote to address the bootstrap requests to (same socket, same client address)."""
+    if type(remote) is not UDP6EndpointAddress:
+        return remote
+    packed = _packed(str(remote.sockaddr[0]))
+    local = remote.pktinfo[:16] if isinstance(remote.pktinfo, bytes) and len(remote.pktinfo) >= 16 else None
+    if packed is None or _is_multicast(packed) or (local is not None and _is_multicast(local)):
+        return remote
+    return _UnicastRemote(remote.sockaddr, remote.interface, pktinfo=remote.pktinfo)
+
+
 class ClientRejected(Exception):
     """The client answered one of the bootstrap requests with an error code."""
+
+
+_V4MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def _packed(host: str) -> bytes | None:
+    try:
+        return socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _is_multicast(packed: bytes) -> bool:
+    if packed[:12] == _V4MAPPED:
+        return 224 <= packed[12] <= 239
+    return packed[0] == 0xFF
 
 
 def format_address(sockaddr: tuple[Any, ...]) -> str:
     """``host:port`` for IPv4 (also v4-mapped), ``[host]:port`` for IPv6."""
     host, port = str(sockaddr[0]), int(sockaddr[1])
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    if ":" not in host:
         return f"{host}:{port}"
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return f"{addr.ipv4_mapped}:{port}"
-    if isinstance(addr, ipaddress.IPv6Address):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
+    packed = _packed(host)
+    if packed is not None and packed[:12] == _V4MAPPED:
+        return f"{socket.inet_ntop(socket.AF_INET, packed[12:])}:{port}"
+    return f"[{host}]:{port}"
 
 
 def _code_text(code: Any) -> str:
@@ -160,7 +204,7 @@ class _StatusWriter:
         self._pending = []
         try:
             self._registry.apply_status(batch)
-        except sqlite3.Error as exc:
+        except RegistryError as exc:
             log.warning("could not write %d bootstrap status updates (will retry): %s", len(batch), exc)
             self._pending[:0] = batch
             return False
@@ -171,6 +215,42 @@ class _StatusWriter:
             self._handle.cancel()
             self._handle = None
         self.flush()
+
+
+class _TargetCache:
+    """Bootstrap targets and their encoded write plans, valid while no other connection has
+    committed to the registry (``PRAGMA data_version``). Only config and revision are used
+    from cached records; status is written, never read, by the server."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._version: int | None = None
+        self._targets: dict[str, BootstrapTarget | None] = {}
+        self._plans: dict[tuple[str, int, int], list[Operation]] = {}
+
+    def _check(self) -> None:
+        version = self._registry.data_version()
+        if version != self._version or len(self._targets) > self.MAX_ENTRIES:
+            self._version = version
+            self._targets.clear()
+            self._plans.clear()
+
+    def target(self, name: str) -> BootstrapTarget | None:
+        self._check()
+        try:
+            return self._targets[name]
+        except KeyError:
+            target = self._targets[name] = self._registry.bootstrap_target(name)
+            return target
+
+    def plan(self, target: BootstrapTarget, content_format: int) -> list[Operation]:
+        key = (target.record.config.name, target.revision, content_format)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plan_bootstrap(target.record.config, content_format)
+        return plan
 
 
 class _Site:
@@ -213,9 +293,12 @@ class BootstrapServer:
         exchange_timeout: float = DEFAULT_EXCHANGE_TIMEOUT,
         rebootstrap_window: float = DEFAULT_REBOOTSTRAP_WINDOW,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     ) -> None:
         if exchange_timeout <= 0:
             raise ValueError("exchange_timeout must be positive")
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         if rebootstrap_window < 0:
             raise ValueError("rebootstrap_window must not be negative")
         self.registry_path = Path(registry_path)
@@ -227,12 +310,16 @@ class BootstrapServer:
         self._on_event = on_event
         self._registry: Registry | None = None
         self._writer: _StatusWriter | None = None
+        self._cache: _TargetCache | None = None
         self._ctx: Any = None
+        self._tman: Any = None
         self._port: int | None = None
         self._active: dict[str, _Exchange] = {}
         self._last_finish: dict[str, tuple[float, int]] = {}
         self._promotions: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.max_concurrent = max_concurrent
+        self._slots = asyncio.Semaphore(max_concurrent)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -249,6 +336,8 @@ class BootstrapServer:
     async def start(self) -> None:
         if self._ctx is not None:
             raise RuntimeError("bootstrap server already started")
+        if self.requested_port != 0:
+            _ensure_port_free(self.bind, self.requested_port)
         registry = Registry(self.registry_path, busy_timeout=0.1)
         try:
             ctx = await aiocoap.Context.create_server_context(
@@ -262,8 +351,15 @@ class BootstrapServer:
             raise
         self._registry = registry
         self._writer = _StatusWriter(registry, self._flush_interval)
+        self._cache = _TargetCache(registry)
         self._ctx = ctx
-        self._port = _bound_port(ctx)
+        sock = _server_socket(ctx)
+        self._port = int(sock.getsockname()[1])
+        _enlarge_receive_buffer(sock, RECEIVE_BUFFER)
+        _guard_decoding(ctx)
+        interfaces = list(getattr(ctx, "request_interfaces", ()))
+        if _Pipe is not None and len(interfaces) == 1 and isinstance(interfaces[0], _RequestInterface):
+            self._tman = interfaces[0]
         log.info("LwM2M bootstrap server listening on %s port %d (udp)", self.bind, self._port)
 
     async def stop(self) -> None:
@@ -272,6 +368,7 @@ class BootstrapServer:
         if self._ctx is None:
             return
         ctx, self._ctx = self._ctx, None
+        self._tman = None
         for exchange in list(self._active.values()):
             if exchange.task is not None:
                 exchange.task.cancel()
@@ -288,6 +385,7 @@ class BootstrapServer:
             if self._registry is not None:
                 self._registry.close()
             self._writer = None
+            self._cache = None
             self._registry = None
             log.info("LwM2M bootstrap server stopped")
 
@@ -333,9 +431,13 @@ class BootstrapServer:
             return "?"
 
     def _accept(self, req: BootstrapRequest, remote: Any, client: str) -> Callable[[], None]:
-        assert self._registry is not None
+        assert self._cache is not None
         endpoint = req.endpoint
-        target = self._registry.bootstrap_target(endpoint)
+        try:
+            target = self._cache.target(endpoint)
+        except RegistryError as exc:
+            log.warning("bootstrap of %r from %s: registry unavailable: %s", endpoint[:64], client, exc)
+            raise ServiceUnavailable("registry unavailable") from None
         if target is None:
             self._refuse(endpoint, client, "unknown endpoint")
             raise NotFound("unknown endpoint")
@@ -347,7 +449,7 @@ class BootstrapServer:
         fmt = req.content_format
         if req.preferred_format is not None and req.preferred_format != fmt:
             log.info("%s asked for content format %d, writing TLV", endpoint, req.preferred_format)
-        plan = plan_bootstrap(config, fmt)
+        plan = self._cache.plan(target, fmt)
         now = time.monotonic()
 
         previous = self._active.pop(endpoint, None)
@@ -372,7 +474,7 @@ class BootstrapServer:
             endpoint=endpoint,
             owner=config.owner,
             revision=target.revision,
-            remote=remote,
+            remote=_sending_remote(remote),
             client=client,
             server_uri=config.server_uri,
             content_format=fmt,
@@ -410,7 +512,7 @@ class BootstrapServer:
 
     async def _run(self, ex: _Exchange) -> None:
         try:
-            async with asyncio.timeout(self.exchange_timeout):
+            async with self._slots, asyncio.timeout(self.exchange_timeout):
                 for op in ex.plan:
                     ex.current = op
                     await self._send(ex, op)
@@ -442,17 +544,64 @@ class BootstrapServer:
             message.opt.content_format = op.content_format
         # same socket as the one that received POST /bs, to the client's address
         message.remote = ex.remote
-        request = self._ctx.request(message, handle_blockwise=len(op.payload) > 512)
-        response = await request.response
+        response = await self._request(message, blockwise=len(op.payload) > 512)
         if not response.code.is_successful():
             detail = _diagnostic(response.payload)
             raise ClientRejected(
                 f"{op.describe()} answered {_code_text(response.code)}" + (f": {detail}" if detail else "")
             )
 
+    def _request(self, message: Any, blockwise: bool) -> asyncio.Future[Any]:
+        """Send a request from the server context; the future gets the response.
+
+        Small requests go straight to the context's request interface (the UDP token manager)
+        through a :class:`aiocoap.pipe.Pipe` whose first event resolves a future of our own:
+        ``Context.request`` would add a task, a remote lookup and a generator-driven
+        ``Request`` per message (a noticeable part of the server's CPU per bootstrap), and
+        cancelling the future it returns races with a response arriving in the same loop
+        iteration (aiocoap then sets a result on a cancelled future inside its receive path).
+        Here a cancelled waiter just leaves the late event unused."""
+        loop = asyncio.get_running_loop()
+        tman = self._tman
+        if blockwise or tman is None:
+            future: asyncio.Future[Any] = loop.create_future()
+            inner = self._ctx.request(message, handle_blockwise=blockwise).response
+
+            def transfer(done: asyncio.Future[Any]) -> None:
+                if future.done():
+                    if not done.cancelled():
+                        done.exception()  # retrieved: nobody waits for it any more
+                elif done.cancelled():
+                    future.cancel()
+                elif done.exception() is not None:
+                    future.set_exception(done.exception())  # type: ignore[arg-type]
+                else:
+                    future.set_result(done.result())
+
+            inner.add_done_callback(transfer)
+            return future
+
+        future = loop.create_future()
+        pipe = _Pipe(message, self._ctx.log)
+
+        def on_event(event: Any) -> bool:
+            if not future.done():
+                if event.message is not None:
+                    future.set_result(event.message)
+                else:
+                    future.set_exception(event.exception or aiocoap.error.LibraryShutdown())
+            return False  # one response is all we want; this ends the request's interest
+
+        pipe.on_event(on_event)
+        tman.request(pipe)
+        return future
+
     def _finished(self, ex: _Exchange) -> None:
         now_wall = time.time()
         now = time.monotonic()
+        if len(self._last_finish) >= 4096:
+            horizon = now - self.rebootstrap_window
+            self._last_finish = {k: v for k, v in self._last_finish.items() if v[0] >= horizon}
         self._last_finish[ex.endpoint] = (now, ex.revision)
         duration_ms = round((now - ex.started) * 1000, 2)
         if ex.retry_error is None:
@@ -486,7 +635,11 @@ class BootstrapServer:
                 self.rebootstrap_window, self._promote, ex.endpoint, ex.revision, ex.client, now
             )
         log.info(
-            "bootstrapped %s from %s with server %s in %.1f ms", ex.endpoint, ex.client, ex.server_uri, duration_ms
+            "bootstrapped %s from %s with server %s in %.1f ms",
+            ex.endpoint,
+            ex.client,
+            ex.server_uri,
+            duration_ms,
         )
         self._emit(
             EVENT_FINISHED,
@@ -503,10 +656,16 @@ class BootstrapServer:
         if self._last_finish.get(endpoint) != (finished, revision) or endpoint in self._active:
             return
         self._put(StatusUpdate(endpoint, revision, STATUS_BOOTSTRAPPED, client_address=client))
-        log.info("%s: no new bootstrap within %g s of its last Finish, bootstrapped", endpoint, self.rebootstrap_window)
+        log.info(
+            "%s: no new bootstrap within %g s of its last Finish, bootstrapped",
+            endpoint,
+            self.rebootstrap_window,
+        )
 
     def _fail(self, ex: _Exchange, error: str) -> None:
-        self._put(StatusUpdate(ex.endpoint, ex.revision, STATUS_FAILED, client_address=ex.client, error=error))
+        self._put(
+            StatusUpdate(ex.endpoint, ex.revision, STATUS_FAILED, client_address=ex.client, error=error)
+        )
         log.warning("bootstrap of %s from %s failed: %s", ex.endpoint, ex.client, error)
         self._emit(EVENT_FAILED, endpoint=ex.endpoint, owner=ex.owner, client=ex.client, error=error)
 
@@ -526,15 +685,63 @@ class BootstrapServer:
             log.exception("event callback failed for %s", kind)
 
 
-def _bound_port(ctx: Any) -> int:
+def _server_socket(ctx: Any) -> socket.socket:
     for interface in getattr(ctx, "request_interfaces", ()):
-        transport = getattr(getattr(getattr(interface, "token_interface", None), "message_interface", None), "transport", None)
-        if transport is None:
+        message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        transport = getattr(message_interface, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if isinstance(sock, socket.socket):
+            return sock
+    raise RuntimeError("could not find the socket of the bootstrap server")
+
+
+def _guard_decoding(ctx: Any) -> None:
+    """aiocoap turns most undecodable datagrams into a warning, but a string option (Uri-Path,
+    Uri-Query) that is not UTF-8 raises UnicodeDecodeError out of its receive callback: the
+    server keeps serving, yet every such datagram would log an ERROR with a traceback. Catch
+    that on this context's UDP interface and log one line instead."""
+    for interface in getattr(ctx, "request_interfaces", ()):
+        message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        receive = getattr(message_interface, "datagram_msg_received", None)
+        if message_interface is None or receive is None:
             continue
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            return int(sock.getsockname()[1])
-    raise RuntimeError("could not determine the bound port of the bootstrap server")
+
+        def guarded(data: bytes, ancdata: Any, flags: int, address: Any, receive: Any = receive) -> None:
+            try:
+                receive(data, ancdata, flags, address)
+            except UnicodeDecodeError:
+                log.info("ignoring a datagram from %s: an option is not UTF-8", format_address(address))
+
+        message_interface.datagram_msg_received = guarded
+
+
+def _ensure_port_free(bind: str, port: int) -> None:
+    """aiocoap binds with SO_REUSEPORT, so a second bootstrap server on the same port would
+    start silently and share the clients with the first; probe with a plain socket first."""
+    try:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # aiocoap reports unresolvable addresses
+    family, _type, _proto, _name, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        if family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {bind} port {port}: {exc.strerror}") from None
+
+
+def _enlarge_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Best effort (capped by net.core.rmem_max): many clients bootstrapping at once, e.g.
+    after a power cut, arrive as a burst; the default buffer drops datagrams, each costing the
+    client a retransmission timeout."""
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError as exc:
+        log.debug("could not enlarge the receive buffer: %s", exc)
 
 
 async def run_bootstrap_server(
@@ -563,5 +770,4 @@ async def run_bootstrap_server(
             ready(server)
         await asyncio.Event().wait()
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(server.stop())
+        await server.stop()
