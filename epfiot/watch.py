@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 SCOPES_FILE = "watch-scopes.json"
+LOAD_REASONS = frozenset({"start", "manifest", "resync"})
 STARTUP_KEY = "(watch started)"
 
 # Backoff after a failed reconcile (seconds): connection problems retry fast, failed actions slower.
@@ -475,10 +477,14 @@ class Reconciler:
 
     # --- one run -----------------------------------------------------------------------------------------
 
-    def run(self, reasons: frozenset[str]) -> RunReport:
+    def run(self, reasons: frozenset[str], *, load: bool | None = None) -> RunReport:
+        """One reconcile. `load`: read the manifests first (default: for the reasons that concern them:
+        start, a manifest change, the resync); otherwise the last valid ones are used. A lifecycle event
+        must not read files that are being written: their change is still being debounced."""
         if "reconnect" in reasons:
             self.drop_host()
-        self.load()
+        if load if load is not None else bool(reasons & LOAD_REASONS) or self.desired is None:
+            self.load()
         if self.desired is None:
             return RunReport("idle", None, self.managed)
         try:
@@ -788,7 +794,9 @@ class Watcher:
             if "prune" in reasons:
                 self.prune_due = None
             self.log("reconcile.start", ", ".join(sorted(reasons)), level="debug", reasons=sorted(reasons))
-            report = await loop.run_in_executor(self.worker, reconciler.run, reasons)
+            # The resync reloads the manifests too (a change watchfiles missed), unless one is being debounced.
+            load = bool(reasons & {"start", "manifest"}) or ("resync" in reasons and self.schedule.files_due is None)
+            report = await loop.run_in_executor(self.worker, functools.partial(reconciler.run, reasons, load=load))
             self.managed = report.managed
             self.prune_due = report.prune_due
             if report.outcome == "idle":
