@@ -69,7 +69,9 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "stack.schema.json"
 STDIN_NAME = "<stdin>"
 SUFFIXES = (".yaml", ".yml")
 MIN_PREFIX, MAX_PREFIX = 8, 30  # a network needs room for the host, a dynamic range and reservations
-MAX_NODES = 1_000_000  # per document: YAML aliases can make a small file expand without bound
+# YAML aliases can make a small document expand without bound ("billion laughs"): a document may expand to at
+# most this many times its distinct nodes, plus a little.
+MAX_EXPANSION, EXPANSION_SLACK = 4, 10_000
 MAX_DEPTH = 64
 
 _Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -230,13 +232,14 @@ class _Composer:
     problems: list[ManifestProblem]
     lines: dict[PathKey, int] = field(default_factory=dict)
     count: int = 0
+    limit: int = 0
 
     def fail(self, node: yaml.Node, path: PathKey, message: str) -> None:
         self.problems.append(ManifestProblem(self.file, node.start_mark.line + 1, format_path(path), message))
 
     def value(self, node: yaml.Node, path: PathKey, text: bool = False, depth: int = 0) -> Any:
         self.count += 1
-        if self.count > MAX_NODES or depth > MAX_DEPTH:
+        if self.count > self.limit or depth > MAX_DEPTH:
             raise _TooLarge
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, path, text)
@@ -304,6 +307,22 @@ class _Composer:
         return node.value
 
 
+def _distinct_nodes(root: yaml.Node) -> int:
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack += (key, value)
+    return len(seen)
+
+
 def _parse_yaml(text: str, file: str, directory: Path, problems: list[ManifestProblem]) -> list[_Document]:
     documents: list[_Document] = []
     loader = _Loader(text)
@@ -324,7 +343,9 @@ def _parse_yaml(text: str, file: str, directory: Path, problems: list[ManifestPr
                     )
                 )
                 continue
-            composer = _Composer(file, loader, problems)
+            composer = _Composer(
+                file, loader, problems, limit=MAX_EXPANSION * _distinct_nodes(node) + EXPANSION_SLACK
+            )
             try:
                 data = composer.value(node, ())
             except _TooLarge:
