@@ -86,8 +86,9 @@ _TEXT_KEYS = frozenset(
      "serial", "vm", "server", "binding", "path", "env", "file", "hash", "password", "start", "end", "cidr"}
 )  # fmt: skip
 _TEXT_LIST_KEYS = frozenset({"aliases", "ssh_authorized_keys", "delete"})
-# Values never repeated in a message: they may hold secrets.
-_SENSITIVE_KEYS = frozenset({"password", "user_data"})
+# Values never repeated in a message: they may hold secrets (a password typed where a mapping was expected,
+# a token in user_data ...). Problems there name the field and the line only.
+_SENSITIVE_KEYS = frozenset({"credentials", "password", "user_data"})
 
 PathKey = tuple[str | int, ...]
 T = TypeVar("T")
@@ -1148,9 +1149,9 @@ def _cloud_config_problem(text: str) -> str | None:
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
+        # Not even the parser's problem: it can quote the text ("found undefined alias 'x'").
         mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1} of the text)" if mark is not None else ""
-        return f"not valid YAML{where}: {getattr(e, 'problem', None) or type(e).__name__}"
+        return "not valid YAML" + (f" (line {mark.line + 1} of the text)" if mark is not None else "")
     if data is not None and not isinstance(data, dict):
         return "must be a cloud-config mapping (keys such as packages:, runcmd:, write_files:)"
     return None

@@ -571,6 +571,8 @@ def test_the_hash_differs_between_vms_and_users() -> None:
         _with_credentials(f"{PASSWORD}", "      user_data: '" + PASSWORD + ": [oops'\n"),
         _with_credentials(f"{PASSWORD}", "      allow_literal_password: true\n      user_data: '- " + PASSWORD + "'\n"),
         _with_credentials(f"{PASSWORD}\n     bad: indentation"),  # a YAML syntax error on the password's line
+        VM.format(stack="s", owner="alice", name="a") + f"    credentials: {PASSWORD}\n",  # not a mapping
+        VM.format(stack="s", owner="alice", name="a") + f"    credentials: {{user: {PASSWORD}}}\n",
         _with_credentials(f"{PASSWORD}", "      allow_literal_password: true\n      colour: blue\n").replace("vcpu: 1", "vcpu: 0"),
     ],
 )
