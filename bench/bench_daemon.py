@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import report  # noqa: E402
+from common import report
 
-from epfiot import cli  # noqa: E402
-from epfiot.libvirt.host import LibvirtHost  # noqa: E402
+from epfiot import cli
+from epfiot.libvirt.host import LibvirtHost
 
 URI = "qemu:///system"
 EPFIOT = [sys.executable, "-m", "epfiot"]

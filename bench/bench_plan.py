@@ -14,12 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median_of, report  # noqa: E402
+from common import median_of, report
 
-from epfiot.libvirt.host import LibvirtHost  # noqa: E402
-from epfiot.model import Desired, StackSpec, VmSpec  # noqa: E402
-from epfiot.plan import Options  # noqa: E402
-from epfiot.reconcile import apply_plan, observe, plan_changes  # noqa: E402
+from epfiot.libvirt.host import LibvirtHost
+from epfiot.model import Desired, StackSpec, VmSpec
+from epfiot.plan import Options
+from epfiot.reconcile import apply_plan, observe, plan_changes
 
 HOST_XML = "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz><model>x86_64</model></cpu><memory>268435456</memory></node>"
 

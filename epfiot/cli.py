@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from epfiot.host import Host
     from epfiot.lwm2m.registry import Registry
     from epfiot.model import Desired
-    from epfiot.plan import Action, Options, Plan
+    from epfiot.plan import Action, Options
     from epfiot.policy import UsbPolicy
 
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
     parser.add_argument("--policy", type=Path, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
     parser.add_argument("--image-pool", default=os.environ.get("EPFIOT_IMAGE_POOL", "epfiot-images"), help="storage pool of base images and VM disks (default: %(default)s)")
+    parser.add_argument("--image-dir", default=os.environ.get("EPFIOT_IMAGE_DIR", "/var/lib/epfiot/images"), help="directory of the image pool when apply creates it (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list unchanged resources too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -259,6 +260,8 @@ def _apply(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> int
     with session(args, need_registry=bool(desired.things)) as ses, host_lock(
         ses.state_dir, _uri(args), on_wait=lambda m: print(m, file=sys.stderr, flush=True)
     ):
+        if not deletion and any(vm.image or vm.credentials for vm in desired.vms):
+            ses.host.ensure_image_pool(args.image_dir)
         observed = observe(ses.host, ses.registry, desired)
         if deletion:
             plan = plan_deletion(desired, observed, options)
@@ -338,6 +341,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     from epfiot import render, views
 
     resource = "vms" if args.resource == "vm" else args.resource
+    columns: Sequence[str]
     owner, name = args.owner, None
     if args.name:
         if "/" in args.name:

@@ -92,6 +92,10 @@ class Host(Protocol):
     def remove_dhcp_host(self, network: str, mac: str, ip: str) -> None: ...
 
     # --- storage -----------------------------------------------------------------------------------------
+    def ensure_image_pool(self, path: str) -> None:
+        """Create the image pool, a directory pool at `path`, unless it exists."""
+        ...
+
     def create_overlay(self, spec: VmSpec) -> None:
         """Create the VM's qcow2 overlay volume backed by its base image (idempotent: an existing overlay
         with the right backing store is kept)."""

@@ -383,7 +383,10 @@ class _Planner:
             pool = self.observed.image_pool
             images = sorted(v.name for v in self.observed.volumes if not is_epfiot_volume(v.name))
             if pool is None:
-                self.problems.append(f"{spec.source}: vm {spec.name}: image {spec.image!r}: the image pool does not exist")
+                self.problems.append(
+                    f"{spec.source}: vm {spec.name}: image {spec.image!r}: the image pool does not exist yet "
+                    "(epfiot apply creates it; then copy base images into its directory)"
+                )
             else:
                 listing = ", ".join(images) if images else "none"
                 self.problems.append(
@@ -477,10 +480,14 @@ class _Planner:
 
         # vCPUs: added live up to the running maximum; removing vCPUs needs the guest's cooperation, and a
         # new maximum needs a new QEMU process: both take a restart.
+        running_max_vcpu = vm.live_max_vcpu or vm.max_vcpu
         if spec.max_vcpu != vm.max_vcpu:
             config("max_vcpu", vm.max_vcpu, spec.max_vcpu, restart=True)
+        elif running and running_max_vcpu != spec.max_vcpu:
+            needs_restart = True
+            changes.append(Change("max_vcpu", running_max_vcpu, spec.max_vcpu, "restart required"))
         if running and vm.live_vcpu is not None and spec.vcpu != vm.live_vcpu:
-            if vm.live_vcpu < spec.vcpu <= vm.max_vcpu:
+            if vm.live_vcpu < spec.vcpu <= running_max_vcpu:
                 live.append(s.SetVcpus(name, spec.vcpu, live=True))
                 changes.append(Change("vcpu", vm.live_vcpu, spec.vcpu, "live"))
             else:

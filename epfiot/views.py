@@ -20,8 +20,10 @@ def pending_restart(vm: ObservedVm) -> bool:
     """The running VM differs from its definition in what only a restart changes."""
     if not vm.active:
         return False
-    return (vm.live_vcpu is not None and vm.live_vcpu != vm.vcpu) or (
-        vm.live_max_memory_mib is not None and vm.live_max_memory_mib != vm.max_memory_mib
+    return (
+        (vm.live_vcpu is not None and vm.live_vcpu != vm.vcpu)
+        or (vm.live_max_vcpu is not None and vm.live_max_vcpu != vm.max_vcpu)
+        or (vm.live_max_memory_mib is not None and vm.live_max_memory_mib != vm.max_memory_mib)
     )
 
 

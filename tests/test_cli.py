@@ -87,7 +87,7 @@ def test_live_vcpu_and_memory_changes_then_stop_and_start(run, tmp_path: Path, h
     assert run("apply", "-f", str(tmp_path))[0] == 0
 
     write_stack(tmp_path, "alice", vms=[vm("example1", vcpu=3, max_vcpu=4, memory="128MiB", max_memory="256MiB")])
-    code, out, _ = run("plan", "-f", str(tmp_path))
+    _code, out, _ = run("plan", "-f", str(tmp_path))
     assert "vcpu: 1 -> 3 (live)" in out and "memory_mib: 64 -> 128 (live)" in out
     assert run("apply", "-f", str(tmp_path))[0] == 0
     dom = host.lookupByName("alice.example1")
@@ -138,7 +138,7 @@ def test_a_domain_without_epfiot_metadata_is_never_touched(run, tmp_path: Path, 
     host.defineXML(xml)
     stack = write_stack(tmp_path, "alice", vms=[vm("example1", vcpu=2)])
 
-    code, out, err = run("apply", "-f", str(stack))
+    code, _out, err = run("apply", "-f", str(stack))
     assert code == 1
     assert "not managed by epfiot" in err
     assert "nothing was changed" in err
@@ -171,7 +171,7 @@ def test_manifest_errors_are_reported_at_once_before_any_connection(run, tmp_pat
 def test_manifest_error_output_names_file_line_and_field(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: example1\n    memroy: 64MiB\n    vcpu: 0\n")
-    code, out, err = run("plan", "-f", str(bad))
+    code, _out, err = run("plan", "-f", str(bad))
     assert code == 2
     assert f"{bad}:" in err and "memroy" in err and "vcpu" in err
 

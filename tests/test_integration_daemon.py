@@ -105,9 +105,10 @@ def test_lifecycle_create_change_stop_start_prune(run: Run, tenant: str, tmp_pat
     assert run("apply", "-f", str(path))[0] == 0
     assert dom.isActive()
 
-    # Prune: example2 leaves the manifest.
+    # Prune: example2 leaves the manifest. (Its shutdown timeout left with it: --force spares the default
+    # 60 s that a guest without an OS would make a graceful shutdown wait.)
     write_stack(tmp_path, tenant, vms=[vm("example1", vcpu=2, max_vcpu=3, memory="128MiB", max_memory="128MiB", allow_restart=True)])
-    code, out, _ = run("apply", "-f", str(path))
+    code, out, _ = run("apply", "-f", str(path), "--force")
     assert code == 0, out
     assert set(managed(conn, tenant)) == {f"{tenant}.example1"}
     assert run("plan", "-f", str(path), "--detailed-exitcode")[0] == 0
@@ -176,7 +177,7 @@ def test_kill_9_in_the_middle_of_an_apply_then_apply_converges(
     # Kill it as soon as it has started acting: some domains exist, not all are running.
     wait_until(lambda: len(managed(conn, tenant)) >= 1, 60, "the first domain")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL
 
     code, out, err = run("apply", "-f", str(path))

@@ -164,6 +164,13 @@ class LibvirtHost:
         found.sort(key=lambda vm: vm.libvirt_name)
         return tuple(found)
 
+    def ensure_image_pool(self, path: str) -> None:
+        """Create the image pool (a directory pool at `path`) unless it exists: apply needs it for VM disks
+        and cloud-init seeds; base images are copied into its directory."""
+        from epfiot.libvirt import storage
+
+        storage.ensure_pool(self._conn, self.image_pool, path)
+
     def _image_pool_name(self) -> str | None:
         try:
             self._conn.storagePoolLookupByName(self.image_pool)
