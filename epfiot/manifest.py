@@ -40,12 +40,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
 from epfiot import secrets, units
 from epfiot.errors import ManifestError, ManifestProblem
@@ -64,6 +62,10 @@ from epfiot.model import (
     VmSpec,
     libvirt_name,
 )
+
+if TYPE_CHECKING:  # jsonschema takes a while to import and is needed only for invalid documents
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "stack.schema.json"
 STDIN_NAME = "<stdin>"
@@ -376,6 +378,8 @@ def _parse_yaml(text: str, file: str, directory: Path, problems: list[ManifestPr
 
 @lru_cache(maxsize=1)
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema())
 
 
