@@ -224,6 +224,13 @@ things:
     )  # fmt: skip
 
 
+def test_the_good_manifests_load() -> None:
+    desired = load_manifests([str(DATA / "good")], env=ENV)
+    assert [v.libvirt_name for v in desired.vms] == ["alice.example1", "bob.example1", "bob.example2"]
+    assert [(v.address, v.memory_mib) for v in desired.vms][1:] == [("10.171.0.200", 64), ("10.171.0.201", 64)]
+    assert [t.name for t in desired.things] == ["bob-sensor"]
+
+
 def test_a_thing_with_neither_vm_nor_server_is_valid() -> None:
     text = "version: 1\nstack: s\nowner: alice\nthings:\n  - name: later\n"
     (thing,) = load_manifest_text(text).things
