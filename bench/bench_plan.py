@@ -57,7 +57,11 @@ def main() -> None:
             for dom in conn.listAllDomains():
                 dom.XMLDesc(0)
 
+        # Each run plans fresh desired state, as a new process would have it: no spec digest computed yet.
+        fresh = [desired(args.vms) for _ in range(args.repeat + 1)]
+
         def noop_plan() -> None:
+            want = fresh.pop()
             plan = plan_changes(want, observe(host, None, want), options, None)
             assert not plan.has_changes, [a for a in plan.actions if a.verb != "noop"][:3]
 

@@ -8,9 +8,8 @@ two and is the only place that decides anything. Nothing here imports libvirt or
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 # Names of owners, stacks, VMs, networks and things: a DNS label. No dots, so that the libvirt name
@@ -104,7 +103,7 @@ class UsbSelector:
     serial: str | None = None
     port: str | None = None
     required: bool = True
-    source: Source = field(default=NO_SOURCE, compare=False)
+    source: Source = field(default=NO_SOURCE, compare=False, repr=False)
 
     @property
     def ids(self) -> tuple[UsbId, ...]:
@@ -164,9 +163,16 @@ class VmSpec:
     def spec_hash(self) -> str:
         """A digest of everything epfiot applies for this VM, recorded in the domain's metadata.
 
-        The order of `devices` is not part of it: a reordered device list is no change."""
-        devices = tuple(sorted(self.devices, key=lambda d: (str(d), d.required)))
-        return spec_digest(replace(self, devices=devices))
+        The order of `devices` is not part of it: a reordered device list is no change. Computed once per
+        spec: a plan over a thousand VMs asks for it a thousand times."""
+        cached: str | None = self.__dict__.get("_spec_hash")
+        if cached is None:
+            spec = self
+            if len(self.devices) > 1:
+                spec = replace(self, devices=tuple(sorted(self.devices, key=lambda d: (str(d), d.required))))
+            cached = spec_digest(spec)
+            object.__setattr__(self, "_spec_hash", cached)
+        return cached
 
 
 @dataclass(frozen=True)
@@ -356,15 +362,16 @@ class Observed:
 
 
 def spec_digest(spec: object) -> str:
-    """A short, stable digest of a frozen dataclass (source positions excluded)."""
-    data = _without_sources(asdict(spec))  # type: ignore[call-overload]
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    """A short, stable digest of a frozen dataclass's fields, its source position excluded.
+
+    The repr of the field values: every value in a spec is a str, number, bool, None, enum, tuple or frozen
+    dataclass, whose reprs are deterministic. Nested positions are left out of the repr (repr=False)."""
+    names = _DIGEST_FIELDS.get(type(spec))
+    if names is None:
+        names = tuple(n for n in getattr(type(spec), "__dataclass_fields__") if n != "source")
+        _DIGEST_FIELDS[type(spec)] = names
+    blob = repr(tuple(getattr(spec, n) for n in names)).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _without_sources(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _without_sources(v) for k, v in value.items() if k != "source"}
-    if isinstance(value, list | tuple):
-        return [_without_sources(v) for v in value]
-    return value
+_DIGEST_FIELDS: dict[type, tuple[str, ...]] = {}

