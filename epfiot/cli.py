@@ -413,7 +413,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from epfiot.eventlog import EventLog
-    from epfiot.lwm2m.server import run_bootstrap_server
+    from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
     from epfiot.state import ensure_state_dir
 
     state_dir = ensure_state_dir(_state_dir(args))
@@ -424,9 +424,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         subject = f"thing/{fields.get('endpoint', '?')}"
         events.record(kind, subject, str(fields.get("message", kind)), **fields)
 
-    print(f"LwM2M bootstrap server on [{args.bind}]:{args.port} (registry {state_dir / 'registry.db'})", flush=True)
+    def ready(server: BootstrapServer) -> None:
+        print(f"LwM2M bootstrap server on [{args.bind}]:{server.port} (registry {state_dir / 'registry.db'})", flush=True)
+
     try:
-        asyncio.run(run_bootstrap_server(state_dir / "registry.db", bind=args.bind, port=args.port, on_event=on_event))
+        asyncio.run(
+            run_bootstrap_server(state_dir / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready)
+        )
     except KeyboardInterrupt:
         pass
     finally:

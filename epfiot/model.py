@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 
 # Names of owners, stacks, VMs, networks and things: a DNS label. No dots, so that the libvirt name
@@ -368,7 +368,7 @@ def spec_digest(spec: object) -> str:
     dataclass, whose reprs are deterministic. Nested positions are left out of the repr (repr=False)."""
     names = _DIGEST_FIELDS.get(type(spec))
     if names is None:
-        names = tuple(n for n in getattr(type(spec), "__dataclass_fields__") if n != "source")
+        names = tuple(f.name for f in fields(spec) if f.name != "source")  # type: ignore[arg-type]
         _DIGEST_FIELDS[type(spec)] = names
     blob = repr(tuple(getattr(spec, n) for n in names)).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
