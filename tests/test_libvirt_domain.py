@@ -436,6 +436,9 @@ def test_a_new_maximum_waits_for_a_restart(host: LibvirtHost) -> None:
     assert (after.live_max_vcpu, after.live_max_memory_mib) == (2, 128)  # the running instance
     host.destroy_vm("o.vm")
     assert only(host, "o.vm").live_max_vcpu is None
+    host.start_vm("o.vm")  # a new instance: the new maxima
+    restarted = only(host, "o.vm")
+    assert (restarted.live_max_vcpu, restarted.live_max_memory_mib) == (3, 256)
 
 
 def test_vcpus_and_memory_live_and_in_the_definition(host: LibvirtHost) -> None:

@@ -66,6 +66,7 @@ class LibvirtHost:
         # a plan after an apply) parses only the domains that changed. Replaced whole, under the lock.
         self._lock = threading.Lock()
         self._parsed: dict[tuple[object, ...], ObservedVm] = {}
+        self._max_vcpus: dict[tuple[str, int], int] = {}  # (name, domain id) -> the instance's vCPU maximum
 
     @classmethod
     def open(
@@ -127,8 +128,9 @@ class LibvirtHost:
         paused = libvirt.VIR_DOMAIN_PAUSED
         with host_errors("list domains"):
             domains = self._conn.listAllDomains(0)
-        previous = self._parsed
+        previous, previous_max_vcpus = self._parsed, self._max_vcpus
         parsed: dict[tuple[object, ...], ObservedVm] = {}
+        max_vcpus: dict[tuple[str, int], int] = {}
         found = []
         for dom in domains:
             try:
@@ -141,7 +143,12 @@ class LibvirtHost:
                     key: tuple[object, ...] = (xml, state)
                 else:
                     try:
-                        max_vcpu = dom.vcpusFlags(live_maximum)
+                        # a running instance's vCPU maximum is fixed until it stops: known per (name, id)
+                        instance = (dom.name(), dom.ID())
+                        max_vcpu = previous_max_vcpus.get(instance)
+                        if max_vcpu is None:
+                            max_vcpu = dom.vcpusFlags(live_maximum)
+                        max_vcpus[instance] = max_vcpu
                         live_xml = dom.XMLDesc(0) if domxml.has_hostdevs(xml) else None
                     except libvirt.libvirtError as e:
                         if _code(e) != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
@@ -160,7 +167,7 @@ class LibvirtHost:
             parsed[key] = vm
             found.append(vm)
         with self._lock:
-            self._parsed = parsed
+            self._parsed, self._max_vcpus = parsed, max_vcpus
         found.sort(key=lambda vm: vm.libvirt_name)
         return tuple(found)
 
