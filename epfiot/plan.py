@@ -427,6 +427,7 @@ class _Planner:
             notes.append(f"not started until its required devices are plugged in (state stays shutoff, wants {spec.state})")
         else:
             steps += _power_steps(spec, PowerState.SHUTOFF)
+        steps += _address_wait(spec, steps)
         changes = [
             Change("state", None, spec.state.value),
             Change("vcpu", None, spec.vcpu),
@@ -583,6 +584,7 @@ class _Planner:
                 changes.append(Change("state", vm.state.value, spec.state.value))
                 steps += power
 
+        steps += _address_wait(spec, steps)
         if steps:
             verb, reason = Verb.UPDATE, _update_reason(changes, vm)
         elif blocked or (pending_restart and not spec.allow_restart):
@@ -729,6 +731,14 @@ def _power_steps(spec: VmSpec, current: PowerState, *, force: bool = False) -> l
         return [s.DestroyVm(name)]
     resume: list[s.Step] = [s.ResumeVm(name)] if current is PowerState.PAUSED else []
     return [*resume, s.ShutdownVm(name, spec.shutdown_timeout)]
+
+
+def _address_wait(spec: VmSpec, steps: list[s.Step]) -> list[s.Step]:
+    """A VM that asks for it is waited for until it has an address, whenever this apply starts it."""
+    started = any(isinstance(step, s.StartVm) and not step.paused for step in steps)
+    if spec.wait_for_address and spec.state is PowerState.RUNNING and started:
+        return [s.WaitForAddress(spec.libvirt_name, spec.wait_for_address)]
+    return []
 
 
 def _restart_steps(spec: VmSpec, vm: ObservedVm, *, force: bool) -> list[s.Step]:
