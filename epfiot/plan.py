@@ -372,6 +372,12 @@ class _Planner:
     def _plan_vm(self, spec: VmSpec, replaced_networks: set[str]) -> None:
         name = spec.libvirt_name
         observed = self.vms.get(name)
+        if observed is not None and _plainly_unchanged(spec, observed):
+            # The common case on a large host, answered without building the full comparison.
+            self.actions.append(
+                Action(Kind.VM, spec.owner, spec.stack, spec.name, Verb.NOOP, f"{spec.name} is {observed.state.value}", Phase.VMS)
+            )
+            return
         common = dict(kind=Kind.VM, owner=spec.owner, stack=spec.stack, name=spec.name, phase=Phase.VMS)
         if observed is not None and self._claimed_elsewhere("domain", name, observed.ownership, spec.stack, str(spec.source)):
             return
@@ -731,6 +737,33 @@ def _power_steps(spec: VmSpec, current: PowerState, *, force: bool = False) -> l
         return [s.DestroyVm(name)]
     resume: list[s.Step] = [s.ResumeVm(name)] if current is PowerState.PAUSED else []
     return [*resume, s.ShutdownVm(name, spec.shutdown_timeout)]
+
+
+def _plainly_unchanged(spec: VmSpec, vm: ObservedVm) -> bool:
+    """True for a VM without devices, network, disk or seed that matches its definition and runs as declared.
+
+    Anything else goes through the full comparison; tests/test_plan.py checks that both agree."""
+    own = vm.ownership
+    if own is None or own.stack != spec.stack or vm.state is not spec.state:
+        return False
+    if spec.devices or vm.devices or spec.network or vm.network or spec.image or vm.disk_volume:
+        return False
+    if spec.credentials or vm.seed_volume:
+        return False
+    if (vm.vcpu, vm.max_vcpu, vm.memory_mib, vm.max_memory_mib) != (
+        spec.vcpu,
+        spec.max_vcpu,
+        spec.memory_mib,
+        spec.max_memory_mib,
+    ):
+        return False
+    if vm.active and (
+        vm.live_vcpu not in (None, spec.vcpu)
+        or vm.live_max_vcpu not in (None, spec.max_vcpu)
+        or vm.live_max_memory_mib not in (None, spec.max_memory_mib)
+    ):
+        return False
+    return own.spec_hash == spec.spec_hash()
 
 
 def _address_wait(spec: VmSpec, steps: list[s.Step]) -> list[s.Step]:
