@@ -306,32 +306,54 @@ def _outcome_dict(outcome: Outcome) -> dict[str, object]:
 
 
 class _Progress:
-    """One line per action as it finishes, numbered; also recorded in the event log."""
+    """One line per action as it finishes, numbered, and recorded in the event log. On a terminal, a status
+    line below them shows what is running now (long plans: starting many VMs takes a while)."""
 
     def __init__(self, out: TextIO, total: int, events: EventLog) -> None:
-        self.out, self.total, self.events = out, total, events
-        self.done = 0
         import threading
 
+        self.out, self.total, self.events = out, total, events
+        self.done = 0
+        self.running: dict[str, float] = {}
+        self.live = out.isatty() and total > 1
         self.lock = threading.Lock()
 
     def __call__(self, phase: str, action: Action, outcome: Outcome | None) -> None:
         from epfiot.render import action_title
 
-        if phase == "start" or outcome is None:
-            return
+        title = action_title(action)
         with self.lock:
+            if phase == "start" or outcome is None:
+                self.events.record("action.start", action.address, f"{action.verb}: {action.reason}")
+                self.running[title] = time.monotonic()
+                self._status()
+                return
+            self.running.pop(title, None)
             self.done += 1
-            width = len(str(self.total))
-            counter = f"[{self.done:>{width}}/{self.total}]"
-            title = action_title(action)
+            counter = f"[{self.done:>{len(str(self.total))}}/{self.total}]"
             if outcome.ok:
                 line = f"{counter} {title}: {action.verb} done ({outcome.seconds:.1f}s)"
-                self.events.record("action.done", action.address, f"{action.verb}: {action.reason}", seconds=round(outcome.seconds, 3), steps=[s.describe() for s in action.steps])
+                steps = [step.describe() for step in action.steps]
+                self.events.record("action.done", action.address, f"{action.verb}: {action.reason}", seconds=round(outcome.seconds, 3), steps=steps)
             else:
                 line = f"{counter} {title}: {action.verb} FAILED: {outcome.error}"
                 self.events.record("action.failed", action.address, f"{action.verb} failed: {outcome.error}", error=outcome.error)
+            if self.live:
+                self.out.write("\r\033[K")
             print(line, file=self.out, flush=True)
+            self._status()
+
+    def _status(self) -> None:
+        if not self.live:
+            return
+        if not self.running or self.done == self.total:
+            self.out.write("\r\033[K")
+        else:
+            oldest = sorted(self.running, key=self.running.__getitem__)
+            names = ", ".join(oldest[:3]) + (f" and {len(oldest) - 3} more" if len(oldest) > 3 else "")
+            elapsed = time.monotonic() - self.running[oldest[0]]
+            self.out.write(f"\r\033[K  {self.done}/{self.total} done; running: {names} ({elapsed:.0f}s)")
+        self.out.flush()
 
 
 # --- get ---------------------------------------------------------------------------------------------------
