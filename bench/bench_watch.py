@@ -32,6 +32,8 @@ from typing import Any
 
 import libvirt
 
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are read from the exceptions
+
 TENANT = "benchwatch"
 VM = "bench"
 NAME = f"{TENANT}.{VM}"
@@ -85,11 +87,12 @@ class Watch:
         return self.proc.wait(timeout=60)
 
 
-def poll(condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.01) -> None:
+def poll(condition: Callable[[], bool], what: str, watch: Watch, timeout: float = 60.0, interval: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise SystemExit("timed out")
+            tail = "\n".join(json.dumps(r) for r in watch.lines[-20:])
+            raise SystemExit(f"timed out waiting for {what}; watch's last lines:\n{tail}")
         time.sleep(interval)
 
 
@@ -174,7 +177,7 @@ def main() -> None:
             watch.wait(lambda r: r.get("event") == "reconcile.done", 0)
             mark = watch.mark()
             path.write_text(manifest(64))
-            poll(lambda: running(conn, NAME))
+            poll(lambda: running(conn, NAME), "the VM to run", watch)
             watch.wait(lambda r: r.get("event") == "reconcile.done", mark)
 
             saves: list[float] = []
@@ -195,13 +198,13 @@ def main() -> None:
                 started = time.perf_counter()
                 dom.destroy()
                 destroy_calls.append(time.perf_counter() - started)
-                poll(lambda: running(conn, NAME))
+                poll(lambda: running(conn, NAME), "the VM to run again", watch)
                 outages.append(time.perf_counter() - started)
                 watch.wait(lambda r: r.get("event") == "action.done" and r.get("subject") == subject, mark)
 
             mark = watch.mark()
             path.unlink()
-            poll(lambda: not exists(conn, NAME))
+            poll(lambda: not exists(conn, NAME), "the VM to be pruned", watch, timeout=120)
             code = watch.stop()
         finally:
             if watch.proc.poll() is None:

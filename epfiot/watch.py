@@ -63,10 +63,13 @@ STARTUP_KEY = "(watch started)"
 # Backoff after a failed reconcile (seconds): connection problems retry fast, failed actions slower.
 CONNECT_BACKOFF = (0.2, 5.0)
 FAILURE_BACKOFF = (1.0, 30.0)
-# A drift corrected again and again (a VM that crashes right after each start) slows down: from the 3rd
-# correction within DRIFT_WINDOW s, event-triggered runs wait 1, 2, 4 ... up to DRIFT_BACKOFF_CAP s.
-DRIFT_WINDOW = 60.0
-DRIFT_BACKOFF_CAP = 30.0
+# A VM that crashes again and again (QEMU fails right after each start) is restarted with growing delays:
+# from the CRASH_BURST-th crash within CRASH_WINDOW s, 1, 2, 4 ... up to CRASH_BACKOFF_CAP s. Only
+# crashes count: stopping a VM by hand, however often, is corrected at once.
+CRASH_BURST = 3
+CRASH_WINDOW = 60.0
+CRASH_BACKOFF_CAP = 30.0
+CRASH_EVENTS = ("stopped/crashed", "stopped/failed", "crashed/")
 # Changes that never stop (a long checkout) still get a run after this long.
 MAX_DEBOUNCE = 5.0
 
@@ -150,11 +153,11 @@ class Backoff:
 
 @dataclass
 class Schedule:
-    """When the next reconcile runs, and why: coalescing, debounce, resync, retry and drift backoff.
+    """When the next reconcile runs, and why: coalescing, debounce, resync, retry and crash-loop backoff.
 
     Pure (times are passed in, monotonic seconds); the watch loop asks `due()` how long to sleep and `take()`
-    which reasons the run starting now covers. A manifest change bypasses the retry backoff (someone just
-    saved a file: act now); every other trigger waits for it.
+    which reasons the run starting now covers. A manifest change bypasses the backoffs (someone just
+    saved a file: act now); every other trigger waits for them.
     """
 
     debounce: float
@@ -163,12 +166,12 @@ class Schedule:
     pending: set[str] = field(default_factory=set)
     files_first: float | None = None  # first change of the current burst of file changes
     files_due: float | None = None
-    retry_at: float | None = None
+    retry_at: float | None = None  # after a failed run
+    crash_hold: float | None = None  # after repeated crashes
     resync_at: float = 0.0
-    running: bool = False
     connect: Backoff = field(default_factory=lambda: Backoff(*CONNECT_BACKOFF))
     failure: Backoff = field(default_factory=lambda: Backoff(*FAILURE_BACKOFF))
-    drift_runs: deque[float] = field(default_factory=deque)
+    crashes: deque[float] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.resync_at = self.start + self.resync
@@ -181,20 +184,36 @@ class Schedule:
             self.files_first = now
         self.files_due = min(now + self.debounce, self.files_first + max(MAX_DEBOUNCE, self.debounce))
 
-    def due(self, now: float, prune_due: float | None = None) -> float | None:
-        """The time the next run should start (may be in the past: at once); None: nothing to do ever."""
-        retry_at = self.retry_at
+    def crashed(self, now: float) -> float | None:
+        """A managed VM crashed (or its QEMU failed). From the CRASH_BURST-th crash within CRASH_WINDOW s,
+        the runs that would restart it wait 1, 2, 4 ... CRASH_BACKOFF_CAP s. Returns that delay, if any."""
+        self.crashes.append(now)
+        while now - self.crashes[0] > CRASH_WINDOW:
+            self.crashes.popleft()
+        if len(self.crashes) < CRASH_BURST:
+            return None
+        delay = float(min(CRASH_BACKOFF_CAP, 2.0 ** (len(self.crashes) - CRASH_BURST)))
+        self.crash_hold = now + delay
+        return delay
 
-        def after_backoff(t: float) -> float:
-            return t if retry_at is None else max(t, retry_at)
+    def _hold(self, now: float) -> float | None:
+        holds = [t for t in (self.retry_at, self.crash_hold) if t is not None and t > now]
+        return max(holds) if holds else None
 
-        candidates = [after_backoff(self.resync_at)]
+    def due(self, now: float, prune_due: float | None = None) -> float:
+        """The time the next run should start (may be in the past: at once)."""
+        hold = self._hold(now)
+
+        def after_hold(t: float) -> float:
+            return t if hold is None else max(t, hold)
+
+        candidates = [after_hold(self.resync_at)]
         if self.files_due is not None:
             candidates.append(self.files_due)
         if self.pending:
-            candidates.append(after_backoff(now))
+            candidates.append(after_hold(now))
         if prune_due is not None:
-            candidates.append(after_backoff(prune_due))
+            candidates.append(after_hold(prune_due))
         return min(candidates)
 
     def take(self, now: float, prune_due: float | None = None) -> frozenset[str]:
@@ -203,12 +222,12 @@ class Schedule:
         if self.files_due is not None and now >= self.files_due:
             reasons.add("manifest")
             self.files_first = self.files_due = None
-        backoff_over = self.retry_at is None or now >= self.retry_at
-        if now >= self.resync_at and backoff_over:
+        free = self._hold(now) is None
+        if now >= self.resync_at and free:
             reasons.add("resync")
-        if prune_due is not None and now >= prune_due and backoff_over:
+        if prune_due is not None and now >= prune_due and free:
             reasons.add("prune")
-        if self.pending and (backoff_over or reasons):
+        if self.pending and (free or reasons):
             reasons |= self.pending
         if reasons:
             self.pending.clear()
@@ -223,20 +242,14 @@ class Schedule:
         if outcome == "disconnected":
             self.failure.reset()
             delay = self.connect.next()
-            self.pending.add("retry")
         elif outcome == "failed":
             self.connect.reset()
             delay = self.failure.next()
-            self.pending.add("retry")
         else:
             self.connect.reset()
             self.failure.reset()
-            if outcome == "drift":
-                self.drift_runs.append(now)
-            while self.drift_runs and now - self.drift_runs[0] > DRIFT_WINDOW:
-                self.drift_runs.popleft()
-            if len(self.drift_runs) >= 3:
-                delay = min(DRIFT_BACKOFF_CAP, 2.0 ** (len(self.drift_runs) - 3))
+        if delay is not None:
+            self.pending.add("retry")
         self.retry_at = now + delay if delay is not None else None
         return delay
 
@@ -693,7 +706,10 @@ class Watcher:
         managed = self.reconciler.managed if self.reconciler is not None else self.managed
         if domain not in managed:
             return
-        self.log("libvirt.event", event, subject=domain, domain=domain)
+        crash = event.startswith(CRASH_EVENTS)
+        self.log("libvirt.event", event, subject=domain, level="warning" if crash else "info", domain=domain)
+        if crash and (delay := self.schedule.crashed(time.monotonic())) is not None:
+            self.log("crash.backoff", f"crashes again and again: restarted in {delay:g}s", subject=domain, level="warning", delay=delay)
         self._trigger("event")
 
     def _libvirt_closed(self, reason: str) -> None:  # in the loop thread
@@ -782,7 +798,7 @@ class Watcher:
         while not self.stopping.is_set():
             now = time.monotonic()
             due = self.schedule.due(now, self.prune_due)
-            if due is not None and due > now:
+            if due > now:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), due - now)

@@ -179,16 +179,23 @@ def test_lost_connections_retry_fast_with_a_cap() -> None:
     assert sched.finished(9.5, "disconnected") == 0.2
 
 
-def test_repeated_drift_slows_down() -> None:
+def test_a_crash_loop_slows_down_but_drift_by_hand_does_not() -> None:
     sched = Schedule(debounce=0.2, resync=60.0, start=0.0)
-    assert sched.finished(1.0, "drift") is None
-    assert sched.finished(2.0, "drift") is None
-    assert sched.finished(3.0, "drift") == 1.0
-    assert sched.finished(4.0, "drift") == 2.0
+    for t in (1.0, 2.0, 3.0, 4.0):  # someone destroys the VM again and again: corrected at once each time
+        sched.finished(t, "drift")
+        sched.trigger("event")
+        assert sched.take(t) == {"event"}
+    assert sched.crashed(10.0) is None
+    assert sched.crashed(11.0) is None
+    assert sched.crashed(12.0) == 1.0
     sched.trigger("event")
-    assert sched.take(5.0) == frozenset()
-    assert sched.take(6.0) == {"event"}
-    assert sched.finished(200.0, "drift") is None  # the earlier ones are out of the window
+    assert sched.due(12.0) == 13.0
+    assert sched.take(12.5) == frozenset()
+    assert sched.take(13.0) == {"event"}
+    assert sched.crashed(14.0) == 2.0
+    sched.files_changed(14.0)
+    assert sched.take(14.2) == {"manifest"}  # a saved file does not wait
+    assert sched.crashed(200.0) is None  # the earlier crashes are out of the window
 
 
 def test_due_and_take_agree_under_backoff() -> None:
