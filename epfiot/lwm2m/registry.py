@@ -25,11 +25,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from epfiot.errors import EpfiotError
 from epfiot.lwm2m.codec import CodecError, parse_path
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION: Final = 1
 
@@ -272,8 +274,17 @@ def _encode_writes(writes: Sequence[ResourceWrite]) -> str:
     return json.dumps([[w.path, w.value] for w in writes], separators=(",", ":"), allow_nan=False)
 
 
+def _stored(cls: type[_T], **fields: Any) -> _T:
+    """Rebuild a frozen config read back from the registry without validating it again: every
+    row was validated when it was written (the bootstrap server reads one per request)."""
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, value)
+    return obj
+
+
 def _decode_writes(text: str) -> tuple[ResourceWrite, ...]:
-    return tuple(ResourceWrite(str(path), value) for path, value in json.loads(text))
+    return tuple(_stored(ResourceWrite, path=str(path), value=value) for path, value in json.loads(text))
 
 
 def _row_to_record(row: tuple[Any, ...]) -> tuple[ThingRecord, int]:
@@ -296,7 +307,8 @@ def _row_to_record(row: tuple[Any, ...]) -> tuple[ThingRecord, int]:
         written_server_uri,
         error,
     ) = row
-    config = ThingConfig(
+    config = _stored(
+        ThingConfig,
         name=name,
         owner=owner,
         stack=stack,

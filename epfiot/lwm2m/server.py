@@ -316,6 +316,7 @@ class BootstrapServer:
         self._port: int | None = None
         self._active: dict[str, _Exchange] = {}
         self._last_finish: dict[str, tuple[float, int]] = {}
+        self._prune_at = 4096
         self._promotions: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.max_concurrent = max_concurrent
@@ -599,9 +600,10 @@ class BootstrapServer:
     def _finished(self, ex: _Exchange) -> None:
         now_wall = time.time()
         now = time.monotonic()
-        if len(self._last_finish) >= 4096:
+        if len(self._last_finish) >= self._prune_at:  # amortised: at most every doubling
             horizon = now - self.rebootstrap_window
             self._last_finish = {k: v for k, v in self._last_finish.items() if v[0] >= horizon}
+            self._prune_at = max(4096, 2 * len(self._last_finish))
         self._last_finish[ex.endpoint] = (now, ex.revision)
         duration_ms = round((now - ex.started) * 1000, 2)
         if ex.retry_error is None:
