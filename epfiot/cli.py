@@ -433,28 +433,40 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
+    import signal
 
-    from epfiot.eventlog import EventLog
+    from epfiot.eventlog import EventLog, describe_bootstrap
     from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
     from epfiot.state import ensure_state_dir
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     state_dir = ensure_state_dir(_state_dir(args))
     open_registry(state_dir, create=True).close()  # type: ignore[union-attr]
     events = EventLog.in_state_dir(state_dir)
 
     def on_event(kind: str, fields: dict[str, object]) -> None:
-        subject = f"thing/{fields.get('endpoint', '?')}"
-        events.record(kind, subject, str(fields.get("message", kind)), **fields)
+        subject, message = describe_bootstrap(kind, fields)
+        print(f"{kind} {subject}: {message}", flush=True)
+        events.record(kind, subject, message, **fields)
 
     def ready(server: BootstrapServer) -> None:
         print(f"LwM2M bootstrap server on [{args.bind}]:{server.port} (registry {state_dir / 'registry.db'})", flush=True)
 
+    async def serve() -> None:
+        # SIGTERM and SIGINT cancel the server, which then flushes its status updates and closes its socket.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await run_bootstrap_server(state_dir / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready)
+        except asyncio.CancelledError:
+            print("stopped", flush=True)
+
     try:
-        asyncio.run(
-            run_bootstrap_server(state_dir / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready)
-        )
-    except KeyboardInterrupt:
-        pass
+        asyncio.run(serve())
     finally:
         events.close()
     return 0

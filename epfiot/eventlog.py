@@ -71,3 +71,20 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def describe_bootstrap(kind: str, fields: dict[str, object]) -> tuple[str, str]:
+    """Subject and one-line message for an event of the bootstrap server (fields hold no written values)."""
+    endpoint = str(fields.get("endpoint", "?"))
+    owner = fields.get("owner")
+    subject = f"thing/{owner}/{endpoint}" if owner else f"thing/{endpoint}"
+    client = fields.get("client", "?")
+    what = kind.rpartition(".")[2]
+    if what == "finished":
+        message = f"bootstrapped from {client} to {fields.get('server_uri')}"
+    elif what == "started":
+        message = f"bootstrap requested from {client}"
+    else:
+        why = fields.get("error") or fields.get("reason") or "no reason given"
+        message = f"bootstrap {what} ({client}): {why}"
+    return subject, message

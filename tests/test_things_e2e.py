@@ -96,3 +96,46 @@ def test_unknown_endpoints_and_other_tenants_things(
     assert code == 1 and "registered by another owner" in out
     code, out = cli(state, capsys, "get", "things", "-o", "json")
     assert [t["owner"] for t in json.loads(out)] == ["charlie"]
+
+
+def test_serve_runs_as_a_process_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "epfiot", "--state-dir", str(state), "serve", "--bind", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        first = proc.stdout.readline()
+        match = re.search(r"\]:(\d+) ", first)
+        assert match, first
+        port = int(match.group(1))
+
+        async def unknown() -> object:
+            async with Lwm2mTestClient("nobody", "127.0.0.1", port) as client:
+                return await client.request_bootstrap()
+
+        code = asyncio.run(unknown())
+        assert str(code).startswith("4.04"), code
+        lines = iter(proc.stdout.readline, "")
+        assert any("bootstrap.refused thing/nobody" in line for line in lines)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    events = subprocess.run(
+        [sys.executable, "-m", "epfiot", "--state-dir", str(state), "events", "-o", "json"],
+        capture_output=True, text=True, check=True,
+    )
+    assert [e["kind"] for e in json.loads(events.stdout)] == ["bootstrap.refused"]
