@@ -18,15 +18,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 import libvirt
 import pytest
+from aiocoap.numbers.codes import Code
 
 from epfiot.eventlog import EventLog
 from epfiot.logs import Log
+from epfiot.lwm2m.registry import Registry
 from epfiot.model import (
     Desired,
     NetworkMode,
@@ -51,6 +54,7 @@ from epfiot.watch import (
     desired_keys,
     scope_is_empty,
 )
+from tests.lwm2m_client import Lwm2mTestClient
 from tests.stacks import vm, write_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -442,10 +446,11 @@ def test_every_manifest_removed_prunes_every_watched_stack(tmp_path: Path, testh
 
 
 def test_the_watch_loop_on_the_test_driver(tmp_path: Path, testhost: libvirt.virConnect) -> None:
-    """The asyncio side in process: a saved file, a domain destroyed by hand, a removed file, SIGTERM."""
+    """The asyncio side in process: a saved file, a bootstrap, a domain destroyed by hand, a removed file,
+    SIGTERM."""
     stacks = tmp_path / "stacks"
     stacks.mkdir()
-    config = config_for(tmp_path, [stacks], prune_after=0.3)
+    config = replace(config_for(tmp_path, [stacks], prune_after=0.3), serve=True, bind="127.0.0.1")
     out = io.StringIO()
     (tmp_path / "state").mkdir()
     events = EventLog.in_state_dir(config.state_dir)
@@ -467,12 +472,24 @@ def test_the_watch_loop_on_the_test_driver(tmp_path: Path, testhost: libvirt.vir
         watcher = Watcher(config, Log(out, "json", verbose=True))
         task = asyncio.create_task(watcher.run(events, None))
         await until(lambda: logged("watch.started") == 1 and logged("reconcile.done") >= 1, "the first reconcile")
-        path = write_stack(stacks, "carol", vms=[vm("one")])
+        path = write_stack(stacks, "carol", vms=[vm("one")], things=[{"name": "sensor-7", "server": "coap://192.0.2.10:5683"}])
         await until(lambda: active("carol.one"), "the VM of a saved manifest")
+        # The bootstrap server runs in the same process, with the things reconcile registered.
+        port = next(r["port"] for r in records(out) if r["event"] == "serve.listening")
+        async with Lwm2mTestClient("sensor-7", "127.0.0.1", port, version="1.0") as client:
+            await client.bootstrap()
+        async with Lwm2mTestClient("nobody", "127.0.0.1", port) as stranger:
+            assert await stranger.request_bootstrap() != Code.CHANGED
+        await until(lambda: logged("bootstrap.finished") == 1 and logged("bootstrap.refused") == 1, "the bootstrap events")
         testhost.lookupByName("carol.one").destroy()
         await until(lambda: logged("drift") == 1 and active("carol.one"), "the destroyed VM to run again")
         path.unlink()
         await until(lambda: "carol.one" not in names(testhost), "the removed stack to be pruned")
+        registry = Registry(config.state_dir / "registry.db")
+        try:
+            await until(lambda: registry.things() == [], "the removed thing to leave the registry")
+        finally:
+            registry.close()
         os.kill(os.getpid(), signal.SIGTERM)
         return await asyncio.wait_for(task, 10.0)
 
@@ -482,13 +499,15 @@ def test_the_watch_loop_on_the_test_driver(tmp_path: Path, testhost: libvirt.vir
         events.close()
     log = records(out)
     assert log[-1]["event"] == "watch.stopped"
-    removed = {"stack/carol/carol-stack", "vm/carol/one"}
+    removed = {"stack/carol/carol-stack", "vm/carol/one", "thing/carol/sensor-7"}
     assert {r["subject"] for r in log if r["event"] == "removal.pending"} == removed
     assert {r["subject"] for r in log if r["event"] == "removal.stable"} == removed
     pending = min(r["ts"] for r in log if r["event"] == "removal.pending")
     destroy = next(r for r in log if r["event"] == "action.start" and r["action"] == "destroy")
     assert destroy["ts"] - pending >= config.prune_after
     assert not [r for r in log if r["level"] == "error"]
+    finished = next(r for r in log if r["event"] == "bootstrap.finished")
+    assert finished["subject"] == "thing/sensor-7" and finished["server_uri"] == "coap://192.0.2.10:5683"
 
 
 # --- the daemon, as a subprocess, against the real libvirt daemon -------------------------------------------
