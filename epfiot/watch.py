@@ -574,7 +574,7 @@ class Reconciler:
             self._show_waits(plan)
             if not plan.changes:
                 self.converged = desired
-                self.log("reconcile.done", f"in sync ({time.monotonic() - started:.2f}s)", level="info" if reasons - {"resync", "event", "retry"} else "debug", reasons=sorted(reasons), changes=0)
+                self.log("reconcile.done", f"in sync ({time.monotonic() - started:.2f}s)", level="info" if reasons & {"start", "manifest", "reconnect"} else "debug", reasons=sorted(reasons), changes=0)
                 return "ok"
             # Drift: the host no longer matches what it matched, the manifests being the same (pruning that
             # was held until now is no drift).
@@ -600,12 +600,12 @@ class Reconciler:
         failed = result.failed
         elapsed = time.monotonic() - started
         if failed:
-            self.log("reconcile.done", f"{len(result.outcomes) - len(failed)} done, {len(failed)} failed ({elapsed:.2f}s); retrying later", level="warning", changes=len(result.outcomes), failed=len(failed))
+            self.log("reconcile.done", f"{len(result.outcomes) - len(failed)} done, {len(failed)} failed ({elapsed:.2f}s); retrying later", level="warning", reasons=sorted(reasons), changes=len(result.outcomes), failed=len(failed))
             # A connection the daemon dropped mid-apply fails every action: open a fresh one next time.
             self.drop_host()
             return "failed"
         self.converged = desired
-        self.log("reconcile.done", f"{len(result.outcomes)} done ({elapsed:.2f}s)", changes=len(result.outcomes), failed=0)
+        self.log("reconcile.done", f"{len(result.outcomes)} done ({elapsed:.2f}s)", reasons=sorted(reasons), changes=len(result.outcomes), failed=0)
         return "drift" if drift else "ok"
 
     def _plan_problems(self, plan: Plan) -> str:
