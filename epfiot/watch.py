@@ -435,6 +435,7 @@ class Reconciler:
         self._shown_problems: tuple[str, ...] = ()
         self._shown_plan_problems: tuple[str, ...] = ()
         self._shown_waits: tuple[str, ...] = ()
+        self._unavailable = False
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -503,9 +504,12 @@ class Reconciler:
         try:
             outcome = self._reconcile(self.desired, reasons)
         except HostError as error:
+            self.drop_host()  # a fresh connection next time: this one may be the problem
             if error.temporary:
-                self.log("libvirt.unavailable", str(error), level="warning", uri=self.config.uri)
-                self.drop_host()
+                # Once per outage, then quietly (the retries are debug lines).
+                level = "debug" if self._unavailable else "warning"
+                self._unavailable = True
+                self.log("libvirt.unavailable", f"{error}; retrying", level=level, uri=self.config.uri)
                 outcome = "disconnected"
             else:
                 self.log("reconcile.failed", str(error), level="error")
@@ -527,6 +531,7 @@ class Reconciler:
             from epfiot.libvirt.host import LibvirtHost
 
             self.host = LibvirtHost.open(self.config.uri, image_pool=self.config.image_pool)
+            self._unavailable = False
             self.log("libvirt.connected", f"connected to {self.config.uri}", uri=self.config.uri)
         if self.registry is None:
             from epfiot.lwm2m.registry import Registry
@@ -768,9 +773,8 @@ class Watcher:
             try:
                 await loop.run_in_executor(None, conn.open)
             except HostError as error:
-                delay = backoff.next()
-                if backoff.failures in (1, 5) or backoff.failures % 20 == 0:
-                    self.log("libvirt.unavailable", f"{error}; retrying every {delay:g}s at most", level="warning")
+                delay = backoff.next()  # the reconcile reports the outage (once); this is the detail
+                self.log("libvirt.unavailable", f"event connection: {error}; again in {delay:g}s", level="debug")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 continue
