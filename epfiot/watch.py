@@ -450,7 +450,8 @@ class Reconciler:
                 kept = "the last valid manifests stay in force" if self.desired else "waiting for valid manifests"
                 self.log("manifest.invalid", f"{len(problems)} problem(s); nothing changes, {kept}", level="error", count=len(problems))
                 for problem in error.problems:
-                    self.log("manifest.problem", problem.message, subject=f"{problem.file}:{problem.line}", level="error", file=problem.file, line=problem.line, path=problem.path)
+                    text = f"{problem.path}: {problem.message}" if problem.path else problem.message
+                    self.log("manifest.problem", text, subject=f"{problem.file}:{problem.line}", level="error", file=problem.file, line=problem.line, path=problem.path)
                 self.events.record("manifest.invalid", "watch", "; ".join(problems)[:4000], problems=list(problems))
             return
         except (OSError, UnicodeDecodeError) as error:  # a file vanished or is being written: the next change retries
