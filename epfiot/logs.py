@@ -35,7 +35,10 @@ def format_human(ts: float, level: str, event: str, subject: str, message: str, 
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
     marker = {"warning": " WARNING", "error": " ERROR"}.get(level, "")
     text = f"{subject}: {message}" if subject else message
-    return f"{stamp}{marker} {event:<17} {text}".rstrip().replace("\n", "\n    ")
+    line = f"{stamp}{marker} {event:<17} {text}".rstrip()
+    if fields.get("traceback"):  # a bug: the traceback says where (the only multi-line entry)
+        line += "\n" + str(fields["traceback"]).rstrip()
+    return line.replace("\n", "\n    ")
 
 
 def format_json(ts: float, level: str, event: str, subject: str, message: str, fields: dict[str, object]) -> str:
