@@ -20,8 +20,9 @@ import pytest
 
 from epfiot.errors import ConnectionFailed, HostError
 from epfiot.libvirt import connection, domain
-from epfiot.libvirt.domain import NAMESPACE, parse_domain, parse_domain_tree, render_domain_xml
+from epfiot.libvirt.domain import parse_domain, parse_domain_tree, render_domain_xml
 from epfiot.libvirt.host import LibvirtHost
+from epfiot.libvirt.metadata import NAMESPACE
 from epfiot.model import (
     AttachedUsb,
     Credentials,

@@ -15,8 +15,8 @@ import pytest
 
 from epfiot.errors import HostError
 from epfiot.libvirt import domain
-from epfiot.libvirt.domain import NAMESPACE
 from epfiot.libvirt.host import LibvirtHost
+from epfiot.libvirt.metadata import NAMESPACE
 from epfiot.model import (
     AttachedUsb,
     Credentials,

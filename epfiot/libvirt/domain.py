@@ -16,19 +16,17 @@ aliases, addresses, controllers, defaults). There are two readers that give the 
 
 from __future__ import annotations
 
-import functools
 import html
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from epfiot.libvirt import metadata
 from epfiot.model import (
     AttachedUsb,
     HostUsbDevice,
     ObservedVm,
-    Ownership,
     PowerState,
     VmSpec,
     libvirt_name,
@@ -36,9 +34,7 @@ from epfiot.model import (
     seed_volume_name,
 )
 
-NAMESPACE = "https://epfiot.dev/xmlns/resource/1"
 METADATA_PREFIX = "epfiot"
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 # libvirt's virDomainState values -> epfiot's three states.
 _NOSTATE, _RUNNING, _BLOCKED, _PAUSED, _SHUTDOWN, _SHUTOFF, _CRASHED, _PMSUSPENDED = range(8)
@@ -89,18 +85,6 @@ def to_mib(value: str | int, unit: str | None) -> int:
 # --- rendering -------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _environment() -> Any:
-    import jinja2  # imported on first render only: observing never needs it
-
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=True,  # select_autoescape() would not apply to .j2 files
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-
-
 def hostdev_xml(device: HostUsbDevice, *, required: bool) -> str:
     """The <hostdev> element passing `device` through (epfiot.libvirt.usb builds it)."""
     from epfiot.libvirt import usb
@@ -128,11 +112,10 @@ def render_domain_xml(
     ordered = sorted(usb, key=lambda pair: (pair[0].bus, pair[0].device, str(pair[0].id), pair[0].nodedev, not pair[1]))
     hostdevs = [Markup(hostdev_xml(device, required=required)) for device, required in ordered]
     boot = "network" if network and not disk_volume else "hd"
-    template = _environment().get_template("domain.xml.j2")
-    text: str = template.render(
+    text = metadata.render(
+        "domain.xml.j2",
         spec=spec,
         uuid=uuid,
-        namespace=NAMESPACE,
         spec_hash=spec.spec_hash(),
         seed_digest=seed_digest,
         virt_type=virt_type,
@@ -238,19 +221,6 @@ def parse_usb_hostdevs(xml: str) -> tuple[AttachedUsb, ...]:
     return usb.parse_hostdevs(ET.fromstring(xml))
 
 
-def ownership_from_attributes(attrs: dict[str, str]) -> Ownership | None:
-    owner, stack, name = attrs.get("owner"), attrs.get("stack"), attrs.get("name")
-    if not owner or not stack or not name:
-        return None  # not a complete epfiot record: treated as unmanaged, never touched
-    return Ownership(
-        owner=owner,
-        stack=stack,
-        name=name,
-        spec_hash=attrs.get("spec-hash", ""),
-        seed_digest=attrs.get("seed-digest", ""),
-    )
-
-
 def _fields_from_tree(root: ET.Element) -> dict[str, Any]:
     if root.tag != "domain":
         raise ValueError(f"not a domain XML document: <{root.tag}>")
@@ -261,8 +231,7 @@ def _fields_from_tree(root: ET.Element) -> dict[str, Any]:
     memory_mib = to_mib((current.text or "0").strip(), current.get("unit")) if current is not None else max_memory
     max_vcpu = int((vcpu.text or "1").strip()) if vcpu is not None else 1
     vcpus = int(vcpu.get("current", max_vcpu)) if vcpu is not None else max_vcpu
-    resource = root.find(f"metadata/{{{NAMESPACE}}}resource")
-    ownership = ownership_from_attributes(dict(resource.attrib)) if resource is not None else None
+    ownership = metadata.parse_ownership(root)
 
     disk_volume = seed_volume = network = mac = None
     devices = root.find("devices")
@@ -319,7 +288,7 @@ _EPFIOT_HEAD = re.compile(
     r"  <name>([^<]*)</name>\n"
     r"  <uuid>([0-9a-f-]*)</uuid>\n"
     r"  <metadata>\n"
-    r"    <epfiot:resource xmlns:epfiot=\"" + re.escape(NAMESPACE) + r"\""
+    r"    <epfiot:resource xmlns:epfiot=\"" + re.escape(metadata.NAMESPACE) + r"\""
     r" owner=\"([^\"<]*)\" stack=\"([^\"<]*)\" name=\"([^\"<]*)\" spec-hash=\"([^\"<]*)\" seed-digest=\"([^\"<]*)\"/>\n"
     r"  </metadata>\n"
     r"  <memory unit='(\w+)'>(\d+)</memory>\n"
@@ -384,7 +353,7 @@ def _parse_libvirt_xml(xml: str) -> dict[str, Any] | None:
     return {
         "name": name,
         "uuid": uuid,
-        "ownership": ownership_from_attributes(
+        "ownership": metadata.ownership_from_attributes(
             {"owner": owner, "stack": stack, "name": rname, "spec-hash": spec_hash, "seed-digest": seed_digest}
         ),
         "vcpu": int(vcpu) if vcpu else max_vcpus,

@@ -16,23 +16,19 @@ comes up with after a restart, and what set_dhcp_host keeps in step with the run
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import libvirt
 
 from epfiot.errors import HostError
+from epfiot.libvirt import metadata
 from epfiot.libvirt.connection import host_error, host_errors
-from epfiot.model import NetworkMode, NetworkSpec, ObservedNetwork, Ownership
+from epfiot.model import NetworkMode, NetworkSpec, ObservedNetwork
 from epfiot.plan import dhcp_range
 
-NAMESPACE = "https://epfiot.dev/xmlns/resource/1"
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-_RESOURCE = f"{{{NAMESPACE}}}resource"
 _FORWARD_MODES = {NetworkMode.ROUTE: "route", NetworkMode.NAT: "nat", NetworkMode.ISOLATED: None}
 _MODES = {"route": NetworkMode.ROUTE, "nat": NetworkMode.NAT}
 
@@ -42,18 +38,6 @@ def _code(error: Any) -> int:
 
 
 # --- rendering -------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _environment() -> Any:
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=True,  # select_autoescape() would not apply to .j2 files
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
 
 
 def render_network_xml(
@@ -74,11 +58,9 @@ def render_network_xml(
         if h.get("mac") and _inside(h.get("ip") or "", net)
     ]
     text: str = (
-        _environment()
-        .get_template("network.xml.j2")
-        .render(
+        metadata.render(
+            "network.xml.j2",
             spec=spec,
-            namespace=NAMESPACE,
             spec_hash=spec.spec_hash(),
             forward=_FORWARD_MODES[spec.mode],
             host_address=str(net.network_address + 1),
@@ -138,7 +120,7 @@ def parse_network(xml: str, *, active: bool) -> ObservedNetwork:
         break  # the first IPv4 address is the network epfiot manages
     return ObservedNetwork(
         libvirt_name=(root.findtext("name") or "").strip(),
-        ownership=parse_ownership(root),
+        ownership=metadata.parse_ownership(root),
         active=active,
         mode=mode,
         cidr=cidr,
@@ -146,22 +128,6 @@ def parse_network(xml: str, *, active: bool) -> ObservedNetwork:
         dhcp_end=dhcp_end,
         dhcp_hosts=tuple(sorted(hosts)),
         bridge=bridge.get("name") if bridge is not None else None,
-    )
-
-
-def parse_ownership(root: ET.Element) -> Ownership | None:
-    element = root.find(f"metadata/{_RESOURCE}")
-    if element is None:
-        return None
-    owner, stack, name = element.get("owner"), element.get("stack"), element.get("name")
-    if not (owner and stack and name):
-        return None
-    return Ownership(
-        owner=owner,
-        stack=stack,
-        name=name,
-        spec_hash=element.get("spec-hash") or "",
-        seed_digest=element.get("seed-digest") or "",
     )
 
 
@@ -227,7 +193,7 @@ def define_network(conn: Any, spec: NetworkSpec) -> None:
         with host_errors(f"read network {name}"):
             current = _persistent_xml(existing)
             uuid = str(existing.UUIDString())
-        if parse_ownership(ET.fromstring(current)) is None:
+        if metadata.parse_ownership(ET.fromstring(current)) is None:
             raise HostError(
                 f"define network {name}: a network by that name exists and is not managed by epfiot"
             )
@@ -257,7 +223,7 @@ def remove_network(conn: Any, name: str) -> None:
         return
     with host_errors(f"remove network {name}"):
         xml = _persistent_xml(net)
-        if parse_ownership(ET.fromstring(xml)) is None:
+        if metadata.parse_ownership(ET.fromstring(xml)) is None:
             raise HostError(f"remove network {name}: not managed by epfiot; left alone")
         if net.isActive():
             net.destroy()
