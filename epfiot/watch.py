@@ -890,18 +890,18 @@ class Watcher:
         return code
 
     async def _start_server(self, events: EventLog) -> Any:
+        from epfiot.eventlog import describe_bootstrap
         from epfiot.lwm2m.registry import Registry
         from epfiot.lwm2m.server import BootstrapServer
 
         Registry(self.config.state_dir / "registry.db").close()  # created with its schema before serving
 
         def on_event(kind: str, fields: dict[str, object]) -> None:
-            endpoint = str(fields.get("endpoint", "?"))
-            message = str(fields.get("message") or fields.get("error") or fields.get("reason") or kind)
+            subject, message = describe_bootstrap(kind, fields)
             level = "warning" if kind.endswith(("failed", "refused")) else "info"
             extra = {k: v for k, v in fields.items() if k not in ("message", "subject", "level", "event")}
-            self.log(kind, message, subject=f"thing/{endpoint}", level=level, **extra)
-            events.record(kind, f"thing/{endpoint}", message, **fields)
+            self.log(kind, message, subject=subject, level=level, **extra)
+            events.record(kind, subject, message, **fields)
 
         server = BootstrapServer(self.config.state_dir / "registry.db", self.config.bind, self.config.port, on_event=on_event)
         try:

@@ -507,7 +507,9 @@ def test_the_watch_loop_on_the_test_driver(tmp_path: Path, testhost: libvirt.vir
     assert destroy["ts"] - pending >= config.prune_after
     assert not [r for r in log if r["level"] == "error"]
     finished = next(r for r in log if r["event"] == "bootstrap.finished")
-    assert finished["subject"] == "thing/sensor-7" and finished["server_uri"] == "coap://192.0.2.10:5683"
+    assert finished["subject"] == "thing/carol/sensor-7" and finished["server_uri"] == "coap://192.0.2.10:5683"
+    refused = next(r for r in log if r["event"] == "bootstrap.refused")
+    assert refused["subject"] == "thing/nobody" and refused["level"] == "warning"
 
 
 # --- the daemon, as a subprocess, against the real libvirt daemon -------------------------------------------
