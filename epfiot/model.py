@@ -254,6 +254,7 @@ class Ownership:
     name: str
     spec_hash: str = ""
     seed_digest: str = ""  # digest of the cloud-init seed: detects credential changes without secrets
+    shutdown_timeout: float | None = None  # kept so that pruning a VM, whose manifest is gone, honours it
 
 
 @dataclass(frozen=True)

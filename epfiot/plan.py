@@ -32,6 +32,8 @@ from epfiot.model import (
 )
 from epfiot.usb import attached_matches, diff_attached
 
+DEFAULT_SHUTDOWN_TIMEOUT = 60.0  # for a VM whose definition does not record its own
+
 
 class Kind(StrEnum):
     NETWORK = "network"
@@ -352,10 +354,12 @@ class _Planner:
         )
 
     def _shutdown_timeout(self, vm: ObservedVm) -> float:
+        """A pruned VM's own timeout, recorded in its metadata when it was last applied."""
         for spec in self.desired.vms:
             if spec.libvirt_name == vm.libvirt_name:
                 return spec.shutdown_timeout
-        return 60.0
+        recorded = vm.ownership.shutdown_timeout if vm.ownership else None
+        return recorded if recorded is not None else DEFAULT_SHUTDOWN_TIMEOUT
 
     def _resolved_usb(self, spec: VmSpec) -> tuple[tuple[tuple[HostUsbDevice, bool], ...], list[UsbSelector]]:
         present: list[tuple[HostUsbDevice, bool]] = []

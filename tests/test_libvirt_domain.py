@@ -135,7 +135,7 @@ def test_render_is_deterministic_and_reads_back(shape: str, spec: VmSpec, usb: t
     observed = parse_domain_tree(text, libvirt.VIR_DOMAIN_SHUTOFF)
     assert observed.libvirt_name == spec.libvirt_name
     assert observed.uuid == "0d6f7a4e-5a65-4c9a-8d0c-3b1f0cbd1a01"
-    assert observed.ownership == Ownership("o", "s", spec.name, spec.spec_hash(), "sha256:seed")
+    assert observed.ownership == Ownership("o", "s", spec.name, spec.spec_hash(), "sha256:seed", spec.shutdown_timeout)
     assert (observed.vcpu, observed.max_vcpu) == (spec.vcpu, spec.max_vcpu)
     assert (observed.memory_mib, observed.max_memory_mib) == (spec.memory_mib, spec.max_memory_mib)
     assert observed.disk_volume == (overlay_volume_name("o", spec.name) if spec.image else None)
@@ -165,6 +165,7 @@ def test_metadata_element_is_epfiots() -> None:
         "name": "vm",
         "spec-hash": vm().spec_hash(),
         "seed-digest": "sha256:abc",
+        "shutdown-timeout": "60.0",
     }
 
 
@@ -225,7 +226,7 @@ def test_everything_is_escaped() -> None:
     assert root.find(".//evil") is None
     assert len(root.findall("name")) == 1 and root.findtext("name") == spec.libvirt_name
     observed = parse_domain_tree(text, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert observed.ownership == Ownership(NASTY, NASTY, NASTY, spec.spec_hash(), NASTY)
+    assert observed.ownership == Ownership(NASTY, NASTY, NASTY, spec.spec_hash(), NASTY, spec.shutdown_timeout)
     assert observed.network == f"{NASTY}.{NASTY}"
     assert observed.disk_volume == overlay_volume_name(NASTY, NASTY)
 
@@ -237,7 +238,7 @@ def test_escaped_names_survive_libvirt_and_both_readers(host: LibvirtHost) -> No
     fast = parse_domain(xml, libvirt.VIR_DOMAIN_SHUTOFF)
     assert fast == parse_domain_tree(xml, libvirt.VIR_DOMAIN_SHUTOFF)
     assert fast.libvirt_name == spec.libvirt_name
-    assert fast.ownership == Ownership("o&<'\"", "s", "a'\"<>&b", spec.spec_hash(), "d&'\"<")
+    assert fast.ownership == Ownership("o&<'\"", "s", "a'\"<>&b", spec.spec_hash(), "d&'\"<", spec.shutdown_timeout)
 
 
 # --- reading back (pure) ---------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def test_define_start_observe(host: LibvirtHost) -> None:
     assert [d.nodedev for d in observed.usb] == ["usb_1_4"]
     [off] = observed.vms
     assert off.state is PowerState.SHUTOFF and off.live_vcpu is None and off.live_devices is None
-    assert off.ownership == Ownership("o", "s", "vm", spec.spec_hash(), "sha256:seed")
+    assert off.ownership == Ownership("o", "s", "vm", spec.spec_hash(), "sha256:seed", spec.shutdown_timeout)
     assert (off.disk_volume, off.seed_volume, off.network, off.mac) == (
         overlay_volume_name("o", "vm"),
         seed_volume_name("o", "vm"),

@@ -56,7 +56,7 @@ def test_tiny_vm_lifecycle(host: LibvirtHost, tenant: str) -> None:
     name = spec.libvirt_name
     host.define_vm(spec, (), uuid=None, seed_digest="")
     defined = observed(host, name)
-    assert defined.ownership == Ownership(tenant, "test", "tiny", spec.spec_hash(), "")
+    assert defined.ownership == Ownership(tenant, "test", "tiny", spec.spec_hash(), "", spec.shutdown_timeout)
     assert (defined.state, defined.vcpu, defined.max_vcpu, defined.memory_mib, defined.max_memory_mib) == (
         PowerState.SHUTOFF,
         1,

@@ -289,7 +289,8 @@ _EPFIOT_HEAD = re.compile(
     r"  <uuid>([0-9a-f-]*)</uuid>\n"
     r"  <metadata>\n"
     r"    <epfiot:resource xmlns:epfiot=\"" + re.escape(metadata.NAMESPACE) + r"\""
-    r" owner=\"([^\"<]*)\" stack=\"([^\"<]*)\" name=\"([^\"<]*)\" spec-hash=\"([^\"<]*)\" seed-digest=\"([^\"<]*)\"/>\n"
+    r" owner=\"([^\"<]*)\" stack=\"([^\"<]*)\" name=\"([^\"<]*)\" spec-hash=\"([^\"<]*)\" seed-digest=\"([^\"<]*)\""
+    r"(?: shutdown-timeout=\"([^\"<]*)\")?/>\n"
     r"  </metadata>\n"
     r"  <memory unit='(\w+)'>(\d+)</memory>\n"
     r"  <currentMemory unit='(\w+)'>(\d+)</currentMemory>\n"
@@ -319,7 +320,7 @@ def _parse_libvirt_xml(xml: str) -> dict[str, Any] | None:
     start = xml.find("\n  <devices>\n", head.end() - 1)
     if start < 0 or not xml.endswith(_DEVICES_END):
         return None
-    (name, uuid, owner, stack, rname, spec_hash, seed_digest, mem_unit, memory, cur_unit, current, vcpu, max_vcpu) = (
+    (name, uuid, owner, stack, rname, spec_hash, seed_digest, timeout, mem_unit, memory, cur_unit, current, vcpu, max_vcpu) = (
         head.groups()
     )
     if xml.find("&", 0, head.end()) >= 0:
@@ -354,7 +355,14 @@ def _parse_libvirt_xml(xml: str) -> dict[str, Any] | None:
         "name": name,
         "uuid": uuid,
         "ownership": metadata.ownership_from_attributes(
-            {"owner": owner, "stack": stack, "name": rname, "spec-hash": spec_hash, "seed-digest": seed_digest}
+            {
+                "owner": owner,
+                "stack": stack,
+                "name": rname,
+                "spec-hash": spec_hash,
+                "seed-digest": seed_digest,
+                "shutdown-timeout": timeout or "",
+            }
         ),
         "vcpu": int(vcpu) if vcpu else max_vcpus,
         "max_vcpu": max_vcpus,

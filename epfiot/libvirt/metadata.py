@@ -1,7 +1,7 @@
 """What domains and networks share: epfiot's ownership element in <metadata>, and the XML templates.
 
 The element is `<epfiot:resource xmlns:epfiot="https://epfiot.dev/xmlns/resource/1" owner= stack= name=
-spec-hash= seed-digest=/>`. An object without a complete one is not epfiot's and is never touched.
+spec-hash= seed-digest= shutdown-timeout=/>`. An object without a complete one is not epfiot's and is never touched.
 """
 
 from __future__ import annotations
@@ -23,12 +23,17 @@ def ownership_from_attributes(attrs: Mapping[str, str]) -> Ownership | None:
     owner, stack, name = attrs.get("owner"), attrs.get("stack"), attrs.get("name")
     if not owner or not stack or not name:
         return None  # not a complete epfiot record: treated as unmanaged, never touched
+    try:
+        timeout: float | None = float(attrs.get("shutdown-timeout") or "")
+    except ValueError:
+        timeout = None
     return Ownership(
         owner=owner,
         stack=stack,
         name=name,
         spec_hash=attrs.get("spec-hash") or "",
         seed_digest=attrs.get("seed-digest") or "",
+        shutdown_timeout=timeout,
     )
 
 
