@@ -501,8 +501,11 @@ class _Planner:
             if vm.live_vcpu < spec.vcpu <= running_max_vcpu:
                 live.append(s.SetVcpus(name, spec.vcpu, live=True))
                 changes.append(Change("vcpu", vm.live_vcpu, spec.vcpu, "live"))
-            else:
+            elif spec.vcpu != vm.vcpu:
                 config("vcpu", vm.live_vcpu, spec.vcpu, restart=True)
+            else:  # the definition already has it: only a restart is missing
+                needs_restart = True
+                changes.append(Change("vcpu", vm.live_vcpu, spec.vcpu, "restart required"))
         elif spec.vcpu != vm.vcpu:
             config("vcpu", vm.vcpu, spec.vcpu, restart=False)
 
