@@ -13,13 +13,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from epfiot import steps as s
 from epfiot.errors import EpfiotError
 from epfiot.host import Host
-from epfiot.lwm2m.registry import Registry, ResourceWrite, ThingConfig
 from epfiot.model import ThingSpec
 from epfiot.plan import Action, Phase, Plan
+
+if TYPE_CHECKING:
+    from epfiot.lwm2m.registry import Registry, ThingConfig
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ def _wait_for_address(host: Host, name: str, timeout: float) -> None:
 
 def thing_config(spec: ThingSpec, server_uri: str | None) -> ThingConfig:
     """What the registry stores for a thing: its declaration with the server URI resolved."""
+    from epfiot.lwm2m.registry import ResourceWrite, ThingConfig
+
     return ThingConfig(
         name=spec.name,
         owner=spec.owner,

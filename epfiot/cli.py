@@ -129,7 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Session:
     host: Host
     registry: Registry | None
-    events: EventLog
     policy: UsbPolicy | None
     state_dir: Path
 
@@ -145,22 +144,23 @@ def _uri(args: argparse.Namespace) -> str:
 
 
 @contextlib.contextmanager
-def session(args: argparse.Namespace, *, need_registry: bool) -> Iterator[Session]:
-    from epfiot.eventlog import EventLog
+def session(args: argparse.Namespace, desired: Desired) -> Iterator[Session]:
+    """The host, and the registry and USB policy when the manifests need them (start-up time counts)."""
     from epfiot.libvirt.host import LibvirtHost
-    from epfiot.policy import load_policy
     from epfiot.state import ensure_state_dir
 
     state_dir = ensure_state_dir(_state_dir(args))
-    policy = load_policy(args.policy)
-    registry = open_registry(state_dir, create=need_registry)
-    events = EventLog.in_state_dir(state_dir)
+    policy = None
+    if any(vm.devices for vm in desired.vms):
+        from epfiot.policy import load_policy
+
+        policy = load_policy(args.policy)
+    registry = open_registry(state_dir, create=bool(desired.things))
     host = LibvirtHost.open(_uri(args), image_pool=args.image_pool)
     try:
-        yield Session(host, registry, events, policy, state_dir)
+        yield Session(host, registry, policy, state_dir)
     finally:
         host.close()
-        events.close()
         if registry is not None:
             registry.close()
 
@@ -198,7 +198,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from epfiot.reconcile import observe, plan_changes
 
     desired = load(args)
-    with session(args, need_registry=bool(desired.things)) as ses:
+    with session(args, desired) as ses:
         plan = plan_changes(desired, observe(ses.host, ses.registry, desired), options_from(args), ses.policy)
     if args.output == "json":
         print(render.to_json(render.plan_as_dict(plan)))
@@ -257,7 +257,7 @@ def _apply(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> int
     out = sys.stderr if json_output else sys.stdout
     options = options_from(args)
     started = time.monotonic()
-    with session(args, need_registry=bool(desired.things)) as ses, host_lock(
+    with session(args, desired) as ses, host_lock(
         ses.state_dir, _uri(args), on_wait=lambda m: print(m, file=sys.stderr, flush=True)
     ):
         if not deletion and any(vm.image or vm.credentials for vm in desired.vms):
@@ -277,10 +277,16 @@ def _apply(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> int
                 print("No changes. The host matches the manifests.", file=out)
             return 0
         print(f"\nApplying {len(plan.changes)} actions to {_uri(args)} ...", file=out, flush=True)
-        progress = _Progress(out, len(plan.changes), ses.events)
-        result = apply_plan(
-            plan, desired, ses.host, ses.registry, options, ses.policy, parallel=args.parallel, progress=progress
-        )
+        from epfiot.eventlog import EventLog
+
+        events = EventLog.in_state_dir(ses.state_dir)
+        try:
+            progress = _Progress(out, len(plan.changes), events)
+            result = apply_plan(
+                plan, desired, ses.host, ses.registry, options, ses.policy, parallel=args.parallel, progress=progress
+            )
+        finally:
+            events.close()
     elapsed = time.monotonic() - started
     failed = result.failed
     done = [o for o in result.outcomes if o.ok]

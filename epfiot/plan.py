@@ -30,7 +30,6 @@ from epfiot.model import (
     overlay_volume_name,
     seed_volume_name,
 )
-from epfiot.usb import attached_matches, diff_attached
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0  # for a VM whose definition does not record its own
 
@@ -543,30 +542,8 @@ class _Planner:
             redefine = True  # records the new digest
             changes.append(Change("credentials", _seed_label(observed_digest), _seed_label(seed_digest), "at next boot"))
 
-        # USB devices: attached to (or detached from) the running VM live, and always written into the
-        # definition, which is re-rendered. A Coral that re-enumerated is a detach of its old identity and an
-        # attach of its new one.
-        diff = diff_attached(vm.devices, usb)
-        how = "live" if running else "definition"
-        for device, required in diff.attach:
-            redefine = True
-            changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}", how))
-            if running:
-                live.append(s.AttachUsb(name, device, required, live=True))
-        for stale in diff.detach:
-            redefine = True
-            changes.append(Change("usb", str(stale.id), None, how))
-            if running:
-                live.append(s.DetachUsb(name, stale, live=True))
-        for device, required in diff.required_changed:
-            redefine = True
-            changes.append(Change("usb", f"{device.id} required={not required}", f"required={required}", "definition"))
-        if running and vm.live_devices is not None:
-            # Unplugged and plugged again: the definition has it, the running VM lost it.
-            for device, required in diff.unchanged:
-                if not any(attached_matches(a, device) for a in vm.live_devices):
-                    live.append(s.AttachUsb(name, device, required, live=True))
-                    changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}", "re-attach live"))
+        if vm.devices or usb:
+            redefine |= _usb_changes(name, vm, usb, changes, live)
 
         recorded_hash = vm.ownership.spec_hash if vm.ownership else ""
         if recorded_hash != spec.spec_hash():
@@ -771,6 +748,40 @@ def _plainly_unchanged(spec: VmSpec, vm: ObservedVm) -> bool:
     ):
         return False
     return own.spec_hash == spec.spec_hash()
+
+
+def _usb_changes(
+    name: str,
+    vm: ObservedVm,
+    usb: tuple[tuple[HostUsbDevice, bool], ...],
+    changes: list[Change],
+    live: list[s.Step],
+) -> bool:
+    """USB devices: attached to (or detached from) the running VM live, and always written into the
+    definition, which is re-rendered (the return value: whether it must be). A Coral that re-enumerated is a
+    detach of its old identity and an attach of its new one."""
+    from epfiot.usb import attached_matches, diff_attached  # imported only when a VM has devices
+
+    running = vm.active
+    diff = diff_attached(vm.devices, usb)
+    how = "live" if running else "definition"
+    for device, required in diff.attach:
+        changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}", how))
+        if running:
+            live.append(s.AttachUsb(name, device, required, live=True))
+    for stale in diff.detach:
+        changes.append(Change("usb", str(stale.id), None, how))
+        if running:
+            live.append(s.DetachUsb(name, stale, live=True))
+    for device, required in diff.required_changed:
+        changes.append(Change("usb", f"{device.id} required={not required}", f"required={required}", "definition"))
+    if running and vm.live_devices is not None:
+        # Unplugged and plugged again: the definition has it, the running VM lost it.
+        for device, required in diff.unchanged:
+            if not any(attached_matches(a, device) for a in vm.live_devices):
+                live.append(s.AttachUsb(name, device, required, live=True))
+                changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}", "re-attach live"))
+    return diff.changed
 
 
 def _address_wait(spec: VmSpec, steps: list[s.Step]) -> list[s.Step]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from epfiot import cloudinit, usb
 from epfiot.apply import Outcome, Progress, execute
 from epfiot.errors import PlanError
 from epfiot.host import Host
-from epfiot.lwm2m.registry import Registry, ThingRecord
 from epfiot.model import (
     Desired,
     Observed,
@@ -23,7 +22,10 @@ from epfiot.model import (
     libvirt_name,
 )
 from epfiot.plan import Kind, Options, Plan, UsbResolution, Verb, make_plan
-from epfiot.policy import UsbPolicy
+
+if TYPE_CHECKING:
+    from epfiot.lwm2m.registry import Registry, ThingRecord
+    from epfiot.policy import UsbPolicy
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,18 @@ def resolve_usb(desired: Desired, observed: Observed, policy: UsbPolicy | None) 
     claims = [(vm.owner, vm.name, selector) for vm in desired.vms for selector in vm.devices]
     if not claims:
         return UsbResolution()
+    from epfiot import usb
+
     assignments, problems = usb.resolve_claims(claims, observed.usb, policy)
     return UsbResolution(assignments, tuple(problems))
 
 
 def plan_changes(desired: Desired, observed: Observed, options: Options, policy: UsbPolicy | None) -> Plan:
-    digests = {vm.libvirt_name: cloudinit.seed_digest(vm) for vm in desired.vms if vm.credentials}
+    digests = {}
+    if any(vm.credentials for vm in desired.vms):
+        from epfiot import cloudinit  # only stacks with credentials need it (and its imports)
+
+        digests = {vm.libvirt_name: cloudinit.seed_digest(vm) for vm in desired.vms if vm.credentials}
     return make_plan(desired, observed, options, usb=resolve_usb(desired, observed, policy), seed_digests=digests)
 
 

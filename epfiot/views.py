@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from epfiot.lwm2m.registry import ThingRecord
 from epfiot.model import HostUsbDevice, Observed, ObservedVm
+
+if TYPE_CHECKING:
+    from epfiot.lwm2m.registry import ThingRecord
 
 VM_COLUMNS = ("name", "owner", "stack", "state", "vcpu", "memory_mib", "address")
 VM_WIDE_COLUMNS = (*VM_COLUMNS, "network", "disk", "devices", "pending_restart", "libvirt_name")

@@ -32,7 +32,8 @@ stamp=.venv/.epfiot-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "setup: pip install -e '.[dev]'"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  # compat mode: a plain path entry instead of an import hook, which every epfiot command would pay for
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
   echo "$want" > "$stamp"
 else
   echo "setup: .venv up to date"
