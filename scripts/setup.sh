@@ -38,3 +38,6 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
 else
   echo "setup: .venv up to date"
 fi
+# As pip does for installed packages: byte-compile the sources, so that no command pays for compiling them
+# (the editable install runs them from the work tree, where PYTHONDONTWRITEBYTECODE may forbid caching).
+.venv/bin/python -m compileall -q epfiot
