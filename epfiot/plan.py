@@ -174,6 +174,7 @@ class _Planner:
         self.volumes = {v.name for v in observed.volumes}
         self.things = {t.name: t for t in observed.things}
         self.problems: list[str] = list(usb.problems)
+        self.pruned: set[str] = set()  # VMs this plan destroys: their reservations are released
         self.actions: list[Action] = []
 
     # --- entry points ------------------------------------------------------------------------------------
@@ -181,6 +182,7 @@ class _Planner:
     def run(self) -> Plan:
         replaced_networks = self._plan_networks()
         pruned_vms = self._plan_vm_pruning() if self.options.prune else set()
+        self.pruned = pruned_vms
         for spec in sorted(self.desired.vms, key=lambda v: v.libvirt_name):
             self._plan_vm(spec, replaced_networks)
         if self.options.prune:
@@ -311,6 +313,16 @@ class _Planner:
 
     # --- VMs ---------------------------------------------------------------------------------------------
 
+    def _reservation_holder(self, net: ObservedNetwork, spec: VmSpec) -> str | None:
+        """Who else holds `spec.address` on `net`: a VM that is not being pruned by this plan, or None."""
+        released = {vm.mac for vm in self.observed.vms if vm.libvirt_name in self.pruned and vm.mac}
+        desired_macs = {v.mac for v in self.desired.vms if v.address}
+        for mac, ip in net.dhcp_hosts:
+            if ip == spec.address and mac != spec.mac and mac not in released and mac not in desired_macs:
+                holder = next((vm.libvirt_name for vm in self.observed.vms if vm.mac == mac), None)
+                return f"VM {holder}" if holder else f"MAC {mac}"
+        return None
+
     def _plan_vm_pruning(self) -> set[str]:
         desired = {v.libvirt_name for v in self.desired.vms}
         pruned: set[str] = set()
@@ -407,6 +419,12 @@ class _Planner:
         network = _vm_network(spec)
         if spec.address and network:
             net = self.networks.get(network)
+            if net is not None and (holder := self._reservation_holder(net, spec)) is not None:
+                self.problems.append(
+                    f"{spec.source}: vm {spec.name}: address {spec.address} is reserved on network "
+                    f"{spec.network} for {holder}; choose another address"
+                )
+                return
             reserved = net is not None and (spec.mac, spec.address) in net.dhcp_hosts
             if not reserved or network in replaced_networks:
                 pre.append(s.SetDhcpHost(network, spec.mac, spec.address, spec.name))
