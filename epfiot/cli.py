@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", type=Path, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
     parser.add_argument("--image-pool", default=os.environ.get("EPFIOT_IMAGE_POOL", "epfiot-images"), help="storage pool of base images and VM disks (default: %(default)s)")
     parser.add_argument("--image-dir", default=os.environ.get("EPFIOT_IMAGE_DIR", "/var/lib/epfiot/images"), help="directory of the image pool when apply creates it (default: %(default)s)")
+    parser.add_argument("--virt-type", choices=("kvm", "qemu"), default=None, help="domain type for new VMs (default: $EPFIOT_VIRT_TYPE, else kvm when the host offers it, else qemu)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list unchanged resources too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -156,7 +157,7 @@ def session(args: argparse.Namespace, desired: Desired) -> Iterator[Session]:
 
         policy = load_policy(args.policy)
     registry = open_registry(state_dir, create=bool(desired.things))
-    host = LibvirtHost.open(_uri(args), image_pool=args.image_pool)
+    host = LibvirtHost.open(_uri(args), image_pool=args.image_pool, virt_type=args.virt_type)
     try:
         yield Session(host, registry, policy, state_dir)
     finally:
@@ -240,7 +241,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def _host_only(args: argparse.Namespace) -> Iterator[Host]:
     from epfiot.libvirt.host import LibvirtHost
 
-    host = LibvirtHost.open(_uri(args), image_pool=args.image_pool)
+    host = LibvirtHost.open(_uri(args), image_pool=args.image_pool, virt_type=args.virt_type)
     try:
         yield host
     finally:

@@ -340,6 +340,8 @@ class WatchConfig:
     uri: str
     state_dir: Path
     image_pool: str
+    image_dir: str
+    virt_type: str | None
     policy: Path | None
     resync: float
     debounce: float
@@ -373,6 +375,8 @@ class WatchConfig:
             uri=str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"),
             state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
             image_pool=args.image_pool,
+            image_dir=args.image_dir,
+            virt_type=args.virt_type,
             policy=args.policy,
             resync=args.resync,
             debounce=args.debounce,
@@ -531,7 +535,7 @@ class Reconciler:
         if self.host is None:
             from epfiot.libvirt.host import LibvirtHost
 
-            self.host = LibvirtHost.open(self.config.uri, image_pool=self.config.image_pool)
+            self.host = LibvirtHost.open(self.config.uri, image_pool=self.config.image_pool, virt_type=self.config.virt_type)
             self._unavailable = False
             self.log("libvirt.connected", f"connected to {self.config.uri}", uri=self.config.uri)
         if self.registry is None:
@@ -549,6 +553,8 @@ class Reconciler:
         host = self._open()
         with host_lock(self.config.state_dir, self.config.uri, on_wait=lambda m: self.log("lock.wait", m, level="warning")):
             retained = self.scopes.retained(desired)
+            if any(vm.image or vm.credentials for vm in desired.vms):
+                host.ensure_image_pool(self.config.image_dir)
             observed = observe(host, self.registry, with_scopes(desired, retained))
             empty = [(s.owner, s.name) for s in retained if scope_is_empty(observed, s.owner, s.name)]
             if empty:
