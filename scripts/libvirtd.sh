@@ -47,7 +47,8 @@ start() {
   if reachable; then say "already running at $uri"; return 0; fi
   local t0=$SECONDS
   prepare
-  if ! pgrep -x virtlogd >/dev/null; then
+  # A stopped virtlogd may linger as a zombie (PID 1 reaps late here): only a live one counts.
+  if ! pgrep -x -r R,S,D virtlogd >/dev/null; then
     virtlogd -d -p "$run/virtlogd.pid"
   fi
   setsid python3 "$here/subreaper.py" libvirtd >>"$log" 2>&1 < /dev/null &
