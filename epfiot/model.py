@@ -8,6 +8,7 @@ two and is the only place that decides anything. Nothing here imports libvirt or
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
@@ -367,12 +368,12 @@ def spec_digest(spec: object) -> str:
 
     The repr of the field values: every value in a spec is a str, number, bool, None, enum, tuple or frozen
     dataclass, whose reprs are deterministic. Nested positions are left out of the repr (repr=False)."""
-    names = _DIGEST_FIELDS.get(type(spec))
-    if names is None:
-        names = tuple(f.name for f in fields(spec) if f.name != "source")  # type: ignore[arg-type]
-        _DIGEST_FIELDS[type(spec)] = names
-    blob = repr(tuple(getattr(spec, n) for n in names)).encode()
+    values = _DIGEST_FIELDS.get(type(spec))
+    if values is None:
+        names = [f.name for f in fields(spec) if f.name != "source"]  # type: ignore[arg-type]
+        values = _DIGEST_FIELDS[type(spec)] = operator.attrgetter(*names)
+    blob = repr(values(spec)).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
 
-_DIGEST_FIELDS: dict[type, tuple[str, ...]] = {}
+_DIGEST_FIELDS: dict[type, operator.attrgetter[object]] = {}  # the fields of each spec type, but its source
