@@ -400,6 +400,11 @@ class _Planner:
         missing_required = [sel for sel in missing if sel.required]
         notes = [f"USB {sel} is not plugged in" + ("" if sel.required else " (optional)") for sel in missing]
         seed_digest = self.seed_digests.get(name, "") if spec.credentials else ""
+        if spec.image and is_epfiot_volume(spec.image):
+            self.problems.append(
+                f"{spec.source}: vm {spec.name}: image {spec.image!r} is a VM's disk or seed, not a base image"
+            )
+            return
         if spec.image and spec.image not in self.volumes and (observed is None or observed.disk_volume is None):
             pool = self.observed.image_pool
             images = sorted(v.name for v in self.observed.volumes if not is_epfiot_volume(v.name))
