@@ -275,8 +275,8 @@ def _apply(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> int
             if json_output:
                 print(render.to_json({"plan": render.plan_as_dict(plan), "outcomes": []}))
             elif not plan.changes:
-                done = "Nothing to delete: none of them exists." if deletion else "The host matches the manifests."
-                print(f"No changes. {done}", file=out)
+                why = "Nothing to delete: none of them exists." if deletion else "The host matches the manifests."
+                print(f"No changes. {why}", file=out)
             return 0
         print(f"\nApplying {len(plan.changes)} actions to {_uri(args)} ...", file=out, flush=True)
         from epfiot.eventlog import EventLog

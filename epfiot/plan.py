@@ -314,13 +314,16 @@ class _Planner:
     # --- VMs ---------------------------------------------------------------------------------------------
 
     def _reservation_holder(self, net: ObservedNetwork, spec: VmSpec) -> str | None:
-        """Who else holds `spec.address` on `net`: a VM that is not being pruned by this plan, or None."""
-        released = {vm.mac for vm in self.observed.vms if vm.libvirt_name in self.pruned and vm.mac}
-        desired_macs = {v.mac for v in self.desired.vms if v.address}
+        """Which other VM holds `spec.address` on `net` (one not pruned by this plan), or None.
+
+        A reservation whose MAC belongs to no domain is stale (an apply killed between reserving and
+        defining): it is taken over, so that the next apply converges."""
         for mac, ip in net.dhcp_hosts:
-            if ip == spec.address and mac != spec.mac and mac not in released and mac not in desired_macs:
-                holder = next((vm.libvirt_name for vm in self.observed.vms if vm.mac == mac), None)
-                return f"VM {holder}" if holder else f"MAC {mac}"
+            if ip != spec.address or mac == spec.mac:
+                continue
+            for vm in self.observed.vms:
+                if vm.mac == mac and vm.libvirt_name not in self.pruned:
+                    return f"VM {vm.libvirt_name}"
         return None
 
     def _plan_vm_pruning(self) -> set[str]:
