@@ -114,6 +114,19 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class _VmWork:
+    """What planning a declared VM gathers before deciding between creating and updating it."""
+
+    spec: VmSpec
+    usb: tuple[tuple[HostUsbDevice, bool], ...]  # resolved devices, with their selectors' `required`
+    missing_required: list[UsbSelector]
+    notes: list[str]
+    seed_digest: str
+    pre: list[s.Step]  # volumes and reservations, before the definition
+    common: dict[str, object]  # the Action fields every outcome shares
+
+
+@dataclass(frozen=True)
 class Options:
     force: bool = False  # power off at once instead of a graceful shutdown
     keep_disks: bool = False  # pruning a VM keeps its overlay and seed volumes
@@ -439,22 +452,15 @@ class _Planner:
         if spec.image and overlay_volume_name(spec.owner, spec.name) not in self.volumes:
             pre.append(s.CreateOverlay(spec))
 
+        work = _VmWork(spec, usb, missing_required, notes, seed_digest, pre, common)
         if observed is None:
-            self._plan_vm_create(spec, usb, missing_required, notes, seed_digest, pre, common)
+            self._plan_vm_create(work)
         else:
-            self._plan_vm_update(spec, observed, usb, missing_required, notes, seed_digest, pre, common)
+            self._plan_vm_update(work, observed)
 
-    def _plan_vm_create(
-        self,
-        spec: VmSpec,
-        usb: tuple[tuple[HostUsbDevice, bool], ...],
-        missing_required: list[UsbSelector],
-        notes: list[str],
-        seed_digest: str,
-        pre: list[s.Step],
-        common: dict[str, object],
-    ) -> None:
-        steps = list(pre)
+    def _plan_vm_create(self, work: _VmWork) -> None:
+        spec, usb, missing_required, notes, seed_digest = work.spec, work.usb, work.missing_required, work.notes, work.seed_digest
+        steps = list(work.pre)
         if spec.credentials:
             steps.append(s.WriteSeed(spec))
         steps.append(s.DefineVm(spec, usb, uuid=None, seed_digest=seed_digest))
@@ -479,7 +485,7 @@ class _Planner:
         for device, _required in usb:
             changes.append(Change("usb", None, f"{device.id} at {device.bus}/{device.device}"))
         self._add(
-            **common,
+            **work.common,
             verb=Verb.CREATE,
             reason="declared, does not exist",
             changes=tuple(changes),
@@ -487,17 +493,9 @@ class _Planner:
             notes=tuple(notes),
         )
 
-    def _plan_vm_update(
-        self,
-        spec: VmSpec,
-        vm: ObservedVm,
-        usb: tuple[tuple[HostUsbDevice, bool], ...],
-        missing_required: list[UsbSelector],
-        notes: list[str],
-        seed_digest: str,
-        pre: list[s.Step],
-        common: dict[str, object],
-    ) -> None:
+    def _plan_vm_update(self, work: _VmWork, vm: ObservedVm) -> None:
+        spec, usb, missing_required, notes, seed_digest = work.spec, work.usb, work.missing_required, work.notes, work.seed_digest
+        pre, common = work.pre, work.common
         name = spec.libvirt_name
         changes: list[Change] = []
         live: list[s.Step] = []
