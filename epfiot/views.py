@@ -49,6 +49,7 @@ def vm_rows(observed: Observed, *, owner: str | None = None) -> list[dict[str, o
                 "state": vm.state.value,
                 "vcpu": vm.live_vcpu if vm.active and vm.live_vcpu is not None else vm.vcpu,
                 "memory_mib": vm.memory_mib,
+                "memory": f"{vm.memory_mib}MiB",  # as manifests write it: --fields name,state,memory,vcpu
                 "address": ",".join(observed.vm_addresses.get(vm.libvirt_name, ())) or None,
                 "network": vm.network.split(".", 1)[-1] if vm.network else None,
                 "disk": vm.disk_volume,

@@ -78,6 +78,8 @@ def test_get_vms_json_and_field_selection(run, tmp_path: Path) -> None:  # type:
     ]
     code, out, _ = run("get", "vms", "alice/example1", "-o", "json", "--fields", "name,state")
     assert json.loads(out) == [{"name": "example1", "state": "running"}]
+    code, out, _ = run("get", "vms", "--fields", "name,state,memory,vcpu")
+    assert out.splitlines() == ["NAME      STATE    MEMORY  VCPU", "example1  running  128MiB  2"]
     code, _, err = run("get", "vms", "--fields", "name,colour")
     assert code == 2 and "colour" in err
 
