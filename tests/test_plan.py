@@ -9,12 +9,22 @@ Case format (defaults keep cases short: owner "alice", stack "s"):
       options: {force: true, keep_disks: true, prune: false}
       usb: [[owner, vm, selector index, nodedev or null], ...]      # how claims resolved
       seed_digests: {alice.vm1: sha256:...}
-      expect: [{vm: alice/vm1, verb: update, steps: [SetVcpus, DefineVm], changes: {vcpu: live}, notes: [...]}]
+      deletion: true                                                # plan_deletion instead of make_plan
+      expect: [{vm: alice/vm1, verb: update, steps: [SetVcpus, DefineVm], changes: {vcpu: live}, notes: [...],
+                step_args: {SetVcpus.count: 2}, unchanged: [memory_mib], reason: substring}]
       problems: [substring, ...]
+      then: [{network: old, verb: destroy}]                         # what a second apply still does
 
-An observed VM's ownership matches the desired VM of that name (same spec hash) unless the case says
-`ownership: null` (unmanaged), `stack: other`, or `spec_hash: stale`. Every action that changes something
-must be listed in `expect`; no-ops may be listed to check their reason.
+Desired objects take the field names of the model's dataclasses (max_vcpu defaults to vcpu, max_memory_mib
+to memory_mib). An observed VM's ownership matches the desired VM of that name (same spec hash) unless the
+case says `ownership: null` (unmanaged), `stack: other`, or `spec_hash: <anything else>`; its definition
+defaults to the desired one and its running instance to its definition. A MAC (a VM's `mac`, a network's
+`dhcp_hosts` entries) may be written as the name of the VM epfiot gives it to ("vm1", "bob.vm1"). Every action
+that changes something must be listed in `expect`; no-ops may be listed to check their reason.
+
+Every case without problems is also applied to its observed state by a small simulator of the host and
+planned again: that second plan must change nothing (only no-ops and waits), beyond the case's `then:`, and
+leave each VM it does not touch in its declared power state.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+from epfiot import plan as planner
+from epfiot import steps as s
 from epfiot.model import (
     AttachedUsb,
     Credentials,
@@ -47,8 +59,10 @@ from epfiot.model import (
     UsbSelector,
     VmSpec,
     libvirt_name,
+    overlay_volume_name,
+    seed_volume_name,
 )
-from epfiot.plan import Action, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
+from epfiot.plan import Action, Options, Plan, UsbResolution, Verb, dhcp_range, make_plan, plan_deletion
 
 CASES = Path(__file__).parent / "plan_cases"
 OWNER, STACK = "alice", "s"
@@ -103,8 +117,9 @@ def desired_state(data: dict[str, Any]) -> Desired:
     vms = tuple(vm_spec(v) for v in data.get("vms", ()))
     networks = tuple(network_spec(n) for n in data.get("networks", ()))
     things = tuple(thing_spec(t) for t in data.get("things", ()))
-    scopes = {(OWNER, STACK)} | {(x.owner, x.stack) for x in (*vms, *networks, *things)}
-    scopes |= {tuple(s) for s in data.get("stacks", ())}
+    declared: tuple[VmSpec | NetworkSpec | ThingSpec, ...] = (*vms, *networks, *things)
+    scopes = {(OWNER, STACK)} | {(x.owner, x.stack) for x in declared}
+    scopes |= {(o, n) for o, n in data.get("stacks", ())}
     return Desired(tuple(StackSpec(o, n) for o, n in sorted(scopes)), vms, networks, things)
 
 
@@ -126,7 +141,8 @@ def observed_vm(data: dict[str, Any], desired: Desired) -> ObservedVm:
         ownership = None
     else:
         recorded = spec.spec_hash() if spec is not None and spec_hash == "match" else str(spec_hash)
-        ownership = Ownership(owner, stack, name, recorded, seed_digest)
+        timeout = d.pop("shutdown_timeout", spec.shutdown_timeout if spec is not None else None)
+        ownership = Ownership(owner, stack, name, recorded, seed_digest, timeout)
     base = spec or vm_spec({"owner": owner, "name": name})
     vcpu = d.pop("vcpu", base.vcpu)
     max_vcpu = d.pop("max_vcpu", max(vcpu, base.max_vcpu))
@@ -145,7 +161,7 @@ def observed_vm(data: dict[str, Any], desired: Desired) -> ObservedVm:
         memory_mib=memory,
         max_memory_mib=max_memory,
         network=d.pop("network", libvirt_name(owner, base.network) if base.network else None),
-        mac=d.pop("mac", base.mac if base.network else None),
+        mac=mac_of(d.pop("mac")) if "mac" in d else (base.mac if base.network else None),
         disk_volume=d.pop("disk_volume", None),
         seed_volume=d.pop("seed_volume", None),
         devices=devices,
@@ -159,14 +175,20 @@ def observed_vm(data: dict[str, Any], desired: Desired) -> ObservedVm:
     return vm
 
 
+def mac_of(text: str) -> str:
+    """A MAC as written, or the MAC epfiot gives a VM named so ("vm1", or "bob.vm1" for another owner)."""
+    if ":" in text:
+        return text
+    owner, _, name = text.rpartition(".")
+    return vm_spec({"owner": owner or OWNER, "name": name}).mac
+
+
 def observed_network(data: dict[str, Any], desired: Desired) -> ObservedNetwork:
     d = dict(data)
     owner, name = d.pop("owner", OWNER), d.pop("name")
     spec = next((n for n in desired.networks if (n.owner, n.name) == (owner, name)), None)
     ownership_data = d.pop("ownership", "match")
     ownership = None if ownership_data is None else Ownership(owner, d.pop("stack", STACK), name)
-    from epfiot.plan import dhcp_range
-
     start, end = dhcp_range(spec) if spec else (None, None)
     return ObservedNetwork(
         libvirt_name=libvirt_name(owner, name),
@@ -176,8 +198,23 @@ def observed_network(data: dict[str, Any], desired: Desired) -> ObservedNetwork:
         cidr=d.pop("cidr", spec.cidr if spec else "10.9.0.0/24"),
         dhcp_start=d.pop("dhcp_start", start),
         dhcp_end=d.pop("dhcp_end", end),
-        dhcp_hosts=tuple(tuple(h) for h in d.pop("dhcp_hosts", ())),  # type: ignore[misc]
+        dhcp_hosts=tuple((mac_of(mac), ip) for mac, ip in d.pop("dhcp_hosts", ())),
     )
+
+
+def observed_thing(data: dict[str, Any]) -> ObservedThing:
+    d: dict[str, Any] = {
+        "owner": OWNER,
+        "stack": STACK,
+        "vm": None,
+        "server_uri": None,
+        "lifetime": 300,
+        "binding": "U",
+        **data,
+    }
+    d["deletes"] = tuple(d.get("deletes", ("/0", "/1")))
+    d["writes"] = tuple(ResourceWriteSpec(**w) for w in d.get("writes", ()))
+    return ObservedThing(**d)
 
 
 def observed_state(data: dict[str, Any], desired: Desired) -> Observed:
@@ -191,22 +228,7 @@ def observed_state(data: dict[str, Any], desired: Desired) -> Observed:
         )
         for u in data.get("usb", ())
     )
-    things = tuple(
-        ObservedThing(
-            **{
-                "owner": OWNER,
-                "stack": STACK,
-                "vm": None,
-                "server_uri": None,
-                "lifetime": 300,
-                "binding": "U",
-                "deletes": ("/0", "/1"),
-                "writes": (),
-                **{k: tuple(v) if k == "deletes" else v for k, v in t.items()},
-            }
-        )
-        for t in data.get("things", ())
-    )
+    things = tuple(observed_thing(t) for t in data.get("things", ()))
     return Observed(
         vms=tuple(observed_vm(v, desired) for v in data.get("vms", ())),
         networks=tuple(observed_network(n, desired) for n in data.get("networks", ())),
@@ -300,3 +322,236 @@ def test_field_names_used_by_the_loader_exist() -> None:
     names = {f.name for f in fields(VmSpec)}
     assert {"memory_mib", "max_memory_mib", "vcpu", "max_vcpu", "state", "devices"} <= names
     assert replace(vm_spec({"name": "x"}), vcpu=2).max_vcpu == 1
+
+
+# --- idempotency: apply a plan to the observed state, then plan again -----------------------------------------
+
+
+class Simulator:
+    """A host that executes steps on an Observed the way epfiot.apply and the libvirt driver do, as far as the
+    planner can see it. It fails loudly on a step whose precondition does not hold (a reservation on a network
+    that does not exist, a VM undefined while running...), which also checks the order of the steps."""
+
+    def __init__(self, observed: Observed) -> None:
+        self.observed = observed
+        self.vms = {v.libvirt_name: v for v in observed.vms}
+        self.networks = {n.libvirt_name: n for n in observed.networks}
+        self.volumes = {v.name: v for v in observed.volumes}
+        self.things = {t.name: t for t in observed.things}
+
+    def apply(self, plan: Plan) -> Observed:
+        assert plan.problems == (), plan.problems
+        for phase in plan.phases():
+            for action in phase:
+                for step in action.steps:
+                    self.step(step)
+        return replace(
+            self.observed,
+            vms=tuple(self.vms.values()),
+            networks=tuple(self.networks.values()),
+            volumes=tuple(self.volumes.values()),
+            things=tuple(self.things.values()),
+        )
+
+    def vm(self, name: str) -> ObservedVm:
+        assert name in self.vms, f"no domain {name}"
+        return self.vms[name]
+
+    def net(self, name: str) -> ObservedNetwork:
+        assert name in self.networks, f"no network {name}"
+        return self.networks[name]
+
+    def step(self, step: s.Step) -> None:  # one branch per step type, as in epfiot.apply.run_step
+        match step:
+            case s.DefineVm(spec, usb, uuid, seed_digest):
+                old = self.vms.get(spec.libvirt_name)
+                assert (old is None) == (uuid is None), f"define {spec.libvirt_name} with uuid {uuid}, exists: {old}"
+                network = libvirt_name(spec.owner, spec.network) if spec.network else None
+                definition = dict(
+                    ownership=Ownership(
+                        spec.owner, spec.stack, spec.name, spec.spec_hash(), seed_digest, spec.shutdown_timeout
+                    ),
+                    vcpu=spec.vcpu,
+                    max_vcpu=spec.max_vcpu,
+                    memory_mib=spec.memory_mib,
+                    max_memory_mib=spec.max_memory_mib,
+                    network=network,
+                    mac=spec.mac if network else None,
+                    disk_volume=overlay_volume_name(spec.owner, spec.name) if spec.image else None,
+                    seed_volume=seed_volume_name(spec.owner, spec.name) if spec.credentials else None,
+                    devices=tuple(AttachedUsb(d.id, d.bus, d.device, required) for d, required in usb),
+                )
+                if spec.image:
+                    assert definition["disk_volume"] in self.volumes, f"{spec.libvirt_name}: disk not created"
+                if spec.credentials:
+                    assert definition["seed_volume"] in self.volumes, f"{spec.libvirt_name}: seed not written"
+                if old is None:
+                    old = ObservedVm(spec.libvirt_name, "uuid-new", None, PowerState.SHUTOFF, 0, 0, 0, 0)
+                self.vms[spec.libvirt_name] = replace(old, **definition)  # type: ignore[arg-type]
+            case s.StartVm(name, paused):
+                vm = self.vm(name)
+                assert not vm.active, f"start {name}: already {vm.state}"
+                if vm.network:
+                    assert self.net(vm.network).active, f"start {name}: network {vm.network} is not active"
+                self.vms[name] = replace(
+                    vm,
+                    state=PowerState.PAUSED if paused else PowerState.RUNNING,
+                    live_vcpu=vm.vcpu,
+                    live_max_vcpu=vm.max_vcpu,
+                    live_memory_mib=vm.memory_mib,
+                    live_max_memory_mib=vm.max_memory_mib,
+                    live_devices=vm.devices,
+                )
+            case s.ShutdownVm(name) | s.DestroyVm(name):
+                vm = self.vm(name)
+                assert vm.active, f"stop {name}: already off"
+                self.vms[name] = replace(
+                    vm,
+                    state=PowerState.SHUTOFF,
+                    live_vcpu=None,
+                    live_max_vcpu=None,
+                    live_memory_mib=None,
+                    live_max_memory_mib=None,
+                    live_devices=None,
+                )
+            case s.SuspendVm(name):
+                assert self.vm(name).state is PowerState.RUNNING, f"suspend {name}: {self.vm(name).state}"
+                self.vms[name] = replace(self.vm(name), state=PowerState.PAUSED)
+            case s.ResumeVm(name):
+                assert self.vm(name).state is PowerState.PAUSED, f"resume {name}: {self.vm(name).state}"
+                self.vms[name] = replace(self.vm(name), state=PowerState.RUNNING)
+            case s.UndefineVm(name):
+                assert not self.vm(name).active, f"undefine {name} while {self.vm(name).state}"
+                del self.vms[name]
+            case s.SetVcpus(name, count, live):
+                vm = self.vm(name)
+                assert live and vm.active, f"set vcpus of {name}: only live steps are planned"
+                assert count <= (vm.live_max_vcpu or vm.max_vcpu), f"{name}: {count} vcpus above the running maximum"
+                self.vms[name] = replace(vm, live_vcpu=count)
+            case s.SetMemory(name, mib, live):
+                vm = self.vm(name)
+                assert live and vm.active, f"set memory of {name}: only live steps are planned"
+                assert mib <= (vm.live_max_memory_mib or vm.max_memory_mib), f"{name}: {mib} MiB above the maximum"
+                self.vms[name] = replace(vm, live_memory_mib=mib)
+            case s.AttachUsb(name, device, required, live):
+                vm = self.vm(name)
+                assert live and vm.active, f"attach to {name}: only live steps are planned"
+                hostdev = AttachedUsb(device.id, device.bus, device.device, required)
+                self.vms[name] = replace(vm, live_devices=(*(vm.live_devices or vm.devices), hostdev))
+            case s.DetachUsb(name, attached_usb, live):
+                vm = self.vm(name)
+                assert live and vm.active, f"detach from {name}: only live steps are planned"
+                current = vm.live_devices if vm.live_devices is not None else vm.devices
+                assert attached_usb in current, f"detach {attached_usb} from {name}: not attached"
+                self.vms[name] = replace(vm, live_devices=tuple(d for d in current if d != attached_usb))
+            case s.WaitForAddress(name):
+                assert self.vm(name).state is PowerState.RUNNING
+            case s.CreateOverlay(spec):
+                assert spec.image in self.volumes, f"no base image {spec.image}"
+                volume = overlay_volume_name(spec.owner, spec.name)
+                assert volume not in self.volumes, f"{volume} exists"
+                self.volumes[volume] = ObservedVolume("images", volume)
+            case s.WriteSeed(spec):
+                volume = seed_volume_name(spec.owner, spec.name)
+                self.volumes[volume] = ObservedVolume("images", volume)
+            case s.DeleteVolume(volume):
+                assert volume in self.volumes, f"delete {volume}: no such volume"
+                assert not any(volume in (v.disk_volume, v.seed_volume) for v in self.vms.values()), f"{volume} in use"
+                del self.volumes[volume]
+            case s.DefineNetwork(spec):
+                assert spec.libvirt_name not in self.networks, f"network {spec.libvirt_name} exists"
+                start, end = dhcp_range(spec)
+                self.networks[spec.libvirt_name] = ObservedNetwork(
+                    spec.libvirt_name,
+                    Ownership(spec.owner, spec.stack, spec.name, spec.spec_hash()),
+                    True,
+                    spec.mode,
+                    spec.cidr,
+                    start,
+                    end,
+                    (),
+                    spec.bridge,
+                )
+            case s.StartNetwork(name):
+                self.networks[name] = replace(self.net(name), active=True)
+            case s.RemoveNetwork(name):
+                self.net(name)
+                del self.networks[name]
+            case s.SetDhcpHost(network, mac, ip):
+                net = self.net(network)
+                # as epfiot.libvirt.network.set_dhcp_host: an entry for the same MAC or address is replaced
+                kept = tuple(h for h in net.dhcp_hosts if h[0] != mac and h[1] != ip)
+                self.networks[network] = replace(net, dhcp_hosts=(*kept, (mac, ip)))
+            case s.RemoveDhcpHost(network, mac, ip):
+                if network in self.networks:  # no error without the network, as the driver does
+                    net = self.networks[network]
+                    self.networks[network] = replace(net, dhcp_hosts=tuple(h for h in net.dhcp_hosts if h != (mac, ip)))
+            case s.UpsertThing(spec, server_uri):
+                self.things[spec.name] = ObservedThing(
+                    spec.name, spec.owner, spec.stack, spec.vm, server_uri, spec.lifetime, spec.binding,
+                    spec.deletes, spec.writes,
+                )
+            case s.DeleteThing(name):
+                assert name in self.things, f"unregister {name}: not registered"
+                del self.things[name]
+            case _:
+                raise AssertionError(f"the simulator does not know {step}")
+
+
+def second_plan(case: dict[str, Any]) -> tuple[Plan, Plan, Observed]:
+    """The case's plan, the state that applying it leaves, and the plan made against that state."""
+    desired = desired_state(case.get("desired", {}))
+    observed = observed_state(case.get("observed", {}), desired)
+    options = Options(**case.get("options", {}))
+    first = run_case(case)
+    after = Simulator(observed).apply(first)
+    if case.get("deletion"):
+        return first, plan_deletion(desired, after, options), after
+    usb = usb_resolution(case.get("usb", []), desired, after)
+    return first, make_plan(desired, after, options, usb=usb, seed_digests=case.get("seed_digests", {})), after
+
+
+CONVERGING = [(i, c) for i, c in load_cases() if not c.get("problems")]
+
+
+@pytest.mark.parametrize(("case_id", "case"), CONVERGING, ids=[c[0] for c in CONVERGING])
+def test_applying_the_plan_converges(case_id: str, case: dict[str, Any]) -> None:
+    """After the plan is applied, the next plan changes nothing (only no-ops and waits), unless the case says
+    which actions a second apply still has (`then:`, e.g. a network freed by the first apply)."""
+    _, second, after = second_plan(case)
+    assert second.problems == (), second.problems
+    # A VM the second plan leaves alone is in its declared power state.
+    vms = {v.libvirt_name: v for v in after.vms}
+    for spec in desired_state(case.get("desired", {})).vms:
+        action = next((a for a in second.actions if (a.kind, a.owner, a.name) == ("vm", spec.owner, spec.name)), None)
+        if action is not None and action.verb is Verb.NOOP and not case.get("deletion"):
+            assert vms[spec.libvirt_name].state is spec.state, f"{spec.libvirt_name} is left {vms[spec.libvirt_name].state}"
+    left = sorted(f"{a.kind}:{a.owner}/{a.name}:{a.verb}" for a in second.changes)
+    expected = sorted(f"{_key(e)}:{e['verb']}" for e in case.get("then", []))
+    assert left == expected, "second plan: " + "; ".join(
+        f"{a.address} {a.verb} ({a.reason}) {[step_text(x) for x in a.steps]}" for a in second.changes
+    )
+
+
+@pytest.mark.parametrize(("case_id", "case"), load_cases(), ids=[c[0] for c in load_cases()])
+def test_the_fast_path_changes_no_case(case_id: str, case: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = run_case(case)
+    monkeypatch.setattr(planner, "_plainly_unchanged", lambda spec, vm: False)
+    assert run_case(case) == fast
+
+
+def test_the_simulator_leaves_a_new_vm_as_the_loader_describes_an_unchanged_one() -> None:
+    """The simulator and the case loader describe a VM the same way: what a create leaves is what a case
+    writes as "observed, matching"."""
+    case = {
+        "desired": {
+            "networks": [{"name": "lan", "cidr": "10.9.0.0/24"}],
+            "vms": [{"name": "vm1", "vcpu": 2, "max_vcpu": 4, "network": "lan", "address": "10.9.0.10"}],
+        }
+    }
+    _, second, after = second_plan(case)
+    desired = desired_state(case["desired"])
+    expected = observed_vm({"name": "vm1"}, desired)
+    assert replace(after.vms[0], uuid=expected.uuid) == replace(expected, live_devices=())
+    assert after.networks[0].dhcp_hosts == ((desired.vms[0].mac, "10.9.0.10"),)
+    assert [a.verb for a in second.actions] == [Verb.NOOP, Verb.NOOP]
