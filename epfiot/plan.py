@@ -582,9 +582,11 @@ class _Planner:
             steps.append(s.DefineVm(spec, usb, uuid=vm.uuid, seed_digest=seed_digest))
 
         pending_restart = needs_restart
+        restarting = False  # the restart steps bring the VM to its declared state as well
         if pending_restart and running and spec.state is not PowerState.SHUTOFF:
             if spec.allow_restart:
                 steps += _restart_steps(spec, vm, force=self.options.force)
+                restarting = True
                 notes.append("restarts to apply changes that cannot be made live")
             else:
                 notes.append("restart pending: set allow_restart: true, or restart the VM, to apply all changes")
@@ -592,7 +594,7 @@ class _Planner:
         blocked = bool(missing_required) and not vm.active and spec.state is not PowerState.SHUTOFF
         if blocked:
             notes.append(f"not started until its required devices are plugged in (wants {spec.state})")
-        elif not (pending_restart and spec.allow_restart and running):
+        elif not restarting:
             power = _power_steps(spec, vm.state, force=self.options.force)
             if power:
                 changes.append(Change("state", vm.state.value, spec.state.value))
