@@ -524,6 +524,7 @@ class _Planner:
             if vm.live_vcpu < spec.vcpu <= running_max_vcpu:
                 live.append(s.SetVcpus(name, spec.vcpu, live=True))
                 changes.append(Change("vcpu", vm.live_vcpu, spec.vcpu, "live"))
+                redefine |= spec.vcpu != vm.vcpu  # the live step leaves the definition as it is
             elif spec.vcpu != vm.vcpu:
                 config("vcpu", vm.live_vcpu, spec.vcpu, restart=True)
             else:  # the definition already has it: only a restart is missing
@@ -543,6 +544,7 @@ class _Planner:
             if running and spec.memory_mib <= running_max_memory:
                 live.append(s.SetMemory(name, spec.memory_mib, live=True))
                 changes.append(Change("memory_mib", vm.memory_mib, spec.memory_mib, "live"))
+                redefine = True  # the live step leaves the definition as it is
             else:
                 config("memory_mib", vm.memory_mib, spec.memory_mib, restart=True)
 
