@@ -354,9 +354,11 @@ class _Planner:
         owner, name = vm.ownership.owner, vm.ownership.name
         steps: list[s.Step] = []
         if vm.active:
-            if self.options.force or vm.state is PowerState.PAUSED:
+            if self.options.force:
                 steps.append(s.DestroyVm(vm.libvirt_name))
-            else:
+            else:  # graceful, then forced; a paused guest is resumed first so that it can act on ACPI
+                if vm.state is PowerState.PAUSED:
+                    steps.append(s.ResumeVm(vm.libvirt_name))
                 steps.append(s.ShutdownVm(vm.libvirt_name, timeout=self._shutdown_timeout(vm)))
         steps.append(s.UndefineVm(vm.libvirt_name))
         net = self.networks.get(vm.network) if vm.network else None
