@@ -183,6 +183,7 @@ class _Planner:
         self.seed_digests = seed_digests
         self.scopes = desired.scopes()
         self.vms = {v.libvirt_name: v for v in observed.vms}
+        self.desired_vms = {v.libvirt_name: v for v in desired.vms}
         self.networks = {n.libvirt_name: n for n in observed.networks}
         self.volumes = {v.name for v in observed.volumes}
         self.things = {t.name: t for t in observed.things}
@@ -335,9 +336,21 @@ class _Planner:
             if ip != spec.address or mac == spec.mac:
                 continue
             for vm in self.observed.vms:
-                if vm.mac == mac and vm.libvirt_name not in self.pruned:
+                if vm.mac == mac and vm.libvirt_name not in self.pruned and not self._releases(vm, net, ip):
                     return f"VM {vm.libvirt_name}"
         return None
+
+    def _releases(self, vm: ObservedVm, net: ObservedNetwork, ip: str) -> bool:
+        """Does this plan take `ip` on `net` from `vm`, a declared VM that no longer reserves it there?"""
+        spec = self.desired_vms.get(vm.libvirt_name)
+        return spec is not None and (_vm_network(spec), spec.address, spec.mac) != (net.libvirt_name, ip, vm.mac)
+
+    def _reservations(self, vm: ObservedVm) -> list[tuple[str, str, str]]:
+        """(network, mac, ip): the reservations of the VM's MAC on the network of its definition."""
+        net = self.networks.get(vm.network) if vm.network else None
+        if net is None or not vm.mac:
+            return []
+        return [(net.libvirt_name, mac, ip) for mac, ip in net.dhcp_hosts if mac == vm.mac]
 
     def _plan_vm_pruning(self) -> set[str]:
         desired = {v.libvirt_name for v in self.desired.vms}
@@ -361,11 +374,8 @@ class _Planner:
                     steps.append(s.ResumeVm(vm.libvirt_name))
                 steps.append(s.ShutdownVm(vm.libvirt_name, timeout=self._shutdown_timeout(vm)))
         steps.append(s.UndefineVm(vm.libvirt_name))
-        net = self.networks.get(vm.network) if vm.network else None
-        if net is not None and vm.mac:
-            for mac, ip in net.dhcp_hosts:
-                if mac == vm.mac:
-                    steps.append(s.RemoveDhcpHost(net.libvirt_name, mac, ip))
+        for network, mac, ip in self._reservations(vm):
+            steps.append(s.RemoveDhcpHost(network, mac, ip))
         if not self.options.keep_disks:
             for volume in (overlay_volume_name(owner, name), seed_volume_name(owner, name)):
                 if volume in self.volumes:
@@ -440,6 +450,9 @@ class _Planner:
 
         pre: list[s.Step] = []  # volumes and reservations, before the definition
         network = _vm_network(spec)
+        for held_on, mac, ip in self._reservations(observed) if observed is not None else ():
+            if (held_on, mac) != (network, spec.mac) or not spec.address:
+                pre.append(s.RemoveDhcpHost(held_on, mac, ip))  # it leaves that network, or its fixed address
         if spec.address and network:
             net = self.networks.get(network)
             if net is not None and (holder := self._reservation_holder(net, spec)) is not None:
@@ -554,6 +567,9 @@ class _Planner:
         network = _vm_network(spec)
         if network != vm.network or (network is not None and spec.mac != vm.mac):
             config("network", _short(vm.network), spec.network, restart=True)
+        reserved = next((ip for _, _, ip in self._reservations(vm)), None)
+        if reserved != spec.address:
+            changes.append(Change("address", reserved, spec.address, "at next lease" if running else ""))
         want_disk = overlay_volume_name(spec.owner, spec.name) if spec.image else None
         if want_disk != vm.disk_volume:
             config("disk", vm.disk_volume, want_disk, restart=True)
