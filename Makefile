@@ -4,6 +4,7 @@
 setup:
 	scripts/setup.sh
 
+# The real libvirt daemon (qemu:///system), started if it does not answer.
 daemon: setup
 	scripts/libvirtd.sh ensure
 
@@ -17,3 +18,7 @@ lint: setup
 
 test: daemon lint
 	.venv/bin/pytest -q
+
+# Stops the daemon only if scripts/libvirtd.sh started it (destroying its running domains and networks first).
+stop:
+	scripts/libvirtd.sh stop
