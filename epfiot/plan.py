@@ -21,6 +21,7 @@ from epfiot.model import (
     ObservedNetwork,
     ObservedThing,
     ObservedVm,
+    Ownership,
     PowerState,
     ThingSpec,
     UsbSelector,
@@ -209,7 +210,7 @@ class _Planner:
     def run_deletion(self, vms: set[str], networks: set[str], things: set[str]) -> Plan:
         for name in sorted(vms):
             vm = self.vms.get(name)
-            if vm is not None and self._in_scope(vm.ownership):
+            if vm is not None and _describes(vm.libvirt_name, vm.ownership) and self._in_scope(vm.ownership):
                 self._destroy_vm(vm, "declared in the manifests given to delete")
         for name in sorted(things):
             thing = self.things.get(name)
@@ -231,12 +232,20 @@ class _Planner:
     def _add(self, **fields: object) -> None:
         self.actions.append(Action(**fields))  # type: ignore[arg-type]
 
-    def _claimed_elsewhere(self, kind: str, name: str, ownership: object, spec_stack: str, where: str) -> bool:
+    def _claimed_elsewhere(
+        self, kind: str, name: str, ownership: Ownership | None, spec_stack: str, where: str
+    ) -> bool:
         """A managed object of the same owner but another stack: the manifests cannot take it over."""
         if ownership is None:
             self.problems.append(
                 f"{where}: {kind} {name!r} exists in libvirt but is not managed by epfiot; "
                 "refusing to touch it (rename yours, or remove that one by hand)"
+            )
+            return True
+        if not _describes(name, ownership):
+            self.problems.append(
+                f"{where}: {kind} {name!r} carries epfiot metadata that does not match its name (copied from "
+                "another object?); refusing to touch it (remove it by hand)"
             )
             return True
         stack = getattr(ownership, "stack", "")
@@ -295,7 +304,9 @@ class _Planner:
     def _plan_network_pruning(self, pruned_vms: set[str], only: set[str] | None = None) -> None:
         desired = {n.libvirt_name for n in self.desired.networks}
         for net in sorted(self.observed.networks, key=lambda n: n.libvirt_name):
-            if net.ownership is None or not self._in_scope(net.ownership) or net.libvirt_name in desired:
+            if not _describes(net.libvirt_name, net.ownership) or not self._in_scope(net.ownership):
+                continue
+            if net.libvirt_name in desired or net.ownership is None:
                 continue
             if only is not None and net.libvirt_name not in only:
                 continue
@@ -356,7 +367,9 @@ class _Planner:
         desired = {v.libvirt_name for v in self.desired.vms}
         pruned: set[str] = set()
         for vm in sorted(self.observed.vms, key=lambda v: v.libvirt_name):
-            if vm.ownership is None or not self._in_scope(vm.ownership) or vm.libvirt_name in desired:
+            if not _describes(vm.libvirt_name, vm.ownership) or not self._in_scope(vm.ownership):
+                continue
+            if vm.libvirt_name in desired:
                 continue
             self._destroy_vm(vm, "no longer declared")
             pruned.add(vm.libvirt_name)
@@ -704,6 +717,12 @@ class _Planner:
 # --- helpers -----------------------------------------------------------------------------------------------
 
 
+def _describes(libvirt_object: str, ownership: Ownership | None) -> bool:
+    """Is this epfiot's metadata of this very object? A domain copied by hand (virt-clone) carries the
+    metadata of its original: it is not managed, or pruning it would delete its original's disk."""
+    return ownership is not None and libvirt_name(ownership.owner, ownership.name) == libvirt_object
+
+
 def _vm_network(spec: VmSpec) -> str | None:
     return libvirt_name(spec.owner, spec.network) if spec.network else None
 
@@ -774,7 +793,9 @@ def _plainly_unchanged(spec: VmSpec, vm: ObservedVm) -> bool:
 
     Anything else goes through the full comparison; tests/test_plan.py checks that both agree."""
     own = vm.ownership
-    if own is None or own.stack != spec.stack or vm.state is not spec.state:
+    if own is None or (own.owner, own.stack, own.name) != (spec.owner, spec.stack, spec.name):
+        return False
+    if vm.state is not spec.state:
         return False
     if spec.devices or vm.devices or spec.network or vm.network or spec.image or vm.disk_volume:
         return False

@@ -142,7 +142,8 @@ def observed_vm(data: dict[str, Any], desired: Desired) -> ObservedVm:
     else:
         recorded = spec.spec_hash() if spec is not None and spec_hash == "match" else str(spec_hash)
         timeout = d.pop("shutdown_timeout", spec.shutdown_timeout if spec is not None else None)
-        ownership = Ownership(owner, stack, name, recorded, seed_digest, timeout)
+        # meta_owner / meta_name: metadata that names another object (a domain copied by hand)
+        ownership = Ownership(d.pop("meta_owner", owner), stack, d.pop("meta_name", name), recorded, seed_digest, timeout)
     base = spec or vm_spec({"owner": owner, "name": name})
     vcpu = d.pop("vcpu", base.vcpu)
     max_vcpu = d.pop("max_vcpu", max(vcpu, base.max_vcpu))
@@ -299,6 +300,7 @@ def test_plan_case(case_id: str, case: dict[str, Any]) -> None:
         assert plan.problems == (), plan.problems
     expected = {_key(e): e for e in case.get("expect", [])}
     actual = {f"{a.kind}:{a.owner}/{a.name}": a for a in plan.actions}
+    assert len(actual) == len(plan.actions), f"two actions for one resource: {[a.address for a in plan.actions]}"
     for key, e in expected.items():
         assert key in actual, f"no action for {key}; actions: {sorted(actual)}"
         check_action(actual[key], e)
