@@ -538,7 +538,7 @@ class _Planner:
                 needs_restart = True
                 changes.append(Change(field_name, before, after, "restart required"))
             else:
-                changes.append(Change(field_name, before, after, "definition" if not running else "live"))
+                changes.append(Change(field_name, before, after, "definition"))  # no live step: the definition only
 
         # vCPUs: added live up to the running maximum; removing vCPUs needs the guest's cooperation, and a
         # new maximum needs a new QEMU process: both take a restart.
