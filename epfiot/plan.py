@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
+from pathlib import PurePosixPath
 
 from epfiot import steps as s
 from epfiot.model import (
@@ -187,6 +188,7 @@ class _Planner:
         self.desired_vms = {v.libvirt_name: v for v in desired.vms}
         self.networks = {n.libvirt_name: n for n in observed.networks}
         self.volumes = {v.name for v in observed.volumes}
+        self.backings = {v.name: v.backing for v in observed.volumes if v.backing}
         self.things = {t.name: t for t in observed.things}
         self.problems: list[str] = list(usb.problems)
         self.pruned: set[str] = set()  # VMs this plan destroys: their reservations are released
@@ -461,6 +463,15 @@ class _Planner:
                 )
             return
 
+        overlay = overlay_volume_name(spec.owner, spec.name)
+        backing = self.backings.get(overlay) if spec.image else None
+        if backing is not None and PurePosixPath(backing).name != spec.image:
+            self.problems.append(
+                f"{spec.source}: vm {spec.name}: disk {overlay} is backed by {PurePosixPath(backing).name}, "
+                f"not by {spec.image}; a disk keeps the image it was made from (delete the VM to change it)"
+            )
+            return
+
         pre: list[s.Step] = []  # volumes and reservations, before the definition
         network = _vm_network(spec)
         for held_on, mac, ip in self._reservations(observed) if observed is not None else ():
@@ -477,7 +488,7 @@ class _Planner:
             reserved = net is not None and (spec.mac, spec.address) in net.dhcp_hosts
             if not reserved or network in replaced_networks:
                 pre.append(s.SetDhcpHost(network, spec.mac, spec.address, spec.name))
-        if spec.image and overlay_volume_name(spec.owner, spec.name) not in self.volumes:
+        if spec.image and overlay not in self.volumes:
             pre.append(s.CreateOverlay(spec))
 
         work = _VmWork(spec, usb, missing_required, notes, seed_digest, pre, common)

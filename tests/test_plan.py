@@ -218,6 +218,13 @@ def observed_thing(data: dict[str, Any]) -> ObservedThing:
     return ObservedThing(**d)
 
 
+def observed_volume(data: str | dict[str, Any]) -> ObservedVolume:
+    """A volume of the image pool: its name, or {name, backing} (the path of its base image)."""
+    if isinstance(data, str):
+        return ObservedVolume("images", data)
+    return ObservedVolume("images", data["name"], backing=data.get("backing"))
+
+
 def observed_state(data: dict[str, Any], desired: Desired) -> Observed:
     usb = tuple(
         HostUsbDevice(
@@ -234,7 +241,7 @@ def observed_state(data: dict[str, Any], desired: Desired) -> Observed:
         vms=tuple(observed_vm(v, desired) for v in data.get("vms", ())),
         networks=tuple(observed_network(n, desired) for n in data.get("networks", ())),
         usb=usb,
-        volumes=tuple(ObservedVolume("images", v) for v in data.get("volumes", ())),
+        volumes=tuple(observed_volume(v) for v in data.get("volumes", ())),
         things=things,
         vm_addresses={k: tuple(v) for k, v in data.get("vm_addresses", {}).items()},
         image_pool=data.get("image_pool", "images"),
