@@ -597,6 +597,8 @@ class _Planner:
         want_disk = overlay_volume_name(spec.owner, spec.name) if spec.image else None
         if want_disk != vm.disk_volume:
             config("disk", vm.disk_volume, want_disk, restart=True)
+        elif want_disk is not None and want_disk not in self.volumes:  # deleted by hand: CreateOverlay above
+            changes.append(Change("disk", None, want_disk, "volume missing: made again from its image"))
         # Credentials reach the guest through the seed ISO, compared by digest: no secret is ever compared
         # or shown. New content takes effect at the next boot; adding or removing the CD-ROM takes a restart.
         want_seed = seed_volume_name(spec.owner, spec.name) if spec.credentials else None
@@ -609,6 +611,9 @@ class _Planner:
             pre.append(s.WriteSeed(spec))
             redefine = True  # records the new digest
             changes.append(Change("credentials", _seed_label(observed_digest), _seed_label(seed_digest), "at next boot"))
+        elif want_seed is not None and want_seed not in self.volumes:  # deleted by hand: the VM could not boot
+            pre.append(s.WriteSeed(spec))
+            changes.append(Change("credentials", None, _seed_label(seed_digest), "volume missing: written again"))
 
         if vm.devices or usb:
             redefine |= _usb_changes(name, vm, usb, changes, live)
