@@ -68,11 +68,21 @@ CASES = Path(__file__).parent / "plan_cases"
 OWNER, STACK = "alice", "s"
 
 
+CASE_KEYS = {"name", "desired", "observed", "options", "usb", "seed_digests", "deletion", "expect", "problems", "then"}
+EXPECT_KEYS = {"vm", "network", "thing", "verb", "steps", "changes", "unchanged", "notes", "reason", "step_args"}
+
+
 def load_cases() -> list[tuple[str, dict[str, Any]]]:
+    """Every case of every file; a misspelt key fails here rather than making a case check nothing."""
     cases = []
     for path in sorted(CASES.glob("*.yaml")):
         for case in yaml.safe_load(path.read_text()):
-            cases.append((f"{path.stem}: {case['name']}", case))
+            case_id = f"{path.stem}: {case['name']}"
+            assert set(case) <= CASE_KEYS, f"{case_id}: unknown keys {sorted(set(case) - CASE_KEYS)}"
+            for e in case.get("expect", []) + case.get("then", []):
+                assert set(e) <= EXPECT_KEYS, f"{case_id}: unknown expectation keys {sorted(set(e) - EXPECT_KEYS)}"
+            assert "expect" in case, f"{case_id}: no expect (write expect: [] for a plan without changes)"
+            cases.append((case_id, case))
     return cases
 
 
@@ -95,7 +105,9 @@ def vm_spec(data: dict[str, Any]) -> VmSpec:
     d.setdefault("max_memory_mib", d["memory_mib"])
     d["state"] = PowerState(d.get("state", "running"))
     if "credentials" in d:
-        d["credentials"] = Credentials(**d["credentials"])
+        credentials = dict(d["credentials"])
+        credentials["ssh_authorized_keys"] = tuple(credentials.get("ssh_authorized_keys", ()))
+        d["credentials"] = Credentials(**credentials)
     d["devices"] = tuple(selector(s) for s in d.get("devices", ()))
     return VmSpec(**d)
 
