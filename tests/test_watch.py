@@ -470,12 +470,21 @@ def test_the_watch_loop_on_the_test_driver(tmp_path: Path, testhost: libvirt.vir
                 raise AssertionError(f"timed out waiting for {what}; log:\n{out.getvalue()}")
             await asyncio.sleep(0.01)
 
+    def registered(name: str) -> bool:
+        path = config.state_dir / "registry.db"
+        if not path.exists():
+            return False
+        with Registry(path) as registry:
+            return registry.get(name) is not None
+
     async def scenario() -> int:
         watcher = Watcher(config, Log(out, "json", verbose=True))
         task = asyncio.create_task(watcher.run(events, None))
         await until(lambda: logged("watch.started") == 1 and logged("reconcile.done") >= 1, "the first reconcile")
         path = write_stack(stacks, "carol", vms=[vm("one")], things=[{"name": "sensor-7", "server": "coap://192.0.2.10:5683"}])
         await until(lambda: active("carol.one"), "the VM of a saved manifest")
+        # Things are registered after VMs, in the same reconcile: wait for the registration, not the VM.
+        await until(lambda: registered("sensor-7"), "the thing's registration")
         # The bootstrap server runs in the same process, with the things reconcile registered.
         port = next(r["port"] for r in records(out) if r["event"] == "serve.listening")
         async with Lwm2mTestClient("sensor-7", "127.0.0.1", port, version="1.0") as client:
