@@ -93,8 +93,12 @@ def remove_tenant(uri: str, tenant: str) -> None:
                 _quietly(net.destroy)
                 _quietly(net.undefine)
         for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-            _quietly(pool.refresh)
-            for vol in pool.listAllVolumes():
+            try:
+                pool.refresh()
+                volumes = pool.listAllVolumes()
+            except libvirt.libvirtError:
+                continue  # another test's pool whose directory is gone: not this tenant's to clean
+            for vol in volumes:
                 if vol.name().startswith(prefixes):
                     _quietly(vol.delete)
     finally:
