@@ -12,6 +12,8 @@ packages=(
   qemu-system-x86 qemu-utils ipxe-qemu                       # guests, qcow2 volumes, network boot
   dnsmasq-base iptables                                      # libvirt networks: DHCP and routing
   libxml2-utils                                              # xmllint, for virt-xml-validate
+  mmdebstrap extlinux syslinux-common e2fsprogs fdisk       # image/build.sh: the Debian base image
+  openssh-client                                             # the tests log in to real guests
 )
 missing=()
 for p in "${packages[@]}"; do
