@@ -6,12 +6,19 @@
 #   scripts/libvirtd.sh stop      destroy running domains and active networks, then stop what `start` started
 #   scripts/libvirtd.sh status    say whether qemu:///system answers (exit 3 if not)
 # Pid files of what this script started are in /run/epfiot-libvirtd; it never stops a daemon it did not start.
+#
+# libvirtd runs inside the network namespace $EPFIOT_NETNS (default "epfiot", made here with only `lo`), so
+# its bridges, dnsmasq and guests have their addresses there and never in the machine's own namespace; the
+# libvirt socket is a file, reachable from anywhere. `scripts/in-netns.sh CMD` runs CMD in that namespace
+# (to reach a guest: `scripts/in-netns.sh ssh user@10.128.0.141`). EPFIOT_NETNS= (empty) runs it in the
+# machine's own namespace, as on a real edge host where the guests' networks are meant to be reachable.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 run=/run/epfiot-libvirtd
 log=/var/log/libvirt/epfiot-libvirtd.log
 uri=qemu:///system
+netns=${EPFIOT_NETNS-epfiot}
 
 say() { echo "libvirtd: $*"; }
 reachable() { virsh -c "$uri" uri >/dev/null 2>&1; }
@@ -74,6 +81,13 @@ prepare() {
     printf '# Written by epfiot scripts/libvirtd.sh: QEMU as root, no security driver.\n%s\n%s\n%s\n' \
       'user = "root"' 'group = "root"' 'security_driver = "none"' >"$conf"
   fi
+  if [[ -n $netns ]]; then
+    if [[ ! -e /run/netns/$netns ]]; then
+      ip netns add "$netns"
+      echo "$netns" >"$run/netns"
+    fi
+    ip -n "$netns" link set lo up
+  fi
 }
 
 wait_ready() {
@@ -104,11 +118,13 @@ start() {
     virtlogd -d -p "$run/virtlogd.pid"
   fi
   echo "=== $(date '+%F %T') scripts/libvirtd.sh start" >>"$log"
-  python3 "$here/subreaper.py" --setsid --child-pidfile "$run/libvirtd.pid" libvirtd >>"$log" 2>&1 </dev/null &
+  local in_netns=()
+  [[ -z $netns ]] || in_netns=(ip netns exec "$netns")
+  "${in_netns[@]}" python3 "$here/subreaper.py" --setsid --child-pidfile "$run/libvirtd.pid" libvirtd >>"$log" 2>&1 </dev/null &
   local subreaper=$!
   echo "$subreaper" >"$run/subreaper.pid"
   wait_ready "$subreaper"
-  say "ready at $uri in $(since "$t0") (log: $log)"
+  say "ready at $uri in $(since "$t0")${netns:+, in network namespace $netns} (log: $log)"
 }
 
 # Stop libvirtd itself; its subreaper stays while it has guests to reap, and is remembered for `stop`.
@@ -144,6 +160,10 @@ stop() {
     terminate "$pid"
   fi
   rm -f "$run/virtlogd.pid"
+  if [[ -f $run/netns ]]; then
+    ip netns delete "$(cat "$run/netns")" 2>/dev/null || true
+    rm -f "$run/netns"
+  fi
   say "stopped in $(since "$t0")"
 }
 
