@@ -7,6 +7,7 @@ daemon is restarting, an RPC broke, another job holds the domain's state change 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,13 @@ TEMPORARY_CODES = frozenset(
     if code is not None
 )
 TEMPORARY_MESSAGES = ("cannot acquire state change lock",)
+
+# A KVM module that offers /dev/kvm but cannot run a stock guest kernel: the PVM backend (a KVM for guests
+# inside other VMs) fails a Debian kernel in early boot with "KVM internal error ... emulation failure" and
+# leaves the domain paused. Where it is loaded, TCG is the working choice.
+KVM_UNFIT_MODULES = {"/sys/module/kvm_pvm": "the PVM backend (kvm_pvm), which cannot boot a stock guest kernel"}
+
+log = logging.getLogger("epfiot.libvirt")
 
 
 def _silence(_context: object, _error: object) -> None:
@@ -99,9 +107,22 @@ def is_test_driver(conn: Any) -> bool:
         return False
 
 
+def kvm_unfit_reason(conn: Any) -> str | None:
+    """Why this host's KVM cannot run real guests although libvirt offers it, or None. Only known for a
+    daemon on this machine (the module list is the local kernel's)."""
+    try:
+        local = not conn.getURI().split("://", 1)[1].split("/", 1)[0]
+    except (libvirt.libvirtError, IndexError):
+        return None
+    if not local:
+        return None
+    return next((why for path, why in KVM_UNFIT_MODULES.items() if os.path.exists(path)), None)
+
+
 def virt_type(conn: Any, override: str | None = None) -> str:
     """The <domain type=...> to define: `override`, else $EPFIOT_VIRT_TYPE, else "test" on the test driver,
-    "kvm" when the host can run KVM guests, else "qemu" (TCG, pure emulation)."""
+    "kvm" when the host can run KVM guests, else "qemu" (TCG, pure emulation), with a warning when KVM is
+    there but unfit (see KVM_UNFIT_MODULES)."""
     chosen = override or os.environ.get(VIRT_TYPE_ENV) or None
     if chosen:
         if chosen not in VIRT_TYPES:
@@ -112,5 +133,10 @@ def virt_type(conn: Any, override: str | None = None) -> str:
     try:
         conn.getDomainCapabilities(None, None, None, "kvm", 0)
     except libvirt.libvirtError:
+        return "qemu"
+    unfit = kvm_unfit_reason(conn)
+    if unfit:
+        log.warning("KVM here is %s: new VMs run under TCG (--virt-type qemu), slower; "
+                    "--virt-type kvm to use it anyway", unfit)
         return "qemu"
     return "kvm"

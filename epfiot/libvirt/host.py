@@ -57,11 +57,11 @@ def _code(error: Any) -> int:
 class LibvirtHost:
     """The Host interface over a libvirt connection. Open with LibvirtHost.open(uri)."""
 
-    def __init__(self, conn: Any, uri: str, *, image_pool: str, virt_type: str) -> None:
+    def __init__(self, conn: Any, uri: str, *, image_pool: str, virt_type: str | None = None) -> None:
         self._conn = conn
         self.uri = uri
         self.image_pool = image_pool
-        self.virt_type = virt_type
+        self._virt_type = virt_type
         # What the last observe read: (domain XML, state, live values) -> ObservedVm. Observing again (watch,
         # a plan after an apply) parses only the domains that changed. Replaced whole, under the lock.
         self._lock = threading.Lock()
@@ -82,11 +82,19 @@ class LibvirtHost:
         try:
             with host_errors("read the connection's URI"):
                 actual_uri = str(conn.getURI())
-            chosen = detect_virt_type(conn, virt_type)
+            chosen = detect_virt_type(conn, virt_type) if virt_type else None  # a wrong one fails now
         except BaseException:
             conn.close()
             raise
         return cls(conn, actual_uri, image_pool=image_pool or DEFAULT_IMAGE_POOL, virt_type=chosen)
+
+    @property
+    def virt_type(self) -> str:
+        """The domain type of the VMs this host defines; detected when first needed, so that commands that
+        define nothing neither pay for the detection nor show its warnings."""
+        if self._virt_type is None:
+            self._virt_type = detect_virt_type(self._conn)
+        return self._virt_type
 
     @property
     def connection(self) -> Any:
