@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` (the main job on an example stack) and `make test` (everything).
-.PHONY: setup daemon demo lint test stop
+.PHONY: setup daemon image demo lint test stop
 
 setup:
 	scripts/setup.sh
@@ -8,16 +8,21 @@ setup:
 daemon: setup
 	scripts/libvirtd.sh ensure
 
-demo: daemon
-	.venv/bin/epfiot apply -f specs/first-vm.yaml
-	.venv/bin/epfiot get vms
+# The base image debian-12.qcow2, into the image pool; built again only when its recipe (image/) changed.
+image: daemon
+	image/build.sh
+
+# specs/lwm2m-guest.yaml on a real guest: apply, wait until it answers SSH, list, say how to log in.
+demo: image
+	scripts/demo.sh
 
 lint: setup
 	.venv/bin/ruff check epfiot tests bench
 	.venv/bin/mypy
 
-test: daemon lint
-	.venv/bin/pytest -q
+# In the daemon's network namespace: the tests talk to real guests at their private addresses there.
+test: daemon lint image
+	scripts/in-netns.sh .venv/bin/pytest -q
 
 # Stops the daemon only if scripts/libvirtd.sh started it (destroying its running domains and networks first).
 stop:

@@ -3,7 +3,8 @@ the next plan is empty.
 
 Stacks run on the real daemon through the CLI, as the test's tenant. A stack that needs a USB device the
 machine does not have (these machines have no USB bus) runs on the libvirt test driver instead, with a
-host file that declares the device.
+host file that declares the device. A stack whose VMs boot a base image is applied by
+tests/test_real_guest.py, which boots the guest and looks inside it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from hosts.usbhost import standard_devices, write_usb_host
 
 from epfiot.cli import main
@@ -20,7 +22,15 @@ from epfiot.plan import Options
 from epfiot.reconcile import apply_plan, observe, plan_changes
 from tests.stacks import spec_for_tenant
 
-SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.yaml"))
+ALL_SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.yaml"))
+
+
+def boots_an_image(spec: Path) -> bool:
+    return any(vm.get("image") for doc in yaml.safe_load_all(spec.read_text()) if doc for vm in doc.get("vms", ()))
+
+
+GUEST_SPECS = [s for s in ALL_SPECS if boots_an_image(s)]
+SPECS = [s for s in ALL_SPECS if not boots_an_image(s)]
 
 
 def needs_a_required_usb_device(spec: Path) -> bool:
@@ -34,6 +44,12 @@ USB_SPECS = [s for s in SPECS if needs_a_required_usb_device(s)]
 
 def test_there_are_example_stacks_of_both_kinds() -> None:
     assert len(DAEMON_SPECS) >= 3 and USB_SPECS
+
+
+def test_the_stacks_on_a_real_guest_are_the_ones_its_test_applies() -> None:
+    from tests.test_real_guest import SPEC
+
+    assert GUEST_SPECS == [SPEC]
 
 
 @pytest.mark.daemon
