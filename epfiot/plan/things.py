@@ -33,14 +33,21 @@ def plan_things(ctx: Context) -> None:
 
 
 def server_uri(ctx: Context, spec: ThingSpec) -> str | None:
+    """The thing's LwM2M server: as declared, else its VM's address: the fixed one the VM declares (known
+    before the VM even exists), else the first the VM has; None while it has none."""
     if spec.server:
         return spec.server
     if spec.vm is None:
         return None
-    addresses = ctx.observed.vm_addresses.get(libvirt_name(spec.owner, spec.vm), ())
-    if not addresses:
-        return None
-    host = addresses[0]
+    name = libvirt_name(spec.owner, spec.vm)
+    vm = ctx.desired_vms.get(name)
+    if vm is not None and vm.address:
+        host = vm.address
+    else:
+        addresses = ctx.observed.vm_addresses.get(name, ())
+        if not addresses:
+            return None
+        host = addresses[0]
     if ipaddress.ip_address(host).version == 6:
         host = f"[{host}]"
     return f"coap://{host}:{spec.port}"
