@@ -12,13 +12,14 @@ from epfiot.plan.context import Context
 from epfiot.plan.vm_update import VmUpdate
 
 
-def image_problem(ctx: Context, spec: VmSpec, observed: ObservedVm | None) -> bool:
-    """Records why the VM's disk cannot be made or kept as declared, if it cannot (True)."""
+def disk_steps(ctx: Context, spec: VmSpec, observed: ObservedVm | None) -> list[s.Step] | None:
+    """What makes the disk of a VM with an image: nothing when it exists, a new overlay when the pool lacks it
+    (a new VM, or its disk deleted by hand); None, a problem recorded, when it cannot be made or kept."""
     assert spec.image
     where = f"{spec.source}: vm {spec.name}: image {spec.image!r}"
     if is_epfiot_volume(spec.image):
         ctx.problems.append(f"{where} is a VM's disk or seed, not a base image")
-        return True
+        return None
     if spec.image not in ctx.volumes and (observed is None or observed.disk_volume is None):
         pool = ctx.observed.image_pool
         if pool is None:
@@ -30,7 +31,7 @@ def image_problem(ctx: Context, spec: VmSpec, observed: ObservedVm | None) -> bo
             images = sorted(v.name for v in ctx.observed.volumes if not is_epfiot_volume(v.name))
             listing = ", ".join(images) if images else "none"
             ctx.problems.append(f"{where} not found in pool {pool!r} (images: {listing})")
-        return True
+        return None
     overlay = overlay_volume_name(spec.owner, spec.name)
     backing = ctx.backings.get(overlay)
     if backing is not None and PurePosixPath(backing).name != spec.image:
@@ -38,15 +39,8 @@ def image_problem(ctx: Context, spec: VmSpec, observed: ObservedVm | None) -> bo
             f"{spec.source}: vm {spec.name}: disk {overlay} is backed by {PurePosixPath(backing).name}, "
             f"not by {spec.image}; a disk keeps the image it was made from (delete the VM to change it)"
         )
-        return True
-    return False
-
-
-def disk_steps(ctx: Context, spec: VmSpec) -> list[s.Step]:
-    """The disk, made from its image when the pool lacks it (new, or deleted by hand)."""
-    if spec.image and overlay_volume_name(spec.owner, spec.name) not in ctx.volumes:
-        return [s.CreateOverlay(spec)]
-    return []
+        return None
+    return [s.CreateOverlay(spec)] if overlay not in ctx.volumes else []
 
 
 def compare(u: VmUpdate, ctx: Context, seed_digest: str) -> None:
@@ -56,7 +50,7 @@ def compare(u: VmUpdate, ctx: Context, seed_digest: str) -> None:
     want_disk = overlay_volume_name(spec.owner, spec.name) if spec.image else None
     if want_disk != vm.disk_volume:
         u.config("disk", vm.disk_volume, want_disk, restart=True)
-    elif want_disk is not None and want_disk not in ctx.volumes:  # deleted by hand: disk_steps makes it
+    elif want_disk is not None and want_disk not in ctx.volumes:  # deleted by hand: disk_steps makes it again
         u.changes.append(Change("disk", None, want_disk, "volume missing: made again from its image"))
 
     want_seed = seed_volume_name(spec.owner, spec.name) if spec.credentials else None
