@@ -11,16 +11,16 @@ from epfiot.plan.vm_update import VmUpdate
 
 Reservation = tuple[str, str, str]  # (network, mac, ip): a DHCP host reservation
 
-def reservations(ctx: Context, vm: ObservedVm) -> list[Reservation]:
+def reservations(ctx: Context, vm: ObservedVm) -> tuple[Reservation, ...]:
     """The reservations of the VM's MAC on the network of its definition."""
     net = ctx.networks.get(vm.network) if vm.network else None
     if net is None or not vm.mac:
-        return []
-    return [(net.libvirt_name, mac, ip) for mac, ip in net.dhcp_hosts if mac == vm.mac]
+        return ()
+    return tuple((net.libvirt_name, mac, ip) for mac, ip in net.dhcp_hosts if mac == vm.mac)
 
 
 def reservation_steps(
-    ctx: Context, spec: VmSpec, network: str | None, held: list[Reservation], replaced_networks: set[str]
+    ctx: Context, spec: VmSpec, network: str | None, held: tuple[Reservation, ...], replaced_networks: set[str]
 ) -> list[s.Step] | None:
     """The reservations to release (of those `held` by the VM's domain) and to make on the VM's `network`
     before its definition; None (a problem recorded) when its address is reserved for another VM."""
@@ -42,7 +42,7 @@ def reservation_steps(
     return steps
 
 
-def compare(u: VmUpdate, network: str | None, held: list[Reservation]) -> None:
+def compare(u: VmUpdate, network: str | None, held: tuple[Reservation, ...]) -> None:
     """The network lives in the definition (a running VM moves at its restart); the address is the
     reservation, which a running VM takes at its next lease."""
     spec, vm = u.spec, u.vm

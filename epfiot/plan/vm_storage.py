@@ -12,7 +12,7 @@ from epfiot.plan.context import Context
 from epfiot.plan.vm_update import VmUpdate
 
 
-def disk_steps(ctx: Context, spec: VmSpec, observed: ObservedVm | None) -> list[s.Step] | None:
+def disk_steps(ctx: Context, spec: VmSpec, observed: ObservedVm | None) -> tuple[s.Step, ...] | None:
     """What makes the disk of a VM with an image: nothing when it exists, a new overlay when the pool lacks it
     (a new VM, or its disk deleted by hand); None, a problem recorded, when it cannot be made or kept."""
     assert spec.image
@@ -40,7 +40,7 @@ def disk_steps(ctx: Context, spec: VmSpec, observed: ObservedVm | None) -> list[
             f"not by {spec.image}; a disk keeps the image it was made from (delete the VM to change it)"
         )
         return None
-    return [s.CreateOverlay(spec)] if overlay not in ctx.volumes else []
+    return (s.CreateOverlay(spec),) if overlay not in ctx.volumes else ()
 
 
 def compare(u: VmUpdate, ctx: Context, seed_digest: str) -> None:

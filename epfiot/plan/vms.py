@@ -22,11 +22,11 @@ def plan_vm(ctx: Context, name: str, spec: VmSpec, replaced_networks: set[str]) 
         return
     usb, notes, devices_missing = vm_usb.resolve(ctx, spec)
     seed_digest = ctx.seed_digests.get(name, "") if spec.credentials else ""
-    disk = vm_storage.disk_steps(ctx, spec, observed) if spec.image else []
+    disk = vm_storage.disk_steps(ctx, spec, observed) if spec.image else ()
     if disk is None:
         return
     network = network_of(spec)
-    held = vm_network.reservations(ctx, observed) if observed is not None else []
+    held = vm_network.reservations(ctx, observed) if observed is not None else ()
     pre = vm_network.reservation_steps(ctx, spec, network, held, replaced_networks)
     if pre is None:
         return
