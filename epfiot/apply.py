@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from epfiot import steps as s
 from epfiot.errors import EpfiotError
 from epfiot.host import Host
 from epfiot.model import ThingSpec
 from epfiot.plan import Action, Phase, Plan
+from epfiot.plan import steps as s
 
 if TYPE_CHECKING:
     from epfiot.lwm2m.registry import Registry, ThingConfig

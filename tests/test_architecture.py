@@ -44,7 +44,14 @@ def test_only_one_package_imports_each_driver(library: str, home: str) -> None:
     assert offenders == [], f"{library} imported outside epfiot/{home}/"
 
 
-@pytest.mark.parametrize("module", ["plan.py", "steps.py", "model.py", "render.py", "views.py"])
+PURE_MODULES = [*(f"plan/{p.name}" for p in sorted((PACKAGE / "plan").glob("*.py"))), "addressing.py", "model.py", "render.py", "views.py"]
+
+
+def test_the_planner_package_is_checked() -> None:
+    assert {"plan/__init__.py", "plan/steps.py", "plan/vms.py"} <= set(PURE_MODULES)
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_modules_import_no_driver(module: str) -> None:
     names = imported_modules(PACKAGE / module)
     drivers = {n for n in names if n.split(".")[0] in {"libvirt", "aiocoap"} or n.startswith("epfiot.libvirt")}

@@ -402,7 +402,7 @@ def test_schema_patterns_agree_with_the_unit_parsers() -> None:
 
 
 def test_default_dhcp_range_is_the_planners() -> None:
-    from epfiot.plan import dhcp_range
+    from epfiot.addressing import dhcp_range
 
     for cidr in ("10.128.0.0/24", "10.0.0.0/8", "192.168.7.0/30", "172.16.4.0/22"):
         spec = NetworkSpec("o", "s", "n", NetworkMode.ROUTE, cidr)

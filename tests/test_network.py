@@ -13,10 +13,10 @@ from typing import Any
 import libvirt
 import pytest
 
+from epfiot.addressing import dhcp_range
 from epfiot.errors import HostError
 from epfiot.libvirt import network
 from epfiot.model import NetworkMode, NetworkSpec
-from epfiot.plan import dhcp_range
 
 NS = "{https://epfiot.dev/xmlns/resource/1}"
 MAC1, MAC2 = "52:54:00:0a:00:01", "52:54:00:0a:00:02"

@@ -36,8 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
-from epfiot import plan as planner
-from epfiot import steps as s
+from epfiot.addressing import dhcp_range
 from epfiot.model import (
     AttachedUsb,
     Credentials,
@@ -62,14 +61,15 @@ from epfiot.model import (
     overlay_volume_name,
     seed_volume_name,
 )
-from epfiot.plan import Action, Options, Plan, UsbResolution, Verb, dhcp_range, make_plan, plan_deletion
+from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
+from epfiot.plan import steps as s
 
 CASES = Path(__file__).parent / "plan_cases"
 OWNER, STACK = "alice", "s"
 
 
 CASE_KEYS = {"name", "desired", "observed", "options", "usb", "seed_digests", "deletion", "expect", "problems", "then"}
-EXPECT_KEYS = {"vm", "network", "thing", "verb", "steps", "changes", "unchanged", "notes", "reason", "step_args"}
+EXPECT_KEYS = {*Kind, "verb", "steps", "changes", "unchanged", "notes", "reason", "step_args"}
 
 
 def load_cases() -> list[tuple[str, dict[str, Any]]]:
@@ -328,7 +328,7 @@ def test_plan_case(case_id: str, case: dict[str, Any]) -> None:
 
 
 def _key(expected: dict[str, Any]) -> str:
-    for kind in ("vm", "network", "thing"):
+    for kind in Kind:
         if kind in expected:
             owner_name = expected[kind] if "/" in expected[kind] else f"{OWNER}/{expected[kind]}"
             return f"{kind}:{owner_name}"
@@ -552,13 +552,6 @@ def test_applying_the_plan_converges(case_id: str, case: dict[str, Any]) -> None
     assert left == expected, "second plan: " + "; ".join(
         f"{a.address} {a.verb} ({a.reason}) {[step_text(x) for x in a.steps]}" for a in second.changes
     )
-
-
-@pytest.mark.parametrize(("case_id", "case"), load_cases(), ids=[c[0] for c in load_cases()])
-def test_the_fast_path_changes_no_case(case_id: str, case: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = run_case(case)
-    monkeypatch.setattr(planner, "_plainly_unchanged", lambda spec, vm: False)
-    assert run_case(case) == fast
 
 
 def test_the_simulator_leaves_a_new_vm_as_the_loader_describes_an_unchanged_one() -> None:

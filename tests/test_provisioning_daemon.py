@@ -27,6 +27,7 @@ import libvirt
 import pytest
 
 from epfiot import cloudinit
+from epfiot.addressing import dhcp_range
 from epfiot.errors import HostError
 from epfiot.libvirt import network, storage
 from epfiot.model import (
@@ -37,7 +38,6 @@ from epfiot.model import (
     overlay_volume_name,
     seed_volume_name,
 )
-from epfiot.plan import dhcp_range
 
 pytestmark = pytest.mark.daemon
 

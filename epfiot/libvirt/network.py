@@ -23,11 +23,11 @@ from typing import Any
 
 import libvirt
 
+from epfiot.addressing import dhcp_range
 from epfiot.errors import HostError
 from epfiot.libvirt import metadata
 from epfiot.libvirt.connection import host_error, host_errors
 from epfiot.model import NetworkMode, NetworkSpec, ObservedNetwork
-from epfiot.plan import dhcp_range
 
 _FORWARD_MODES = {NetworkMode.ROUTE: "route", NetworkMode.NAT: "nat", NetworkMode.ISOLATED: None}
 _MODES = {"route": NetworkMode.ROUTE, "nat": NetworkMode.NAT}
