@@ -9,11 +9,11 @@ epfiot=.venv/bin/epfiot
 t0=$(date +%s)
 
 # The demo's password, made once and kept (a new one would change the VM's seed and re-run cloud-init).
-if [[ -z ${CHARLIE_PASSWORD:-} ]]; then
+if [[ -z ${ALICE_PASSWORD:-} ]]; then
   mkdir -p .state
   [[ -s .state/demo-password ]] || (umask 077; head -c 12 /dev/urandom | base64 | tr -d '/+=' >.state/demo-password)
-  CHARLIE_PASSWORD=$(cat .state/demo-password)
-  export CHARLIE_PASSWORD
+  ALICE_PASSWORD=$(cat .state/demo-password)
+  export ALICE_PASSWORD
 fi
 
 "$epfiot" apply -f "$spec"
@@ -23,7 +23,7 @@ echo "demo: waiting for the guest to boot and answer SSH at $address (about 1-2 
 deadline=$((SECONDS + 420))
 until scripts/in-netns.sh timeout 2 bash -c "echo >/dev/tcp/$address/22" 2>/dev/null; do
   if ((SECONDS > deadline)); then
-    echo "demo: the guest did not answer SSH in 7 minutes; its console: virsh console charlie.lwm2m-server" >&2
+    echo "demo: the guest did not answer SSH in 7 minutes; its console: virsh console alice.lwm2m-server" >&2
     exit 1
   fi
   printf '\rdemo: %3ss since apply ' "$((SECONDS))"
@@ -38,8 +38,8 @@ in_netns=""
 cat <<EOT
 
 Log in (the guest's network is in the libvirt daemon's network namespace, hence scripts/in-netns.sh):
-  ${in_netns}ssh charlie@$address          password: $CHARLIE_PASSWORD  (kept in .state/demo-password)
+  ${in_netns}ssh alice@$address          password: $ALICE_PASSWORD  (kept in .state/demo-password)
 The thing prueba bootstraps from \`epfiot serve\` and is sent coap://$address:5683, the LwM2M server in the VM.
-Remove it all: CHARLIE_PASSWORD=... .venv/bin/epfiot delete -f $spec   (then \`make stop\` stops the daemon)
+Remove it all: ALICE_PASSWORD=... .venv/bin/epfiot delete -f $spec   (then \`make stop\` stops the daemon)
 demo: done in $(($(date +%s) - t0)) s
 EOT

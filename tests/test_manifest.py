@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "manifests"
 REPO = HERE.parent
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
+SPECS_ENV = {"ALICE_PASSWORD": "example"}  # the secrets the examples read from the environment
 ENV = {"EPFIOT_TEST_PASSWORD": "Zebra-Quokka-417"}
 
 
@@ -485,7 +486,7 @@ def test_every_spec_loads_and_names_the_schema(spec: Path) -> None:
     first = spec.read_text().splitlines()[0]
     assert first == "# yaml-language-server: $schema=../schemas/stack.schema.json"
     assert (spec.parent / "../schemas/stack.schema.json").resolve() == manifest.SCHEMA_PATH
-    desired = load_manifests([str(spec)], env={})
+    desired = load_manifests([str(spec)], env=SPECS_ENV)
     assert desired.stacks and (desired.vms or desired.things)
     # tests/stacks.spec_for_tenant rewrites "owner: NAME" to give each test its own tenant
     for document in yaml.safe_load_all(spec.read_text()):
@@ -493,7 +494,7 @@ def test_every_spec_loads_and_names_the_schema(spec: Path) -> None:
 
 
 def test_all_specs_load_side_by_side() -> None:
-    desired = load_manifests([str(REPO / "specs")], env={})
+    desired = load_manifests([str(REPO / "specs")], env=SPECS_ENV)
     owners = [s.owner for s in desired.stacks]
     assert len(owners) == len(set(owners)) == len(SPECS)
 
@@ -505,7 +506,7 @@ def test_the_original_use_cases() -> None:
     assert 64 <= vm.memory_mib <= 128
 
     net = load_manifests([str(REPO / "specs" / "private-network.yaml")], env={})
-    assert [(n.cidr, n.mode) for n in net.networks] == [("10.128.0.0/24", NetworkMode.ROUTE)]
+    assert [(n.cidr, n.mode) for n in net.networks] == [("10.129.0.0/24", NetworkMode.ROUTE)]
     assert len(net.vms) == 2 and all(v.address and v.image is None for v in net.vms)
 
     coral = load_manifests([str(REPO / "specs" / "coral.yaml")], env={})
@@ -514,7 +515,7 @@ def test_the_original_use_cases() -> None:
     assert set(lent[0].devices[0].ids) == {UsbId("18d1", "9302"), UsbId("1a6e", "089a")}
 
     things = load_manifests([str(REPO / "specs" / "things.yaml")], env={})
-    assert [(t.name, t.vm) for t in things.things] == [("prueba", "example2")]
+    assert [(t.name, t.vm) for t in things.things] == [("sensor-1", "example2")]
 
 
 def test_the_full_stack_spec_password_hash_is_what_its_comment_says() -> None:

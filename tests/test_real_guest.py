@@ -86,6 +86,10 @@ class Guest:
         return self.document["vms"][0]  # type: ignore[no-any-return]
 
     @property
+    def user(self) -> str:
+        return str(self.vm["credentials"]["user"])
+
+    @property
     def address(self) -> str:
         return str(self.vm["address"])
 
@@ -101,7 +105,7 @@ class Guest:
         return path
 
     def epfiot(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "CHARLIE_PASSWORD": self.password}
+        env = {**os.environ, "ALICE_PASSWORD": self.password}
         env.pop("EPFIOT_VIRT_TYPE", None)  # as users run it: detected (TCG where KVM cannot boot a kernel)
         done = subprocess.run(
             [sys.executable, "-m", "epfiot", "--state-dir", str(self.state), *argv],
@@ -125,7 +129,7 @@ class Guest:
         else:
             options += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(self.key)]
         done = subprocess.run(
-            ["ssh", *options, f"charlie@{self.address}", command],
+            ["ssh", *options, f"{self.user}@{self.address}", command],
             capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
         )
         if check and done.returncode != 0:
@@ -195,7 +199,7 @@ def test_get_vms_shows_the_fixed_address(guest: Guest) -> None:
 
 def test_ssh_with_the_key_and_the_password_from_the_manifest(guest: Guest) -> None:
     wait_for("SSH on the guest", guest.answers_ssh, BOOT_DEADLINE, every=3)
-    assert guest.ssh("id -un").stdout.strip() == "charlie"
+    assert guest.ssh("id -un").stdout.strip() == guest.user
     assert guest.ssh("hostname").stdout.strip() == guest.vm["credentials"]["hostname"]
     assert guest.ssh("echo logged-in", password=True).stdout.strip() == "logged-in"
     wrong = Guest(guest.owner, guest.directory, guest.state, guest.key, "not-the-password", guest.conn)
@@ -215,7 +219,7 @@ def test_shadow_holds_exactly_the_hash_in_the_seed(guest: Guest) -> None:
         iso.close()
     [user] = yaml.safe_load(data.getvalue().decode())["users"]
     assert user["passwd"].startswith("$6$") and guest.password not in data.getvalue().decode()
-    shadow = guest.ssh("sudo getent shadow charlie").stdout.strip().split(":")
+    shadow = guest.ssh(f"sudo getent shadow {guest.user}").stdout.strip().split(":")
     assert shadow[1] == user["passwd"]
 
 
