@@ -13,7 +13,7 @@ packages=(
   dnsmasq-base iptables                                      # libvirt networks: DHCP and routing
   libxml2-utils                                              # xmllint, for virt-xml-validate
   mmdebstrap extlinux syslinux-common e2fsprogs fdisk       # image/build.sh: the Debian base image
-  openssh-client                                             # the tests log in to real guests
+  openssh-client iproute2                                    # the tests log in to real guests, in a netns
 )
 missing=()
 for p in "${packages[@]}"; do
