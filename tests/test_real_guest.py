@@ -14,6 +14,7 @@ these tests refuse to run, so that nothing is ever sent to a private address of 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -164,6 +165,9 @@ def guest(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     except libvirt.libvirtError:
         conn.close()
         pytest.fail(f"no {IMAGE} in the image pool {POOL}: run `make image`", pytrace=False)
+    # The scenario's network and address are fixed (10.128.0.0/24, .141): runs against one daemon take turns.
+    lock = open("/run/lock/epfiot-real-guest.lock", "w")  # noqa: SIM115 (held until the module ends)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     directory = tmp_path_factory.mktemp("guest")
     key = directory / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -174,6 +178,7 @@ def guest(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     finally:
         remove_tenant(system_uri, owner)
         conn.close()
+        lock.close()
 
 
 def test_the_scenario_applies_and_a_second_apply_changes_nothing(guest: Guest) -> None:
