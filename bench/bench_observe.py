@@ -49,7 +49,7 @@ def main() -> None:
                 dom.XMLDesc(0)
 
         def cold() -> None:
-            host._parsed = {}  # what a new process starts with
+            host.domains.forget()  # what a new process starts with
             host.observe()
 
         bare_read()

@@ -68,7 +68,7 @@ def main() -> None:
             assert not plan.has_changes, [a for a in plan.actions if a.verb != "noop"][:3]
 
         def noop_plan_cold() -> None:
-            host._parsed = {}  # a new process parses every domain's XML; watch re-parses only what changed
+            host.domains.forget()  # a new process parses every domain's XML; watch re-parses only what changed
             noop_plan()
 
         bare_read()

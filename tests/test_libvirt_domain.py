@@ -1,7 +1,7 @@
 """Domain XML and LibvirtHost on the libvirt test driver (in-process, no daemon).
 
 Pure: rendering is deterministic, escapes everything, records ownership and never a secret; reading back
-normalises libvirt's additions, and the fast reader agrees with the ElementTree reader on every shape.
+normalises libvirt's additions, on every shape the template renders and libvirt formats back.
 Test driver: each test opens its own host file (test:///<tmp>/host.xml gives each connection a private copy).
 """
 
@@ -19,8 +19,8 @@ import libvirt
 import pytest
 
 from epfiot.errors import ConnectionFailed, HostError
-from epfiot.libvirt import connection, domain
-from epfiot.libvirt.domain import parse_domain, parse_domain_tree, render_domain_xml
+from epfiot.libvirt import connection, domain, facts
+from epfiot.libvirt.domain import parse_domain, render_domain_xml
 from epfiot.libvirt.host import LibvirtHost
 from epfiot.libvirt.metadata import NAMESPACE
 from epfiot.model import (
@@ -128,13 +128,9 @@ def only(host: LibvirtHost, name: str) -> ObservedVm:
 # --- rendering (pure) ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("shape", "spec", "usb"), SHAPES, ids=SHAPE_IDS)
-def test_render_is_deterministic_and_reads_back(shape: str, spec: VmSpec, usb: tuple[tuple[HostUsbDevice, bool], ...]) -> None:
-    text = render(spec, usb, uuid="0d6f7a4e-5a65-4c9a-8d0c-3b1f0cbd1a01")
-    assert text == render(spec, usb, uuid="0d6f7a4e-5a65-4c9a-8d0c-3b1f0cbd1a01")
-    observed = parse_domain_tree(text, libvirt.VIR_DOMAIN_SHUTOFF)
+def assert_reads_back(observed: ObservedVm, spec: VmSpec, usb: tuple[tuple[HostUsbDevice, bool], ...]) -> None:
+    """`observed` is what `spec` with `usb` was defined as, whatever libvirt added."""
     assert observed.libvirt_name == spec.libvirt_name
-    assert observed.uuid == "0d6f7a4e-5a65-4c9a-8d0c-3b1f0cbd1a01"
     assert observed.ownership == Ownership("o", "s", spec.name, spec.spec_hash(), "sha256:seed", spec.shutdown_timeout)
     assert (observed.vcpu, observed.max_vcpu) == (spec.vcpu, spec.max_vcpu)
     assert (observed.memory_mib, observed.max_memory_mib) == (spec.memory_mib, spec.max_memory_mib)
@@ -144,6 +140,16 @@ def test_render_is_deterministic_and_reads_back(shape: str, spec: VmSpec, usb: t
     assert observed.mac == (spec.mac if spec.network else None)
     want = {(d.id, d.bus, d.device, required) for d, required in usb}
     assert {(a.id, a.bus, a.device, a.required) for a in observed.devices} == want
+    assert len(observed.devices) == len(usb)
+
+
+@pytest.mark.parametrize(("shape", "spec", "usb"), SHAPES, ids=SHAPE_IDS)
+def test_render_is_deterministic_and_reads_back(shape: str, spec: VmSpec, usb: tuple[tuple[HostUsbDevice, bool], ...]) -> None:
+    text = render(spec, usb, uuid="0d6f7a4e-5a65-4c9a-8d0c-3b1f0cbd1a01")
+    assert text == render(spec, usb, uuid="0d6f7a4e-5a65-4c9a-8d0c-3b1f0cbd1a01")
+    observed = parse_domain(text, libvirt.VIR_DOMAIN_SHUTOFF)
+    assert_reads_back(observed, spec, usb)
+    assert observed.uuid == "0d6f7a4e-5a65-4c9a-8d0c-3b1f0cbd1a01"
     assert observed.state is PowerState.SHUTOFF and observed.live_vcpu is None and observed.live_devices is None
 
 
@@ -225,20 +231,19 @@ def test_everything_is_escaped() -> None:
     root = ET.fromstring(text)  # well-formed
     assert root.find(".//evil") is None
     assert len(root.findall("name")) == 1 and root.findtext("name") == spec.libvirt_name
-    observed = parse_domain_tree(text, libvirt.VIR_DOMAIN_SHUTOFF)
+    observed = parse_domain(text, libvirt.VIR_DOMAIN_SHUTOFF)
     assert observed.ownership == Ownership(NASTY, NASTY, NASTY, spec.spec_hash(), NASTY, spec.shutdown_timeout)
     assert observed.network == f"{NASTY}.{NASTY}"
     assert observed.disk_volume == overlay_volume_name(NASTY, NASTY)
 
 
-def test_escaped_names_survive_libvirt_and_both_readers(host: LibvirtHost) -> None:
+def test_escaped_names_survive_libvirt_and_the_reader(host: LibvirtHost) -> None:
     spec = replace(vm(name="a'\"<>&b"), owner="o&<'\"")
     host.define_vm(spec, (), uuid=None, seed_digest="d&'\"<")
     xml = host.connection.lookupByName(spec.libvirt_name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    fast = parse_domain(xml, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert fast == parse_domain_tree(xml, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert fast.libvirt_name == spec.libvirt_name
-    assert fast.ownership == Ownership("o&<'\"", "s", "a'\"<>&b", spec.spec_hash(), "d&'\"<", spec.shutdown_timeout)
+    observed = parse_domain(xml, libvirt.VIR_DOMAIN_SHUTOFF)
+    assert observed.libvirt_name == spec.libvirt_name
+    assert observed.ownership == Ownership("o&<'\"", "s", "a'\"<>&b", spec.spec_hash(), "d&'\"<", spec.shutdown_timeout)
 
 
 # --- reading back (pure) ---------------------------------------------------------------------------------
@@ -304,7 +309,7 @@ def test_live_devices_come_from_the_live_xml() -> None:
 
 
 @pytest.mark.parametrize(("shape", "spec", "usb"), SHAPES, ids=SHAPE_IDS)
-def test_fast_reader_agrees_with_elementtree_on_libvirts_output(
+def test_reads_back_libvirts_output(
     host: LibvirtHost, shape: str, spec: VmSpec, usb: tuple[tuple[HostUsbDevice, bool], ...]
 ) -> None:
     host.define_vm(spec, usb, uuid=None, seed_digest="sha256:seed")
@@ -312,16 +317,21 @@ def test_fast_reader_agrees_with_elementtree_on_libvirts_output(
     dom.create()
     inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     live = dom.XMLDesc(0)
-    assert domain._parse_libvirt_xml(inactive) is not None, "libvirt's formatting changed: the fast reader gave up"
     info = dom.info()
     for xml in (inactive, live):
-        assert parse_domain(xml, info[0], info, live) == parse_domain_tree(xml, info[0], info, live)
+        observed = parse_domain(xml, info[0], info, live)
+        assert_reads_back(observed, spec, usb)
+        assert observed.uuid == dom.UUIDString()
+        assert observed.live_devices == observed.devices
+        assert (observed.live_vcpu, observed.live_memory_mib) == (spec.vcpu, spec.memory_mib)
 
 
-def test_fast_reader_leaves_foreign_shapes_to_elementtree(host: LibvirtHost) -> None:
+def test_foreign_xml_in_a_managed_domain_changes_nothing(host: LibvirtHost) -> None:
+    # what the regex reader of libvirt's own formatting used to give up on: comments, CDATA, a title
     spec = vm(network="net", image="i")
-    host.define_vm(spec, ((CP210X, True),), uuid=None, seed_digest="")
+    host.define_vm(spec, ((CP210X, True),), uuid=None, seed_digest="sha256:seed")
     dom = host.connection.lookupByName(spec.libvirt_name)
+    before = parse_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), libvirt.VIR_DOMAIN_SHUTOFF)
     dom.setMetadata(
         libvirt.VIR_DOMAIN_METADATA_ELEMENT,
         "<app><!-- a comment --><memory unit='KiB'>1</memory><![CDATA[\n  <devices>\n]]></app>",
@@ -331,10 +341,39 @@ def test_fast_reader_leaves_foreign_shapes_to_elementtree(host: LibvirtHost) -> 
     )
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_TITLE, "a title", None, None, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    assert domain._parse_libvirt_xml(xml) is None
+    assert "<!-- a comment -->" in xml and "CDATA" in xml and "<title>" in xml
     observed = parse_domain(xml, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert observed == parse_domain_tree(xml, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert observed.ownership is not None and observed.max_memory_mib == 128 and observed.network == "o.net"
+    assert observed == before
+    assert_reads_back(observed, spec, ((CP210X, True),))
+
+
+def test_foreign_formatting_reads_the_same() -> None:
+    text = render(vm(network="net", image="i"), ((CP210X, False),))
+    observed = parse_domain(text, libvirt.VIR_DOMAIN_SHUTOFF)
+    root = ET.fromstring(text)
+    for element in root.iter():
+        element.tail = None  # one line, no indentation
+        if element.text is not None and not element.text.strip():
+            element.text = None
+    flat = ET.tostring(root, encoding="unicode")  # double quotes, ns0: prefixes, self-closing tags
+    assert "\n" not in flat and "'" not in flat
+    assert parse_domain(flat, libvirt.VIR_DOMAIN_SHUTOFF) == observed
+
+
+def test_malformed_xml_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="not well-formed XML"):
+        parse_domain("<domain><name>x</domain>", libvirt.VIR_DOMAIN_SHUTOFF)
+    with pytest.raises(ValueError, match="not a domain XML document: <network>"):
+        parse_domain("<network><name>x</name></network>", libvirt.VIR_DOMAIN_SHUTOFF)
+
+
+def test_entities_are_never_expanded(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("do-not-read")
+    doctype = f"<!DOCTYPE domain [<!ENTITY leak SYSTEM 'file://{secret}'>]>"
+    text = render(vm()).replace("<name>o.vm</name>", "<name>&leak;</name>")
+    observed = parse_domain(doctype + text, libvirt.VIR_DOMAIN_SHUTOFF)
+    assert "do-not-read" not in repr(observed)
 
 
 # --- connection ------------------------------------------------------------------------------------------
@@ -545,6 +584,31 @@ def test_observe_sees_changes_after_a_repeat(host: LibvirtHost) -> None:
     assert host.observe().vms == first
     host.set_memory("o.vm", 100, live=False)
     assert only(host, "o.vm").memory_mib == 100
+
+
+def test_observe_parses_a_definition_once_while_its_xml_stays_the_same(
+    host: LibvirtHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[str] = []
+    read_definition = domain.read_definition
+
+    def counting(xml: str) -> ObservedVm:
+        parsed.append(xml)
+        return read_definition(xml)
+
+    monkeypatch.setattr(facts.domxml, "read_definition", counting)
+    host.define_vm(vm("a"), (), uuid=None, seed_digest="")
+    host.define_vm(vm("b"), (), uuid=None, seed_digest="")
+    first = host.observe().vms
+    assert len(parsed) == 2
+    again = host.observe().vms
+    assert again == first and all(x is y for x, y in zip(again, first, strict=True)) and len(parsed) == 2
+    host.start_vm("o.a")  # a new state, the same definition: not parsed again
+    assert only(host, "o.a").state is PowerState.RUNNING and len(parsed) == 2
+    host.set_memory("o.b", 100, live=False)  # a new definition: parsed
+    assert only(host, "o.b").memory_mib == 100 and len(parsed) == 3
+    host.domains.forget()
+    assert host.observe().vms == (only(host, "o.a"), only(host, "o.b")) and len(parsed) == 5
 
 
 def test_no_image_pool(tmp_path: Path) -> None:

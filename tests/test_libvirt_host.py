@@ -119,19 +119,19 @@ def test_errors_are_host_errors(host: LibvirtHost, tenant: str) -> None:
     assert host.vm_addresses(f"{tenant}.missing") == ()
 
 
-def test_both_readers_agree_on_the_daemons_xml(host: LibvirtHost, tenant: str) -> None:
+def test_reads_back_the_daemons_xml(host: LibvirtHost, tenant: str) -> None:
     # defined only: starting needs the network, the volumes and a USB bus this machine lacks
     spec = replace(tiny(tenant, "full"), image="debian-12", network="edge", credentials=Credentials(user="u"))
     host.define_vm(spec, ((CP210X, False),), uuid=None, seed_digest="sha256:seed")
     xml = host.connection.lookupByName(spec.libvirt_name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    assert domain._parse_libvirt_xml(xml) is not None, "the QEMU driver's formatting changed: the fast reader gave up"
-    fast = domain.parse_domain(xml, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert fast == domain.parse_domain_tree(xml, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert (fast.network, fast.mac, fast.disk_volume, fast.seed_volume) == (
+    read = domain.parse_domain(xml, libvirt.VIR_DOMAIN_SHUTOFF)
+    assert read.ownership == Ownership(tenant, "test", "full", spec.spec_hash(), "sha256:seed", spec.shutdown_timeout)
+    assert (read.vcpu, read.max_vcpu, read.memory_mib, read.max_memory_mib) == (1, 2, 64, 128)
+    assert (read.network, read.mac, read.disk_volume, read.seed_volume) == (
         f"{tenant}.edge",
         spec.mac,
         overlay_volume_name(tenant, "full"),
         seed_volume_name(tenant, "full"),
     )
-    assert fast.devices == (AttachedUsb(CP210X.id, 1, 4, False),)
+    assert read.devices == (AttachedUsb(CP210X.id, 1, 4, False),)
     host.undefine_vm(spec.libvirt_name)

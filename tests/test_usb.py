@@ -21,13 +21,13 @@ from epfiot import policy as policy_module
 from epfiot.errors import HostError
 from epfiot.host import Host
 from epfiot.libvirt import usb as libvirt_usb
+from epfiot.libvirt.domain import parse_usb_hostdevs
 from epfiot.libvirt.host import LibvirtHost
 from epfiot.libvirt.usb import (
     hostdev_element,
     hostdev_xml,
     is_local,
     observe_usb,
-    parse_hostdevs,
     parse_nodedev,
 )
 from epfiot.model import (
@@ -426,8 +426,8 @@ def test_hostdev_xml_round_trips(devices: tuple[HostUsbDevice, ...], required: b
     xml = hostdev_xml(a1, required=required)
     assert xml.startswith("<hostdev mode=\"subsystem\" type=\"usb\" managed=\"yes\">")
     assert ("startupPolicy" in xml) is not required
-    devices_element = ET.fromstring(f"<devices><disk type='file'/>{xml}</devices>")
-    assert parse_hostdevs(devices_element) == (AttachedUsb(CP210X, 1, 4, required),)
+    domain = f"<domain><devices><disk type='file'/>{xml}</devices></domain>"
+    assert parse_usb_hostdevs(domain) == (AttachedUsb(CP210X, 1, 4, required),)
 
 
 def test_two_identical_adapters_get_distinct_hostdevs(devices: tuple[HostUsbDevice, ...]) -> None:
@@ -442,7 +442,7 @@ def test_hostdev_refuses_a_malformed_id() -> None:
 
 
 def test_parse_hostdevs_reads_what_libvirt_writes_back() -> None:
-    domain = ET.fromstring(
+    domain = (
         """<domain type='kvm'><devices>
           <hostdev mode='subsystem' type='usb' managed='no'>
             <source startupPolicy='optional'><vendor id='0x18D1'/><product id='0x9302'/>
@@ -454,7 +454,7 @@ def test_parse_hostdevs_reads_what_libvirt_writes_back() -> None:
           <hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' slot='1' function='0'/></source></hostdev>
         </devices></domain>"""
     )
-    assert parse_hostdevs(domain) == (
+    assert parse_usb_hostdevs(domain) == (
         AttachedUsb(CP210X, None, None, True),
         AttachedUsb(UsbId("18d1", "9302"), 2, 7, False),
     )
@@ -489,7 +489,7 @@ def test_the_test_driver_keeps_usb_hostdevs_in_a_definition(devices: tuple[HostU
         )
         dom = conn.defineXML(xml)
         try:
-            back = parse_hostdevs(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+            back = parse_usb_hostdevs(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         finally:
             dom.undefine()
     finally:

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from epfiot.libvirt.usb import hostdev_xml, parse_hostdevs
+from epfiot.libvirt.domain import parse_usb_hostdevs
+from epfiot.libvirt.usb import hostdev_xml
 from epfiot.model import AttachedUsb, HostUsbDevice, UsbId
 
 pytestmark = pytest.mark.daemon
@@ -49,7 +50,7 @@ def shut_off_domain(system_uri: str, tenant: str) -> Iterator[libvirt.virDomain]
 
 
 def definition(dom: libvirt.virDomain) -> tuple[AttachedUsb, ...]:
-    return parse_hostdevs(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+    return parse_usb_hostdevs(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
 
 def attached(device: HostUsbDevice, required: bool) -> AttachedUsb:
@@ -81,7 +82,7 @@ def test_a_reenumerated_coral_gets_its_hostdev_replaced(shut_off_domain: libvirt
     assert definition(dom) == (attached(CORAL_GOOGLE, True),)
 
 
-def test_libvirt_writes_the_hostdev_back_in_a_form_parse_hostdevs_reads(shut_off_domain: libvirt.virDomain) -> None:
+def test_libvirt_writes_the_hostdev_back_in_a_form_parse_usb_hostdevs_reads(shut_off_domain: libvirt.virDomain) -> None:
     dom = shut_off_domain
     dom.attachDeviceFlags(hostdev_xml(B2, required=False), CONFIG)
     root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))

@@ -95,9 +95,9 @@ def host_errors(operation: str) -> Iterator[None]:
         raise host_error(operation, e) from e
 
 
-def error_code(error: Any) -> int | None:
-    code = error.get_error_code()
-    return int(code) if code is not None else None
+def error_code(error: Any) -> int:
+    """A libvirtError's virErrorNumber (0 when it has none)."""
+    return int(error.get_error_code() or 0)
 
 
 def is_test_driver(conn: Any) -> bool:

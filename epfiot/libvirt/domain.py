@@ -5,24 +5,21 @@ inserted into the XML is escaped by the template (autoescape) or by ElementTree 
 never add elements. The ownership element in <metadata> carries the owner, stack, name, spec hash and seed
 digest: never a credential (those reach the guest only through the seed ISO, as hashes).
 
-Reading back (parse_domain) compares only what epfiot sets, after normalising what libvirt adds (units,
-aliases, addresses, controllers, defaults). There are two readers that give the same result:
-- `_parse_libvirt_xml`, a fast one for the XML exactly as libvirt formats it (its own indentation, one
-  element per line, single-quoted attributes); observing 1,000 domains must cost little more than fetching
-  their XML, and a full XML parse costs more than the fetch itself on the test driver;
-- `parse_domain_tree`, the reference, with ElementTree: used for anything the fast reader does not expect
-  (comments, CDATA, foreign formatting), and by the tests to check that both agree.
+Reading back (parse_domain) reads only what epfiot sets, after normalising what libvirt adds (units,
+aliases, addresses, controllers, defaults), through one model of the document: DomainXml, whose properties
+are XPaths (epfiot.libvirt.xmlmodel). Observing parses each definition once per process: LibvirtHost keeps
+what it read for as long as the XML stays the same.
 """
 
 from __future__ import annotations
 
-import html
-import re
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
 
 from epfiot.libvirt import metadata
+from epfiot.libvirt.usb import UsbHostdev, attached_devices
+from epfiot.libvirt.usb import hostdev_xml as usb_hostdev_xml
+from epfiot.libvirt.xmlmodel import XmlChild, XmlChildren, XmlObject, integer, text
 from epfiot.model import (
     AttachedUsb,
     HostUsbDevice,
@@ -85,13 +82,6 @@ def to_mib(value: str | int, unit: str | None) -> int:
 # --- rendering -------------------------------------------------------------------------------------------
 
 
-def hostdev_xml(device: HostUsbDevice, *, required: bool) -> str:
-    """The <hostdev> element passing `device` through (epfiot.libvirt.usb builds it)."""
-    from epfiot.libvirt import usb
-
-    return usb.hostdev_xml(device, required=required)
-
-
 def render_domain_xml(
     spec: VmSpec,
     usb: Sequence[tuple[HostUsbDevice, bool]],
@@ -110,7 +100,7 @@ def render_domain_xml(
         raise ValueError(f"{spec.libvirt_name}: a disk or seed volume needs an image pool")
     network = libvirt_name(spec.owner, spec.network) if spec.network else None
     ordered = sorted(usb, key=lambda pair: (pair[0].bus, pair[0].device, str(pair[0].id), pair[0].nodedev, not pair[1]))
-    hostdevs = [Markup(hostdev_xml(device, required=required)) for device, required in ordered]
+    hostdevs = [Markup(usb_hostdev_xml(device, required=required)) for device, required in ordered]
     boot = "network" if network and not disk_volume else "hd"
     text = metadata.render(
         "domain.xml.j2",
@@ -129,7 +119,84 @@ def render_domain_xml(
     return text
 
 
-# --- reading back: the reference reader ------------------------------------------------------------------
+# --- reading back ----------------------------------------------------------------------------------------
+
+
+class Quantity(XmlObject):
+    """<memory unit='KiB'>131072</memory>: a size, KiB when the unit is absent."""
+
+    value = integer(".")
+    unit = text("@unit")
+
+    @property
+    def mib(self) -> int:
+        return to_mib(self.value or 0, self.unit)
+
+
+class Vcpu(XmlObject):
+    """<vcpu placement='static' current='1'>2</vcpu>: the maximum, and how many are plugged (all when no
+    current=)."""
+
+    maximum = integer(".")
+    current = integer("@current")
+
+
+class DomainXml(XmlObject):
+    """What epfiot compares of a domain document. Of its disks and interfaces, only those epfiot defines:
+    the first volume disk and volume cdrom naming a volume, the first interface on a libvirt network."""
+
+    TAG = "domain"
+    NAMESPACES = metadata.NAMESPACES
+
+    name = text("name")
+    uuid = text("uuid")
+    resource = XmlChild(metadata.Resource, metadata.RESOURCE_PATH)
+    memory = XmlChild(Quantity, "memory")
+    current_memory = XmlChild(Quantity, "currentMemory")
+    vcpu = XmlChild(Vcpu, "vcpu")
+    disk_volume = text("devices/disk[@type='volume'][not(@device) or @device='disk']/source/@volume")
+    seed_volume = text("devices/disk[@type='volume'][@device='cdrom']/source/@volume")
+    network = text("devices/interface[@type='network'][1]/source/@network")
+    mac = text("devices/interface[@type='network'][1]/mac/@address")
+    hostdevs = XmlChildren(UsbHostdev, "devices/hostdev")
+
+    @property
+    def usb_devices(self) -> tuple[AttachedUsb, ...]:
+        return attached_devices(self.hostdevs)
+
+    def definition(self) -> ObservedVm:
+        """The persistent definition as an ObservedVm of a shut-off domain (no live values)."""
+        memory, current, vcpu = self.memory, self.current_memory, self.vcpu
+        resource = self.resource
+        max_memory = memory.mib if memory is not None else 0
+        max_vcpu = vcpu.maximum if vcpu is not None and vcpu.maximum is not None else 1
+        vcpus = vcpu.current if vcpu is not None and vcpu.current is not None else max_vcpu
+        mac = self.mac
+        return ObservedVm(
+            libvirt_name=self.name or "",
+            uuid=self.uuid or "",
+            ownership=resource.ownership if resource is not None else None,
+            state=PowerState.SHUTOFF,
+            vcpu=vcpus,
+            max_vcpu=max_vcpu,
+            memory_mib=current.mib if current is not None else max_memory,
+            max_memory_mib=max_memory,
+            network=self.network,
+            mac=mac.lower() if mac else None,
+            disk_volume=self.disk_volume,
+            seed_volume=self.seed_volume,
+            devices=self.usb_devices,
+        )
+
+
+def read_definition(xml_inactive: str) -> ObservedVm:
+    """What epfiot owns of a persistent definition (XMLDesc(VIR_DOMAIN_XML_INACTIVE)), as a shut-off VM."""
+    return DomainXml.from_xml(xml_inactive).definition()
+
+
+def parse_usb_hostdevs(xml: str) -> tuple[AttachedUsb, ...]:
+    """The USB hostdevs of a domain XML document, normalised and sorted."""
+    return DomainXml.from_xml(xml).usb_devices
 
 
 def parse_domain(
@@ -149,228 +216,29 @@ def parse_domain(
     `live_xml`: XMLDesc(0) of an active domain, read for its USB hostdevs; when it is None, `live_devices`
     stays None (not read).
     """
-    fields = _parse_libvirt_xml(xml_inactive)
-    if fields is None:
-        fields = _fields_from_tree(ET.fromstring(xml_inactive))
-    return _observed(fields, power_state(state, reason), info, live_xml, live_max_vcpu)
+    return with_state(read_definition(xml_inactive), state, info, live_xml, reason=reason, live_max_vcpu=live_max_vcpu)
 
 
-def parse_domain_tree(
-    xml_inactive: str,
+def with_state(
+    definition: ObservedVm,
     state: int,
-    info: Sequence[int] | None = None,
-    live_xml: str | None = None,
+    info: Sequence[int] | None,
+    live_xml: str | None,
     *,
     reason: int = 0,
     live_max_vcpu: int | None = None,
 ) -> ObservedVm:
-    """parse_domain with the ElementTree reader only (the reference the fast reader is tested against)."""
-    fields = _fields_from_tree(ET.fromstring(xml_inactive))
-    return _observed(fields, power_state(state, reason), info, live_xml, live_max_vcpu)
-
-
-def has_hostdevs(xml: str) -> bool:
-    """Does this domain XML have any <hostdev>? (Cheap: decides whether the live XML is worth reading.)"""
-    return "<hostdev" in xml
-
-
-def _observed(
-    fields: dict[str, Any],
-    power: PowerState,
-    info: Sequence[int] | None,
-    live_xml: str | None,
-    live_max_vcpu: int | None,
-) -> ObservedVm:
-    active = power is not PowerState.SHUTOFF
-    live_vcpu = live_memory = live_max_memory = None
-    if active and info is not None:
-        live_max_memory = int(info[1]) // 1024
-        live_memory = int(info[2]) // 1024
-        live_vcpu = int(info[3])
-    live_devices = None
-    if active and live_xml is not None:
-        live_devices = parse_usb_hostdevs(live_xml)
-    return ObservedVm(
-        libvirt_name=fields["name"],
-        uuid=fields["uuid"],
-        ownership=fields["ownership"],
+    """`definition` (read_definition) with the domain's state and, when it is active, its running instance's
+    values (parse_domain tells the arguments)."""
+    power = power_state(state, reason)
+    if power is PowerState.SHUTOFF:
+        return definition
+    return replace(
+        definition,
         state=power,
-        vcpu=fields["vcpu"],
-        max_vcpu=fields["max_vcpu"],
-        memory_mib=fields["memory_mib"],
-        max_memory_mib=fields["max_memory_mib"],
-        network=fields["network"],
-        mac=fields["mac"],
-        disk_volume=fields["disk_volume"],
-        seed_volume=fields["seed_volume"],
-        devices=fields["devices"],
-        live_vcpu=live_vcpu,
-        live_memory_mib=live_memory,
-        live_max_memory_mib=live_max_memory,
-        live_max_vcpu=live_max_vcpu if active else None,
-        live_devices=live_devices,
+        live_vcpu=int(info[3]) if info is not None else None,
+        live_memory_mib=int(info[2]) // 1024 if info is not None else None,
+        live_max_memory_mib=int(info[1]) // 1024 if info is not None else None,
+        live_max_vcpu=live_max_vcpu,
+        live_devices=parse_usb_hostdevs(live_xml) if live_xml is not None else None,
     )
-
-
-def parse_usb_hostdevs(xml: str) -> tuple[AttachedUsb, ...]:
-    """The USB hostdevs of a domain XML document, normalised (epfiot.libvirt.usb reads them)."""
-    if not has_hostdevs(xml):
-        return ()
-    from epfiot.libvirt import usb
-
-    return usb.parse_hostdevs(ET.fromstring(xml))
-
-
-def _fields_from_tree(root: ET.Element) -> dict[str, Any]:
-    if root.tag != "domain":
-        raise ValueError(f"not a domain XML document: <{root.tag}>")
-    memory = root.find("memory")
-    current = root.find("currentMemory")
-    vcpu = root.find("vcpu")
-    max_memory = to_mib((memory.text or "0").strip(), memory.get("unit")) if memory is not None else 0
-    memory_mib = to_mib((current.text or "0").strip(), current.get("unit")) if current is not None else max_memory
-    max_vcpu = int((vcpu.text or "1").strip()) if vcpu is not None else 1
-    vcpus = int(vcpu.get("current", max_vcpu)) if vcpu is not None else max_vcpu
-    ownership = metadata.parse_ownership(root)
-
-    disk_volume = seed_volume = network = mac = None
-    devices = root.find("devices")
-    attached: tuple[AttachedUsb, ...] = ()
-    if devices is not None:
-        for disk in devices.findall("disk"):
-            if disk.get("type") != "volume":
-                continue
-            source = disk.find("source")
-            volume = source.get("volume") if source is not None else None
-            if disk.get("device", "disk") == "disk" and disk_volume is None:
-                disk_volume = volume
-            elif disk.get("device") == "cdrom" and seed_volume is None:
-                seed_volume = volume
-        for interface in devices.findall("interface"):
-            if interface.get("type") != "network":
-                continue
-            source = interface.find("source")
-            address = interface.find("mac")
-            network = source.get("network") if source is not None else None
-            mac = address.get("address") if address is not None else None
-            mac = mac.lower() if mac else None
-            break
-        if devices.find("hostdev") is not None:
-            from epfiot.libvirt import usb
-
-            attached = usb.parse_hostdevs(devices)
-    return {
-        "name": root.findtext("name") or "",
-        "uuid": root.findtext("uuid") or "",
-        "ownership": ownership,
-        "vcpu": vcpus,
-        "max_vcpu": max_vcpu,
-        "memory_mib": memory_mib,
-        "max_memory_mib": max_memory,
-        "network": network,
-        "mac": mac,
-        "disk_volume": disk_volume,
-        "seed_volume": seed_volume,
-        "devices": attached,
-    }
-
-
-# --- reading back: the fast reader for libvirt's own formatting ------------------------------------------
-#
-# It reads only the shape epfiot defines, exactly as libvirt writes it back: name, uuid, metadata holding only
-# epfiot's element (libxml2 writes its attributes double-quoted, in the order the template has them), then
-# memory, currentMemory and vcpu. Anything else (a title, other metadata, a hand-edited domain, an
-# unmanaged one) goes to the ElementTree reader. Inside <devices> libvirt writes every element itself:
-# only <metadata> can hold foreign XML (comments, CDATA), and the head match has excluded that.
-
-_EPFIOT_HEAD = re.compile(
-    r"<domain type='[^'<]*'(?: id='-?\d+')?>\n"
-    r"  <name>([^<]*)</name>\n"
-    r"  <uuid>([0-9a-f-]*)</uuid>\n"
-    r"  <metadata>\n"
-    r"    <epfiot:resource xmlns:epfiot=\"" + re.escape(metadata.NAMESPACE) + r"\""
-    r" owner=\"([^\"<]*)\" stack=\"([^\"<]*)\" name=\"([^\"<]*)\" spec-hash=\"([^\"<]*)\" seed-digest=\"([^\"<]*)\""
-    r"(?: shutdown-timeout=\"([^\"<]*)\")?/>\n"
-    r"  </metadata>\n"
-    r"  <memory unit='(\w+)'>(\d+)</memory>\n"
-    r"  <currentMemory unit='(\w+)'>(\d+)</currentMemory>\n"
-    r"  <vcpu placement='static'(?: current='(\d+)')?>(\d+)</vcpu>\n"
-)
-_DEVICE = re.compile(r"\n    <(disk|interface) ([^>]*)>(\n.*?)\n    </\1>", re.DOTALL)
-_ATTR = re.compile(r"([\w.:-]+)='([^']*)'")
-_SOURCE = re.compile(r"\n      <source ([^>]*?)/?>")
-_MAC = re.compile(r"\n      <mac address='([^']*)'/>")
-_DEVICES_END = "\n  </devices>\n</domain>\n"
-
-
-def _unescape(value: str) -> str:
-    return html.unescape(value) if "&" in value else value
-
-
-def _attrs(text: str) -> dict[str, str]:
-    return {k: _unescape(v) for k, v in _ATTR.findall(text)}
-
-
-def _parse_libvirt_xml(xml: str) -> dict[str, Any] | None:
-    """The fields of an epfiot domain exactly as libvirt formats it, or None for anything else (then the
-    ElementTree reader decides)."""
-    head = _EPFIOT_HEAD.match(xml)
-    if head is None:
-        return None
-    start = xml.find("\n  <devices>\n", head.end() - 1)
-    if start < 0 or not xml.endswith(_DEVICES_END):
-        return None
-    (name, uuid, owner, stack, rname, spec_hash, seed_digest, timeout, mem_unit, memory, cur_unit, current, vcpu, max_vcpu) = (
-        head.groups()
-    )
-    if xml.find("&", 0, head.end()) >= 0:
-        name, owner, stack, rname, spec_hash, seed_digest = (
-            _unescape(v) for v in (name, owner, stack, rname, spec_hash, seed_digest)
-        )
-    disk_volume = seed_volume = network = mac = None
-    for kind, attr_text, inner in _DEVICE.findall(xml, start):
-        attrs = _attrs(attr_text)
-        if kind == "disk":
-            if attrs.get("type") != "volume":
-                continue
-            source = _SOURCE.search(inner)
-            volume = _attrs(source.group(1)).get("volume") if source else None
-            device = attrs.get("device", "disk")
-            if device == "disk" and disk_volume is None:
-                disk_volume = volume
-            elif device == "cdrom" and seed_volume is None:
-                seed_volume = volume
-        elif network is None and attrs.get("type") == "network":
-            source = _SOURCE.search(inner)
-            network = _attrs(source.group(1)).get("network") if source else None
-            address = _MAC.search(inner)
-            mac = _unescape(address.group(1)).lower() if address else None
-    devices: tuple[AttachedUsb, ...] = ()
-    if xml.find("<hostdev", start) >= 0:
-        from epfiot.libvirt import usb
-
-        devices = usb.parse_hostdevs(ET.fromstring(xml[start : -len("</domain>\n")].strip()))
-    max_vcpus = int(max_vcpu)
-    return {
-        "name": name,
-        "uuid": uuid,
-        "ownership": metadata.ownership_from_attributes(
-            {
-                "owner": owner,
-                "stack": stack,
-                "name": rname,
-                "spec-hash": spec_hash,
-                "seed-digest": seed_digest,
-                "shutdown-timeout": timeout or "",
-            }
-        ),
-        "vcpu": int(vcpu) if vcpu else max_vcpus,
-        "max_vcpu": max_vcpus,
-        "memory_mib": to_mib(current, cur_unit),
-        "max_memory_mib": to_mib(memory, mem_unit),
-        "network": network,
-        "mac": mac,
-        "disk_volume": disk_volume,
-        "seed_volume": seed_volume,
-        "devices": devices,
-    }

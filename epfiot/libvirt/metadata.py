@@ -7,40 +7,45 @@ spec-hash= seed-digest= shutdown-timeout=/>`. An object without a complete one i
 from __future__ import annotations
 
 import functools
-import xml.etree.ElementTree as ET
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from epfiot.libvirt.xmlmodel import XmlObject, text
 from epfiot.model import Ownership
 
 NAMESPACE = "https://epfiot.dev/xmlns/resource/1"
-RESOURCE_TAG = f"{{{NAMESPACE}}}resource"
+NAMESPACES = {"epfiot": NAMESPACE}
+RESOURCE_PATH = "metadata/epfiot:resource"  # where a domain or a network has it
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
-def ownership_from_attributes(attrs: Mapping[str, str]) -> Ownership | None:
-    owner, stack, name = attrs.get("owner"), attrs.get("stack"), attrs.get("name")
-    if not owner or not stack or not name:
-        return None  # not a complete epfiot record: treated as unmanaged, never touched
-    try:
-        timeout: float | None = float(attrs.get("shutdown-timeout") or "")
-    except ValueError:
-        timeout = None
-    return Ownership(
-        owner=owner,
-        stack=stack,
-        name=name,
-        spec_hash=attrs.get("spec-hash") or "",
-        seed_digest=attrs.get("seed-digest") or "",
-        shutdown_timeout=timeout,
-    )
+class Resource(XmlObject):
+    """The ownership element, at RESOURCE_PATH in a domain or a network document."""
 
+    owner = text("@owner")
+    stack = text("@stack")
+    name = text("@name")
+    spec_hash = text("@spec-hash")
+    seed_digest = text("@seed-digest")
+    shutdown_timeout = text("@shutdown-timeout")
 
-def parse_ownership(root: ET.Element) -> Ownership | None:
-    """The ownership of a parsed domain or network document."""
-    element = root.find(f"metadata/{RESOURCE_TAG}")
-    return None if element is None else ownership_from_attributes(element.attrib)
+    @property
+    def ownership(self) -> Ownership | None:
+        owner, stack, name = self.owner, self.stack, self.name
+        if not owner or not stack or not name:
+            return None  # not a complete epfiot record: treated as unmanaged, never touched
+        try:
+            timeout: float | None = float(self.shutdown_timeout or "")
+        except ValueError:
+            timeout = None
+        return Ownership(
+            owner=owner,
+            stack=stack,
+            name=name,
+            spec_hash=self.spec_hash or "",
+            seed_digest=self.seed_digest or "",
+            shutdown_timeout=timeout,
+        )
 
 
 @functools.cache

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import libvirt
@@ -26,15 +27,12 @@ import libvirt
 from epfiot.addressing import dhcp_range
 from epfiot.errors import HostError
 from epfiot.libvirt import metadata
-from epfiot.libvirt.connection import host_error, host_errors
-from epfiot.model import NetworkMode, NetworkSpec, ObservedNetwork
+from epfiot.libvirt.connection import error_code, host_error, host_errors
+from epfiot.libvirt.xmlmodel import XmlChild, XmlChildren, XmlObject, text
+from epfiot.model import NetworkMode, NetworkSpec, ObservedNetwork, Ownership
 
 _FORWARD_MODES = {NetworkMode.ROUTE: "route", NetworkMode.NAT: "nat", NetworkMode.ISOLATED: None}
 _MODES = {"route": NetworkMode.ROUTE, "nat": NetworkMode.NAT}
-
-
-def _code(error: Any) -> int:
-    return int(error.get_error_code() or 0)
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -85,50 +83,105 @@ def _inside(ip: str, net: ipaddress.IPv4Network) -> bool:
 # --- reading back ----------------------------------------------------------------------------------------
 
 
-def parse_network(xml: str, *, active: bool) -> ObservedNetwork:
-    """What epfiot owns of a network, from its XML."""
-    root = ET.fromstring(xml)
-    forward = root.find("forward")
-    if forward is None:
-        mode: NetworkMode | None = NetworkMode.ISOLATED
-    else:
-        mode = _MODES.get(forward.get("mode") or "nat")  # libvirt's default forward mode is nat
-    bridge = root.find("bridge")
-    cidr = dhcp_start = dhcp_end = None
-    hosts: list[tuple[str, str]] = []
-    for ip in root.findall("ip"):
-        if (ip.get("family") or "ipv4") != "ipv4" or not ip.get("address"):
-            continue
-        prefix = ip.get("prefix") or ip.get("netmask")
+class DhcpHost(XmlObject):
+    """<host mac= ip= name=/> of an <ip>'s <dhcp>."""
+
+    mac = text("@mac")
+    ip = text("@ip")
+    name = text("@name")
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.element.attrib.items()}
+
+
+class NetworkIp(XmlObject):
+    """An <ip> element: the host's address on the network, and its DHCP service."""
+
+    family = text("@family")
+    address = text("@address")
+    prefix = text("@prefix")
+    netmask = text("@netmask")
+    dhcp_start = text("dhcp/range[1]/@start")
+    dhcp_end = text("dhcp/range[1]/@end")
+    hosts = XmlChildren(DhcpHost, "dhcp/host")
+
+    @property
+    def is_ipv4(self) -> bool:
+        return (self.family or "ipv4") == "ipv4"
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface | None:
+        """The host's IPv4 address with its network; None when it is not one."""
+        prefix = self.prefix or self.netmask
+        if not self.is_ipv4 or not self.address:
+            return None
         try:
-            interface = ipaddress.IPv4Interface(
-                f"{ip.get('address')}/{prefix}" if prefix else ip.get("address", "")
-            )
+            return ipaddress.IPv4Interface(f"{self.address}/{prefix}" if prefix else self.address)
         except ValueError:
-            continue
-        cidr = str(interface.network)
-        dhcp = ip.find("dhcp")
-        if dhcp is not None:
-            first = dhcp.find("range")
-            if first is not None:
-                dhcp_start, dhcp_end = first.get("start"), first.get("end")
-            hosts = [
-                ((h.get("mac") or "").lower(), h.get("ip") or "")
-                for h in dhcp.findall("host")
-                if h.get("mac") and h.get("ip")
-            ]
-        break  # the first IPv4 address is the network epfiot manages
-    return ObservedNetwork(
-        libvirt_name=(root.findtext("name") or "").strip(),
-        ownership=metadata.parse_ownership(root),
+            return None
+
+
+class Forward(XmlObject):
+    """<forward mode=/>; a network without one is isolated."""
+
+    mode = text("@mode")
+
+
+class NetworkXml(XmlObject):
+    """What epfiot compares of a network document."""
+
+    TAG = "network"
+    NAMESPACES = metadata.NAMESPACES
+
+    name = text("name")
+    resource = XmlChild(metadata.Resource, metadata.RESOURCE_PATH)
+    forward = XmlChild(Forward, "forward")
+    bridge = text("bridge/@name")
+    ips = XmlChildren(NetworkIp, "ip")
+
+    @property
+    def ownership(self) -> Ownership | None:
+        resource = self.resource
+        return resource.ownership if resource is not None else None
+
+    @property
+    def mode(self) -> NetworkMode | None:
+        forward = self.forward
+        if forward is None:
+            return NetworkMode.ISOLATED
+        return _MODES.get(forward.mode or "nat")  # libvirt's default forward mode is nat
+
+    def dhcp_hosts(self) -> list[dict[str, str]]:
+        """The <host> entries of the first IPv4 <ip> element, as attribute dicts."""
+        first = next((ip for ip in self.ips if ip.is_ipv4), None)
+        return [h.attributes for h in first.hosts] if first is not None else []
+
+
+def parse_network(xml: str, *, active: bool) -> ObservedNetwork:
+    """What epfiot owns of a network, from its XML. The first IPv4 address is the network epfiot manages."""
+    doc = NetworkXml.from_xml(xml)
+    observed = ObservedNetwork(
+        libvirt_name=(doc.name or "").strip(),
+        ownership=doc.ownership,
         active=active,
-        mode=mode,
-        cidr=cidr,
-        dhcp_start=dhcp_start,
-        dhcp_end=dhcp_end,
-        dhcp_hosts=tuple(sorted(hosts)),
-        bridge=bridge.get("name") if bridge is not None else None,
+        mode=doc.mode,
+        cidr=None,
+        bridge=doc.bridge,
     )
+    for ip in doc.ips:
+        interface = ip.interface
+        if interface is None:
+            continue
+        hosts = sorted(((h.mac or "").lower(), h.ip or "") for h in ip.hosts if h.mac and h.ip)
+        return replace(
+            observed,
+            cidr=str(interface.network),
+            dhcp_start=ip.dhcp_start,
+            dhcp_end=ip.dhcp_end,
+            dhcp_hosts=tuple(hosts),
+        )
+    return observed
 
 
 def observe_networks(conn: Any) -> tuple[ObservedNetwork, ...]:
@@ -141,7 +194,7 @@ def observe_networks(conn: Any) -> tuple[ObservedNetwork, ...]:
             active = bool(net.isActive())
             xml = _persistent_xml(net)
         except libvirt.libvirtError as e:
-            if _code(e) == libvirt.VIR_ERR_NO_NETWORK:
+            if error_code(e) == libvirt.VIR_ERR_NO_NETWORK:
                 continue  # removed between the listing and now
             raise host_error("read network", e) from e
         found.append(parse_network(xml, active=active))
@@ -155,7 +208,7 @@ def _persistent_xml(net: Any) -> str:
     try:
         return str(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
     except libvirt.libvirtError as e:
-        if _code(e) not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+        if error_code(e) not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
             raise
         return str(net.XMLDesc(0))
 
@@ -164,7 +217,7 @@ def _lookup(conn: Any, name: str) -> Any | None:
     try:
         return conn.networkLookupByName(name)
     except libvirt.libvirtError as e:
-        if _code(e) == libvirt.VIR_ERR_NO_NETWORK:
+        if error_code(e) == libvirt.VIR_ERR_NO_NETWORK:
             return None
         raise host_error(f"look up network {name}", e) from e
 
@@ -193,7 +246,7 @@ def define_network(conn: Any, spec: NetworkSpec) -> None:
         with host_errors(f"read network {name}"):
             current = _persistent_xml(existing)
             uuid = str(existing.UUIDString())
-        if metadata.parse_ownership(ET.fromstring(current)) is None:
+        if NetworkXml.from_xml(current).ownership is None:
             raise HostError(
                 f"define network {name}: a network by that name exists and is not managed by epfiot"
             )
@@ -223,7 +276,7 @@ def remove_network(conn: Any, name: str) -> None:
         return
     with host_errors(f"remove network {name}"):
         xml = _persistent_xml(net)
-        if metadata.parse_ownership(ET.fromstring(xml)) is None:
+        if NetworkXml.from_xml(xml).ownership is None:
             raise HostError(f"remove network {name}: not managed by epfiot; left alone")
         if net.isActive():
             net.destroy()
@@ -249,11 +302,7 @@ def _host_xml(mac: str, ip: str, name: str | None) -> str:
 
 
 def _dhcp_hosts(xml: str) -> list[dict[str, str]]:
-    """The <host> entries of the first IPv4 <ip> element, as attribute dicts."""
-    for ip in ET.fromstring(xml).findall("ip"):
-        if (ip.get("family") or "ipv4") == "ipv4":
-            return [dict(h.attrib) for h in ip.findall("dhcp/host")]
-    return []
+    return NetworkXml.from_xml(xml).dhcp_hosts()
 
 
 def _scopes(net: Any) -> list[tuple[int, list[dict[str, str]]]]:
@@ -328,7 +377,7 @@ def lease_addresses(conn: Any, network_name: str, mac: str) -> tuple[str, ...]:
     try:
         leases = net.DHCPLeases(mac.lower(), 0) or []
     except libvirt.libvirtError as e:
-        if _code(e) == libvirt.VIR_ERR_NO_SUPPORT:
+        if error_code(e) == libvirt.VIR_ERR_NO_SUPPORT:
             return ()
         raise host_error(f"read DHCP leases of network {network_name}", e) from e
     found: set[ipaddress.IPv4Address] = set()

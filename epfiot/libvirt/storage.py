@@ -21,7 +21,7 @@ from typing import Any
 import libvirt
 
 from epfiot.errors import HostError
-from epfiot.libvirt.connection import host_error, host_errors, is_test_driver
+from epfiot.libvirt.connection import error_code, host_error, host_errors, is_test_driver
 from epfiot.model import (
     ObservedVolume,
     VmSpec,
@@ -39,6 +39,7 @@ __all__ = [
     "ensure_pool",
     "is_epfiot_volume",
     "observe_volumes",
+    "pool_exists",
     "write_seed",
 ]
 
@@ -48,10 +49,6 @@ GIB = 1024**3
 _CHUNK = 256 * 1024
 
 
-def _code(error: Any) -> int:
-    return int(error.get_error_code() or 0)
-
-
 # --- the pool --------------------------------------------------------------------------------------------
 
 
@@ -59,9 +56,14 @@ def _lookup_pool(conn: Any, pool: str) -> Any | None:
     try:
         return conn.storagePoolLookupByName(pool)
     except libvirt.libvirtError as e:
-        if _code(e) in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_SUPPORT):
+        if error_code(e) in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_SUPPORT):
             return None
         raise host_error(f"look up storage pool {pool}", e) from e
+
+
+def pool_exists(conn: Any, pool: str) -> bool:
+    """Is there a storage pool called `pool`? (False on a driver without storage pools.)"""
+    return _lookup_pool(conn, pool) is not None
 
 
 def _require_pool(conn: Any, pool: str) -> Any:
@@ -150,7 +152,7 @@ def observe_volumes(conn: Any, pool: str) -> tuple[ObservedVolume, ...]:
     try:
         found.refresh(0)
     except libvirt.libvirtError as e:
-        if _code(e) == libvirt.VIR_ERR_NO_STORAGE_POOL:
+        if error_code(e) == libvirt.VIR_ERR_NO_STORAGE_POOL:
             return ()
     with host_errors(f"list volumes of storage pool {pool}"):
         volumes = found.listAllVolumes(0)
@@ -159,7 +161,7 @@ def observe_volumes(conn: Any, pool: str) -> tuple[ObservedVolume, ...]:
         try:
             xml = vol.XMLDesc(0)
         except libvirt.libvirtError as e:
-            if _code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            if error_code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
                 continue  # deleted between the listing and now
             raise host_error(f"read volume {vol.name()} of storage pool {pool}", e) from e
         observed.append(parse_volume(pool, xml))
@@ -176,7 +178,7 @@ def _lookup_volume(pool: Any, name: str) -> Any | None:
     try:
         return pool.storageVolLookupByName(name)
     except libvirt.libvirtError as e:
-        if _code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
+        if error_code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
             return None
         raise host_error(f"look up volume {name}", e) from e
 
@@ -268,7 +270,7 @@ def write_seed(conn: Any, pool: str, name: str, iso: bytes) -> None:
     try:
         _upload(conn, vol, iso)
     except libvirt.libvirtError as e:
-        if _code(e) == libvirt.VIR_ERR_NO_SUPPORT and is_test_driver(conn):
+        if error_code(e) == libvirt.VIR_ERR_NO_SUPPORT and is_test_driver(conn):
             return  # the test driver keeps no volume content (and has no virStorageVolUpload): the volume is it
         with contextlib.suppress(libvirt.libvirtError):  # the upload's error is the one worth reporting
             vol.delete(0)
@@ -315,6 +317,6 @@ def delete_volume(conn: Any, pool: str, volume: str) -> None:
     try:
         vol.delete(0)
     except libvirt.libvirtError as e:
-        if _code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
+        if error_code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
             return
         raise host_error(f"delete volume {volume} of storage pool {pool}", e) from e

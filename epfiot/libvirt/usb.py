@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from epfiot.errors import HostError
+from epfiot.libvirt.xmlmodel import XmlObject, text
 from epfiot.model import AttachedUsb, HostUsbDevice, UsbId
 
 _PORT_PATH = re.compile(r"^\d+-\d+(\.\d+)*$")
@@ -206,41 +208,37 @@ def hostdev_xml(device: HostUsbDevice, *, required: bool) -> str:
     return ET.tostring(hostdev_element(device, required=required), encoding="unicode")
 
 
-def parse_hostdevs(devices_element: ET.Element) -> tuple[AttachedUsb, ...]:
-    """The USB hostdevs of a domain's <devices> (a <domain> element works too), normalised and sorted.
+class UsbHostdev(XmlObject):
+    """A <hostdev> of a domain's <devices>, as hostdev_element writes it and libvirt reads it back (with
+    its own additions: managed='no', an <alias>, a guest-side <address type='usb'>)."""
 
-    Ids lower-case hex without 0x, bus/device as numbers (None when the hostdev has no address),
-    required unless startupPolicy='optional'. Hostdevs without vendor and product (address only) are skipped:
-    they cannot be compared with a selector.
-    """
-    if devices_element.tag == "domain":
-        found = devices_element.find("devices")
-        if found is None:
-            return ()
-        devices_element = found
-    result = []
-    for hostdev in devices_element.findall("hostdev"):
-        if hostdev.get("type") != "usb" or hostdev.get("mode", "subsystem") != "subsystem":
-            continue
-        source = hostdev.find("source")
-        if source is None:
-            continue
-        vendor_el, product_el = source.find("vendor"), source.find("product")
-        vendor = _hex4(vendor_el.get("id") if vendor_el is not None else None)
-        product = _hex4(product_el.get("id") if product_el is not None else None)
+    type = text("@type")
+    mode = text("@mode")
+    vendor = text("source/vendor/@id")
+    product = text("source/product/@id")
+    bus = text("source/address/@bus")
+    device = text("source/address/@device")
+    startup_policy = text("source/@startupPolicy")
+
+    @property
+    def attached(self) -> AttachedUsb | None:
+        """Normalised: ids lower-case hex without 0x, bus/device as numbers (None when the hostdev has no
+        address), required unless startupPolicy='optional'. None for anything but a USB passthrough with
+        vendor and product (an address-only one cannot be compared with a selector)."""
+        if self.type != "usb" or (self.mode or "subsystem") != "subsystem":
+            return None
+        vendor, product = _hex4(self.vendor), _hex4(self.product)
         if vendor is None or product is None:
-            continue
-        address = source.find("address")
-        bus = _int(address.get("bus")) if address is not None else None
-        number = _int(address.get("device")) if address is not None else None
+            return None
+        bus, number = _int(self.bus), _int(self.device)
         if bus is None or number is None:
             bus = number = None
-        result.append(
-            AttachedUsb(
-                id=UsbId(vendor, product),
-                bus=bus,
-                device=number,
-                required=source.get("startupPolicy") != "optional",
-            )
+        return AttachedUsb(
+            id=UsbId(vendor, product), bus=bus, device=number, required=self.startup_policy != "optional"
         )
-    return tuple(sorted(result, key=lambda a: (str(a.id), a.bus or 0, a.device or 0, not a.required)))
+
+
+def attached_devices(hostdevs: Iterable[UsbHostdev]) -> tuple[AttachedUsb, ...]:
+    """The USB passthroughs among `hostdevs`, normalised (UsbHostdev.attached) and sorted."""
+    found = (a for a in (h.attached for h in hostdevs) if a is not None)
+    return tuple(sorted(found, key=lambda a: (str(a.id), a.bus or 0, a.device or 0, not a.required)))
