@@ -1,5 +1,6 @@
-"""Every shape of domain XML that templates/domain.xml.j2 can produce passes libvirt's own schema
-(virt-xml-validate FILE domain, from libvirt-clients)."""
+"""Every shape of domain XML that templates/domain.xml.j2 can produce, and every golden domain and network
+file (tests/golden/, see test_golden_xml.py), passes libvirt's own schema (virt-xml-validate FILE KIND, from
+libvirt-clients)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,18 @@ def test_domain_xml_is_valid(tmp_path: Path, shape: str, uuid: str | None, virt_
     )
     result = subprocess.run([VALIDATOR, str(path), "domain"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{path.read_text()}"
+
+
+GOLDEN = sorted((Path(__file__).resolve().parent / "golden").rglob("*.xml"))
+
+
+def test_there_are_golden_files() -> None:
+    assert any(p.name.endswith(".domain.xml") for p in GOLDEN) and any(p.name.endswith(".network.xml") for p in GOLDEN)
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_golden_xml_is_valid(path: Path) -> None:
+    assert VALIDATOR, "virt-xml-validate is missing: apt-get install libvirt-clients"
+    kind = "network" if path.name.endswith(".network.xml") else "domain"
+    result = subprocess.run([VALIDATOR, str(path), kind], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}"
