@@ -19,6 +19,7 @@ demo: image
 lint: setup
 	.venv/bin/ruff check epfiot tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-logo
 
 # In the daemon's network namespace: the tests talk to real guests at their private addresses there.
 test: daemon lint image

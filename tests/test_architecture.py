@@ -1,59 +1,85 @@
-"""The layers stay apart: only epfiot/libvirt imports libvirt, only epfiot/lwm2m imports aiocoap, and the
-planner imports no driver at all."""
+"""The layers stay apart, checked by import-linter over every module of the package (`make lint` runs
+`lint-imports`; the contracts are [tool.importlinter] in pyproject.toml):
+
+- drivers (epfiot.libvirt, epfiot.lwm2m) import nothing above them: not the planner, reconcile, apply, cli,
+  watch;
+- the planner and the pure modules (model, addressing, render, views) reach no driver, even through other
+  modules, and import nothing of epfiot.lwm2m but its registry;
+- only epfiot.libvirt imports libvirt; only epfiot.lwm2m imports aiocoap.
+
+Contracts name packages, so they hold wherever modules move inside them. Imports inside functions count:
+the second test adds such imports to a copy of the package and expects every contract to break.
+"""
 
 from __future__ import annotations
 
-import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
-import pytest
+ROOT = Path(__file__).resolve().parent.parent
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
-PACKAGE = Path(__file__).resolve().parent.parent / "epfiot"
-
-
-def imported_modules(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+# New modules whose imports, all inside functions, break one contract or more each.
+PROBES = {
+    "libvirt/_probe.py": "def f() -> None:\n    from epfiot.plan import Plan\n",
+    "lwm2m/_probe.py": "def f() -> None:\n    from epfiot import watch\n",
+    "plan/_probe.py": "def f() -> None:\n    import libvirt\n    from epfiot.lwm2m import codec\n",
+    "_probe.py": "def f() -> None:\n    import aiocoap\n    import libvirt\n",
+}
 
 
-def sources() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
+def contracts() -> list[dict[str, object]]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    found: list[dict[str, object]] = config["tool"]["importlinter"]["contracts"]
+    return found
 
 
-def test_the_package_has_sources() -> None:
-    assert len(sources()) > 10
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the package under `root`, not the installed one
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-logo", "--no-cache", str(ROOT / "pyproject.toml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize(
-    ("library", "home"),
-    [("libvirt", "libvirt"), ("aiocoap", "lwm2m")],
-)
-def test_only_one_package_imports_each_driver(library: str, home: str) -> None:
-    offenders = [
-        str(path.relative_to(PACKAGE))
-        for path in sources()
-        if path.parent.name != home
-        and any(name == library or name.startswith(library + ".") for name in imported_modules(path))
-    ]
-    assert offenders == [], f"{library} imported outside epfiot/{home}/"
+def test_the_package_keeps_every_contract() -> None:
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Contracts: {len(contracts())} kept, 0 broken." in result.stdout
 
 
-PURE_MODULES = [*(f"plan/{p.name}" for p in sorted((PACKAGE / "plan").glob("*.py"))), "addressing.py", "model.py", "render.py", "views.py"]
+def test_imports_inside_functions_break_the_contracts(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "epfiot", tmp_path / "epfiot", ignore=shutil.ignore_patterns("__pycache__"))
+    for path, source in PROBES.items():
+        (tmp_path / "epfiot" / path).write_text(source)
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    for contract in contracts():
+        assert re.search(rf"^{re.escape(str(contract['name']))} ?BROKEN", result.stdout, re.MULTILINE), (
+            f"{contract['name']!r} missed an import inside a function:\n{result.stdout}"
+        )
+    assert "epfiot._probe" in result.stdout and "epfiot.plan._probe" in result.stdout
 
 
-def test_the_planner_package_is_checked() -> None:
-    assert {"plan/__init__.py", "plan/steps.py", "plan/vms.py"} <= set(PURE_MODULES)
-
-
-@pytest.mark.parametrize("module", PURE_MODULES)
-def test_pure_modules_import_no_driver(module: str) -> None:
-    names = imported_modules(PACKAGE / module)
-    drivers = {n for n in names if n.split(".")[0] in {"libvirt", "aiocoap"} or n.startswith("epfiot.libvirt")}
-    drivers |= {n for n in names if n.startswith("epfiot.lwm2m") and not n.startswith("epfiot.lwm2m.registry")}
-    assert drivers == set(), f"{module} imports {sorted(drivers)}"
+def test_the_contracts_cover_the_rules() -> None:
+    by_name = {str(c["name"]): c for c in contracts()}
+    drivers = by_name["Drivers import nothing above them"]
+    assert set(drivers["forbidden_modules"]) >= {  # type: ignore[arg-type]
+        "epfiot.plan",
+        "epfiot.reconcile",
+        "epfiot.apply",
+        "epfiot.cli",
+        "epfiot.watch",
+    }
+    protected = {str(c["protected_modules"]): c["allowed_importers"] for c in contracts() if c["type"] == "protected"}
+    assert protected == {"['libvirt']": ["epfiot.libvirt"], "['aiocoap']": ["epfiot.lwm2m"]}
