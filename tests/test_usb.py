@@ -138,8 +138,8 @@ def test_a_host_without_usb_devices(tmp_path: Path) -> None:
         conn.close()
 
 
-def nodedev(name: str, vendor: str = "0x10c4", product: str = "0xea60", product_name: str = "", *, bus: int = 1) -> ET.Element:
-    return ET.fromstring(
+def nodedev(name: str, vendor: str = "0x10c4", product: str = "0xea60", product_name: str = "", *, bus: int = 1) -> str:
+    return (
         f"<device><name>{name}</name><capability type='usb_device'><bus>{bus}</bus><device>9</device>"
         f"<product id='{product}'>{product_name}</product><vendor id='{vendor}'>Vendor</vendor></capability></device>"
     )
@@ -160,7 +160,7 @@ def test_hub_heuristics_and_rejects() -> None:
     gadget = parse_nodedev(nodedev("usb_1_9", "0x1d6b", "0x0104", "Multifunction Composite Gadget"))
     assert gadget is not None and not gadget.is_hub
     assert parse_nodedev(nodedev("usb_1_3", "nonsense")) is None
-    assert parse_nodedev(ET.fromstring("<device><name>pci_0</name><capability type='pci'/></device>")) is None
+    assert parse_nodedev("<device><name>pci_0</name><capability type='pci'/></device>") is None
 
 
 # --- selectors -------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import replace
 from epfiot.libvirt import metadata
 from epfiot.libvirt.usb import UsbHostdev, attached_devices
 from epfiot.libvirt.usb import hostdev_xml as usb_hostdev_xml
-from epfiot.libvirt.xmlmodel import XmlChild, XmlChildren, XmlObject, integer, text
+from epfiot.libvirt.xmlmodel import ScaledInteger, XmlChild, XmlChildren, XmlObject, integer, text
 from epfiot.model import (
     AttachedUsb,
     HostUsbDevice,
@@ -47,36 +47,10 @@ POWER_STATES = {
     _PMSUSPENDED: PowerState.PAUSED,
 }
 
-_UNITS = {
-    "b": 1,
-    "bytes": 1,
-    "kb": 1000,
-    "k": 1024,
-    "kib": 1024,
-    "mb": 1000**2,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "tb": 1000**4,
-    "t": 1024**4,
-    "tib": 1024**4,
-}
-
-
 def power_state(state: int, reason: int = 0) -> PowerState:
     if state == _PAUSED and reason == _PAUSED_STARTING_UP:
         return PowerState.RUNNING  # being started (perhaps by an apply that was killed meanwhile)
     return POWER_STATES.get(state, PowerState.RUNNING)
-
-
-def to_mib(value: str | int, unit: str | None) -> int:
-    """A libvirt memory size (`value` in `unit`, KiB when absent) in whole MiB, rounded down."""
-    factor = _UNITS.get((unit or "KiB").lower())
-    if factor is None:
-        raise ValueError(f"unknown memory unit {unit!r}")
-    return int(value) * factor // 1024**2
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -122,17 +96,6 @@ def render_domain_xml(
 # --- reading back ----------------------------------------------------------------------------------------
 
 
-class Quantity(XmlObject):
-    """<memory unit='KiB'>131072</memory>: a size, KiB when the unit is absent."""
-
-    value = integer(".")
-    unit = text("@unit")
-
-    @property
-    def mib(self) -> int:
-        return to_mib(self.value or 0, self.unit)
-
-
 class Vcpu(XmlObject):
     """<vcpu placement='static' current='1'>2</vcpu>: the maximum, and how many are plugged (all when no
     current=)."""
@@ -151,8 +114,8 @@ class DomainXml(XmlObject):
     name = text("name")
     uuid = text("uuid")
     resource = XmlChild(metadata.Resource, metadata.RESOURCE_PATH)
-    memory = XmlChild(Quantity, "memory")
-    current_memory = XmlChild(Quantity, "currentMemory")
+    memory = XmlChild(ScaledInteger, "memory")  # KiB without a unit
+    current_memory = XmlChild(ScaledInteger, "currentMemory")
     vcpu = XmlChild(Vcpu, "vcpu")
     disk_volume = text("devices/disk[@type='volume'][not(@device) or @device='disk']/source/@volume")
     seed_volume = text("devices/disk[@type='volume'][@device='cdrom']/source/@volume")
@@ -168,7 +131,7 @@ class DomainXml(XmlObject):
         """The persistent definition as an ObservedVm of a shut-off domain (no live values)."""
         memory, current, vcpu = self.memory, self.current_memory, self.vcpu
         resource = self.resource
-        max_memory = memory.mib if memory is not None else 0
+        max_memory = _mib(memory) if memory is not None else 0
         max_vcpu = vcpu.maximum if vcpu is not None and vcpu.maximum is not None else 1
         vcpus = vcpu.current if vcpu is not None and vcpu.current is not None else max_vcpu
         mac = self.mac
@@ -179,7 +142,7 @@ class DomainXml(XmlObject):
             state=PowerState.SHUTOFF,
             vcpu=vcpus,
             max_vcpu=max_vcpu,
-            memory_mib=current.mib if current is not None else max_memory,
+            memory_mib=_mib(current) if current is not None else max_memory,
             max_memory_mib=max_memory,
             network=self.network,
             mac=mac.lower() if mac else None,
@@ -187,6 +150,10 @@ class DomainXml(XmlObject):
             seed_volume=self.seed_volume,
             devices=self.usb_devices,
         )
+
+
+def _mib(size: ScaledInteger) -> int:
+    return size.bytes("KiB") // 1024**2  # whole MiB, rounded down
 
 
 def read_definition(xml_inactive: str) -> ObservedVm:

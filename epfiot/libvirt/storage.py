@@ -22,6 +22,7 @@ import libvirt
 
 from epfiot.errors import HostError
 from epfiot.libvirt.connection import error_code, host_error, host_errors, is_test_driver
+from epfiot.libvirt.xmlmodel import ScaledInteger, XmlChild, XmlObject, text
 from epfiot.model import (
     ObservedVolume,
     VmSpec,
@@ -106,35 +107,31 @@ def ensure_pool(conn: Any, name: str = DEFAULT_POOL, path: str = DEFAULT_POOL_PA
 # --- reading ---------------------------------------------------------------------------------------------
 
 
+class VolumeXml(XmlObject):
+    """What epfiot reads of a storage volume document."""
+
+    TAG = "volume"
+
+    name = text("name")
+    capacity = XmlChild(ScaledInteger, "capacity")  # bytes without a unit
+    path = text("target/path")
+    format = text("target/format/@type")
+    backing = text("backingStore/path")
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.capacity.bytes("bytes") if self.capacity is not None else 0
+
+
 def parse_volume(pool: str, xml: str) -> ObservedVolume:
-    root = ET.fromstring(xml)
-    backing = root.findtext("backingStore/path")
+    doc = VolumeXml.from_xml(xml)
+    backing = (doc.backing or "").strip()
     return ObservedVolume(
         pool=pool,
-        name=(root.findtext("name") or "").strip(),
-        capacity_bytes=_bytes(root.find("capacity")),
-        backing=backing.strip() if backing and backing.strip() else None,
+        name=(doc.name or "").strip(),
+        capacity_bytes=doc.capacity_bytes,
+        backing=backing or None,
     )
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "bytes": 1,
-    "k": 1024,
-    "kib": 1024,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "g": GIB,
-    "gib": GIB,
-}
-_UNITS |= {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
-
-
-def _bytes(element: ET.Element | None) -> int:
-    if element is None or not (element.text or "").strip():
-        return 0
-    return int(element.text or "0") * _UNITS.get((element.get("unit") or "").lower(), 1)
 
 
 def observe_volumes(conn: Any, pool: str) -> tuple[ObservedVolume, ...]:
@@ -216,10 +213,9 @@ def create_overlay(conn: Any, pool: str, spec: VmSpec) -> None:
             f"create disk of {spec.libvirt_name}: image {spec.image!r} not found in storage pool {pool}"
         )
     with host_errors(f"read image {spec.image} of storage pool {pool}"):
-        base_root = ET.fromstring(base.XMLDesc(0))
-    base_path = (base_root.findtext("target/path") or "").strip()
-    base_format_element = base_root.find("target/format")
-    base_format = base_format_element.get("type", "raw") if base_format_element is not None else "raw"
+        base_doc = VolumeXml.from_xml(base.XMLDesc(0))
+    base_path = (base_doc.path or "").strip()
+    base_format = base_doc.format or "raw"
     if base_format in ("iso", "none", "auto", "unknown"):
         base_format = "raw"
     existing = _lookup_volume(found, name)
@@ -232,7 +228,7 @@ def create_overlay(conn: Any, pool: str, spec: VmSpec) -> None:
             f"create disk of {spec.libvirt_name}: volume {name} exists in storage pool {pool} "
             f"backed by {current.backing or 'nothing'}, not by {base_path}; delete it first"
         )
-    capacity = max(_bytes(base_root.find("capacity")), (spec.disk_size_gib or 0) * GIB)
+    capacity = max(base_doc.capacity_bytes, (spec.disk_size_gib or 0) * GIB)
     with host_errors(f"create disk {name} in storage pool {pool}"):
         found.createXML(overlay_xml(name, capacity, base_path, base_format), 0)
 

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from epfiot.errors import HostError
-from epfiot.libvirt.xmlmodel import XmlObject, text
+from epfiot.libvirt.xmlmodel import XmlChild, XmlObject, text
 from epfiot.model import AttachedUsb, HostUsbDevice, UsbId
 
 _PORT_PATH = re.compile(r"^\d+-\d+(\.\d+)*$")
@@ -62,18 +62,13 @@ def observe_usb(conn: Any, *, read_sysfs: bool | None = None) -> tuple[HostUsbDe
         raise HostError(f"cannot list USB node devices: {e.get_error_message()}") from None
     hub_parents: set[str] = set()
     for interface in interfaces:
-        root = _node_xml(interface)
-        if root is None:
-            continue
-        cap = root.find("capability[@type='usb']")
-        if cap is not None and _int(cap.findtext("class")) == USB_CLASS_HUB:
-            hub_parents.add((root.findtext("parent") or "").strip())
+        doc = _node_device(interface)
+        if doc is not None and _int(doc.interface_class) == USB_CLASS_HUB:
+            hub_parents.add((doc.parent or "").strip())
     found = []
     for device in devices:
-        root = _node_xml(device)
-        if root is None:
-            continue
-        parsed = parse_nodedev(root, hub_parents=hub_parents, read_sysfs=read_sysfs)
+        doc = _node_device(device)
+        parsed = parse_nodedev(doc, hub_parents=hub_parents, read_sysfs=read_sysfs) if doc is not None else None
         if parsed is not None:
             found.append(parsed)
     return tuple(sorted(found, key=lambda d: (d.bus, d.device, d.nodedev)))
@@ -88,9 +83,27 @@ def is_local(conn: Any) -> bool:
     return urlsplit(uri).hostname in (None, "", "localhost")
 
 
-def _node_xml(device: Any) -> ET.Element | None:
+class NodeDeviceXml(XmlObject):
+    """What epfiot reads of a node device document: a USB device, or one of its interfaces."""
+
+    TAG = "device"
+
+    name = text("name")
+    parent = text("parent")
+    path = text("path")
+    interface_class = text("capability[@type='usb']/class")
+    usb_device = XmlChild(XmlObject, "capability[@type='usb_device']")
+    bus = text("capability[@type='usb_device']/bus")
+    device = text("capability[@type='usb_device']/device")
+    vendor = text("capability[@type='usb_device']/vendor/@id")
+    vendor_name = text("capability[@type='usb_device']/vendor")
+    product = text("capability[@type='usb_device']/product/@id")
+    product_name = text("capability[@type='usb_device']/product")
+
+
+def _node_device(device: Any) -> NodeDeviceXml | None:
     try:
-        return ET.fromstring(device.XMLDesc(0))
+        return NodeDeviceXml.from_xml(device.XMLDesc(0))
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_NODE_DEVICE:
             return None  # unplugged between the listing and now
@@ -98,28 +111,28 @@ def _node_xml(device: Any) -> ET.Element | None:
 
 
 def parse_nodedev(
-    root: ET.Element, *, hub_parents: set[str] | frozenset[str] = frozenset(), read_sysfs: bool = False
+    doc: NodeDeviceXml | str, *, hub_parents: set[str] | frozenset[str] = frozenset(), read_sysfs: bool = False
 ) -> HostUsbDevice | None:
-    """A HostUsbDevice from a node device's XML (<device>), None when it is not a USB device."""
-    cap = root.find("capability[@type='usb_device']")
-    if cap is None:
+    """A HostUsbDevice from a node device's XML (<device>, as text or read), None when it is not a USB
+    device."""
+    if isinstance(doc, str):
+        doc = NodeDeviceXml.from_xml(doc)
+    if doc.usb_device is None:
         return None
-    name = (root.findtext("name") or "").strip()
-    vendor_el, product_el = cap.find("vendor"), cap.find("product")
-    vendor = _hex4(vendor_el.get("id") if vendor_el is not None else None)
-    product = _hex4(product_el.get("id") if product_el is not None else None)
+    name = (doc.name or "").strip()
+    vendor, product = _hex4(doc.vendor), _hex4(doc.product)
     if vendor is None or product is None:
         return None
-    bus = _int(cap.findtext("bus")) or 0
-    number = _int(cap.findtext("device")) or 0
-    sysfs = (root.findtext("path") or "").strip()
+    bus = _int(doc.bus) or 0
+    number = _int(doc.device) or 0
+    sysfs = (doc.path or "").strip()
     port = _port(sysfs, name, bus)
     serial = None
     device_class = None
     if read_sysfs and sysfs.startswith("/"):
         serial = _sysfs_attr(sysfs, "serial")
         device_class = _sysfs_attr(sysfs, "bDeviceClass")
-    product_name = (product_el.text or "").strip() if product_el is not None else ""
+    product_name = (doc.product_name or "").strip()
     is_hub = (
         name in hub_parents
         or (device_class is not None and _int(device_class, 16) == USB_CLASS_HUB)
@@ -130,7 +143,7 @@ def parse_nodedev(
     return HostUsbDevice(
         nodedev=name,
         id=UsbId(vendor, product),
-        vendor_name=(vendor_el.text or "").strip() if vendor_el is not None else "",
+        vendor_name=(doc.vendor_name or "").strip(),
         product_name=product_name,
         bus=bus,
         device=number,

@@ -160,3 +160,23 @@ class XmlChildren(Generic[X]):
             return self
         cls = self._cls
         return tuple(cls(e) for e in self._path.elements(obj))
+
+
+# libvirt's units for scaled integers (its schema's "unit" type), case-insensitive.
+_SCALES = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+_SCALES |= {"t": 1024**4, "tib": 1024**4, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+
+
+class ScaledInteger(XmlObject):
+    """A libvirt scaled integer: <memory unit='KiB'>131072</memory>, <capacity unit='bytes'>..."""
+
+    value = integer(".")
+    unit = text("@unit")
+
+    def bytes(self, default_unit: str) -> int:
+        """The value in bytes, `default_unit` when the element has none (what libvirt assumes for it)."""
+        unit = self.unit or default_unit
+        factor = _SCALES.get(unit.lower())
+        if factor is None:
+            raise ValueError(f"unknown unit {unit!r}")
+        return (self.value or 0) * factor
