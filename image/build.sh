@@ -30,6 +30,7 @@ packages=(
   linux-image-cloud-amd64 initramfs-tools systemd-sysv udev
   cloud-init cloud-guest-utils ifupdown isc-dhcp-client
   openssh-server sudo qemu-guest-agent python3
+  dbus  # systemd-logind needs it, and logind is what turns the ACPI power button into a clean shutdown
 )
 force=0
 [[ ${1:-} == --force ]] && force=1

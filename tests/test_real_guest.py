@@ -204,6 +204,10 @@ def test_get_vms_shows_the_fixed_address(guest: Guest) -> None:
 
 def test_ssh_with_the_key_and_the_password_from_the_manifest(guest: Guest) -> None:
     wait_for("SSH on the guest", guest.answers_ssh, BOOT_DEADLINE, every=3)
+    # sshd answers before cloud-init is done (it restarts sshd for password logins): wait for the end, which
+    # must come without errors (exit 0; 1 or 2 when a module failed).
+    wait_for("cloud-init's end", lambda: guest.ssh("cloud-init status --wait", check=False).returncode != 255, 300)
+    assert guest.ssh("cloud-init status --long", check=False).returncode == 0, guest.ssh("cloud-init status --long", check=False)
     assert guest.ssh("id -un").stdout.strip() == guest.user
     assert guest.ssh("hostname").stdout.strip() == guest.vm["credentials"]["hostname"]
     assert guest.ssh("echo logged-in", password=True).stdout.strip() == "logged-in"
