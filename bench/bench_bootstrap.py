@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CON, NON, ACK, RST = 0, 1, 2, 3
-POST, PUT, DELETE = 2, 3, 4
+GET, POST, PUT, DELETE = 1, 2, 3, 4
 CHANGED, DELETED = 0x44, 0x42  # 2.04, 2.02
 
 
