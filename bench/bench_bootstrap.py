@@ -335,7 +335,7 @@ def summary(runs: list[Run]) -> tuple[float, str, float, float, int, int, int, f
 
 async def registry_check(registry_path: Path, expected: int, timeout: float = 30.0) -> tuple[int, int]:
     """Wait until the server has recorded the measured bootstraps; (bootstrapped, other)."""
-    from epfiot.lwm2m.registry import Registry
+    from epfiot.registry import Registry
 
     deadline = time.monotonic() + timeout
     with Registry(registry_path) as registry:
@@ -348,7 +348,7 @@ async def registry_check(registry_path: Path, expected: int, timeout: float = 30
 
 
 async def bench(args: argparse.Namespace) -> int:
-    from epfiot.lwm2m.registry import Registry, ThingConfig
+    from epfiot.registry import Registry, ThingConfig
 
     ns: list[int] = args.clients or [1, 10, 50, 200]
     rounds = max(1, args.rounds)

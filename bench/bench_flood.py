@@ -154,7 +154,7 @@ async def sample_rss(pid: int, stop: asyncio.Event, samples: list[int]) -> None:
 
 
 async def bench(args: argparse.Namespace) -> int:
-    from epfiot.lwm2m.registry import Registry, ThingConfig
+    from epfiot.registry import Registry, ThingConfig
 
     with tempfile.TemporaryDirectory(prefix="epfiot-flood-") as tmp:
         registry = Path(tmp) / "registry.db"

@@ -22,7 +22,7 @@ from epfiot.plan import Action, Phase, Plan
 from epfiot.plan import steps as s
 
 if TYPE_CHECKING:
-    from epfiot.lwm2m.registry import Registry, ThingConfig
+    from epfiot.registry import Registry, ThingConfig
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def _wait_for_address(host: Host, name: str, timeout: float) -> None:
 
 def thing_config(spec: ThingSpec, server_uri: str | None) -> ThingConfig:
     """What the registry stores for a thing: its declaration with the server URI resolved."""
-    from epfiot.lwm2m.registry import ResourceWrite, ThingConfig
+    from epfiot.registry import ResourceWrite, ThingConfig
 
     return ThingConfig(
         name=spec.name,

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from epfiot.apply import Outcome
     from epfiot.eventlog import EventLog
     from epfiot.host import Host
-    from epfiot.lwm2m.registry import Registry
     from epfiot.model import Desired
     from epfiot.plan import Action, Options
     from epfiot.policy import UsbPolicy
+    from epfiot.registry import Registry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +170,7 @@ def open_registry(state_dir: Path, *, create: bool) -> Registry | None:
     path = state_dir / "registry.db"
     if not create and not path.exists():
         return None
-    from epfiot.lwm2m.registry import Registry
+    from epfiot.registry import Registry
 
     return Registry(path)
 

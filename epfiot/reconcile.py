@@ -24,8 +24,8 @@ from epfiot.model import (
 from epfiot.plan import Kind, Options, Plan, UsbResolution, Verb, make_plan
 
 if TYPE_CHECKING:
-    from epfiot.lwm2m.registry import Registry, ThingRecord
     from epfiot.policy import UsbPolicy
+    from epfiot.registry import Registry, ThingRecord
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from epfiot.model import HostUsbDevice, Observed, ObservedVm
 
 if TYPE_CHECKING:
-    from epfiot.lwm2m.registry import ThingRecord
+    from epfiot.registry import ThingRecord
 
 VM_COLUMNS = ("name", "owner", "stack", "state", "vcpu", "memory_mib", "address")
 VM_WIDE_COLUMNS = (*VM_COLUMNS, "network", "disk", "devices", "pending_restart", "libvirt_name")

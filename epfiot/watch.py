@@ -51,9 +51,9 @@ if TYPE_CHECKING:
     from epfiot.apply import Outcome
     from epfiot.eventlog import EventLog
     from epfiot.host import Host
-    from epfiot.lwm2m.registry import Registry
     from epfiot.plan import Action, Plan
     from epfiot.policy import UsbPolicy
+    from epfiot.registry import Registry
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 SCOPES_FILE = "watch-scopes.json"
@@ -539,7 +539,7 @@ class Reconciler:
             self._unavailable = False
             self.log("libvirt.connected", f"connected to {self.config.uri}", uri=self.config.uri)
         if self.registry is None:
-            from epfiot.lwm2m.registry import Registry
+            from epfiot.registry import Registry
 
             self.registry = Registry(self.config.state_dir / "registry.db")
         return self.host
@@ -897,8 +897,8 @@ class Watcher:
 
     async def _start_server(self, events: EventLog) -> Any:
         from epfiot.eventlog import describe_bootstrap
-        from epfiot.lwm2m.registry import Registry
         from epfiot.lwm2m.server import BootstrapServer
+        from epfiot.registry import Registry
 
         Registry(self.config.state_dir / "registry.db").close()  # created with its schema before serving
 

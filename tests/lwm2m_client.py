@@ -31,13 +31,13 @@ from epfiot.lwm2m.codec import (
     ResourceKey,
     decode_senml,
     decode_tlv,
-    parse_path,
     tlv_instance_resources,
     tlv_to_bool,
     tlv_to_float,
     tlv_to_int,
     tlv_to_str,
 )
+from epfiot.registry.paths import PathError, parse_path
 
 Stored = bytes | str | int | float | bool
 
@@ -207,7 +207,7 @@ class Lwm2mTestClient:
     def _handle(self, method: str, path: str, request: Any) -> Code:
         try:
             ids = parse_path(path, max_depth=3) if path != "/bs" else ()
-        except CodecError:
+        except PathError:
             self.violations.append(f"bad path {path}")
             return Code.BAD_REQUEST
         if method == "POST" and path == "/bs":
@@ -254,7 +254,7 @@ class Lwm2mTestClient:
                 values = self._senml_values(ids, payload)
             else:
                 values = self._tlv_values(ids, payload)
-        except CodecError as exc:
+        except (CodecError, PathError) as exc:
             self.violations.append(f"undecodable payload: {exc}")
             return Code.BAD_REQUEST
         instance = self.objects.setdefault(ids[0], {}).setdefault(ids[1], {})

@@ -18,8 +18,6 @@ from epfiot.lwm2m.codec import (
     decode_tlv,
     encode_senml_resources,
     encode_tlv_resources,
-    format_path,
-    parse_path,
     tlv_entry,
     tlv_instance_resources,
     tlv_to_bool,
@@ -178,25 +176,3 @@ def test_senml_garbage_is_an_error(garbage: bytes) -> None:
 def test_senml_refuses_non_finite_numbers() -> None:
     with pytest.raises(CodecError):
         encode_senml_resources("/3/0/", {13: float("inf")})
-
-
-@pytest.mark.parametrize(
-    ("path", "ids"),
-    [
-        ("/", ()),
-        ("/0", (0,)),
-        ("/0/1", (0, 1)),
-        ("/3/0/14", (3, 0, 14)),
-        ("/3/0/6/1", (3, 0, 6, 1)),
-        ("/0/1/", (0, 1)),
-    ],
-)
-def test_paths_parse_and_format(path: str, ids: tuple[int, ...]) -> None:
-    assert parse_path(path) == ids
-    assert format_path(ids) == (path.rstrip("/") or "/")
-
-
-@pytest.mark.parametrize("path", ["", "0/1", "/a", "/1//2", "/01", "/65536", "/-1", "/1/2/3/4/5", "/\u0661"])
-def test_bad_paths_are_errors(path: str) -> None:
-    with pytest.raises(CodecError):
-        parse_path(path)

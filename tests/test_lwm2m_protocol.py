@@ -15,7 +15,7 @@ from epfiot.lwm2m.protocol import (
     parse_bootstrap_query,
     plan_bootstrap,
 )
-from epfiot.lwm2m.registry import ResourceWrite, ThingConfig
+from epfiot.registry import ResourceWrite, ThingConfig
 
 
 def thing(**kw: object) -> ThingConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from epfiot.errors import EpfiotError
-from epfiot.lwm2m.registry import (
+from epfiot.registry import (
     SCHEMA_VERSION,
     STATUS_BOOTSTRAPPED,
     STATUS_BOOTSTRAPPING,
@@ -27,6 +29,7 @@ from epfiot.lwm2m.registry import (
     ThingConflictError,
     server_uri_for,
 )
+from epfiot.registry.paths import PathError, format_path, parse_path
 
 
 def cfg(name: str = "sensor-1", owner: str = "alice", **kw: object) -> ThingConfig:
@@ -306,3 +309,32 @@ def test_server_uri_for() -> None:
     assert server_uri_for("") is None
     assert server_uri_for("10.0.0.5") == "coap://10.0.0.5:5683"
     assert server_uri_for("fd00::5", 5690) == "coap://[fd00::5]:5690"
+
+
+@pytest.mark.parametrize(
+    ("path", "ids"),
+    [
+        ("/", ()),
+        ("/0", (0,)),
+        ("/0/1", (0, 1)),
+        ("/3/0/14", (3, 0, 14)),
+        ("/3/0/6/1", (3, 0, 6, 1)),
+        ("/0/1/", (0, 1)),
+    ],
+)
+def test_paths_parse_and_format(path: str, ids: tuple[int, ...]) -> None:
+    assert parse_path(path) == ids
+    assert format_path(ids) == (path.rstrip("/") or "/")
+
+
+@pytest.mark.parametrize("path", ["", "0/1", "/a", "/1//2", "/01", "/65536", "/-1", "/1/2/3/4/5", "/\u0661"])
+def test_bad_paths_are_errors(path: str) -> None:
+    with pytest.raises(PathError):
+        parse_path(path)
+
+
+def test_the_registry_is_a_model_that_loads_no_protocol() -> None:
+    """Reconcile, the CLI and the planner's views use the registry without paying for (or depending on) CoAP."""
+    code = "import sys, epfiot.registry; print(sorted(m for m in sys.modules if m.startswith(('aiocoap', 'epfiot.lwm2m'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -17,7 +17,8 @@ import aiocoap
 import pytest
 from aiocoap.numbers.codes import Code
 
-from epfiot.lwm2m.registry import (
+from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
+from epfiot.registry import (
     STATUS_BOOTSTRAPPED,
     STATUS_FAILED,
     STATUS_WAITING,
@@ -26,7 +27,6 @@ from epfiot.lwm2m.registry import (
     ThingConfig,
     ThingRecord,
 )
-from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
 from tests.lwm2m_client import Lwm2mTestClient
 
 T = TypeVar("T")
@@ -642,7 +642,7 @@ def test_a_second_server_on_the_same_port_is_refused(db: Path) -> None:
 
 def test_registry_failure_answers_service_unavailable(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seed(db, thing())
-    from epfiot.lwm2m.registry import RegistryError
+    from epfiot.registry import RegistryError
 
     async def scenario() -> Code:
         async with server(db) as bs:

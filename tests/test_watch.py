@@ -29,7 +29,6 @@ from aiocoap.numbers.codes import Code
 
 from epfiot.eventlog import EventLog
 from epfiot.logs import Log
-from epfiot.lwm2m.registry import Registry
 from epfiot.model import (
     Desired,
     NetworkMode,
@@ -42,6 +41,7 @@ from epfiot.model import (
     StackSpec,
     VmSpec,
 )
+from epfiot.registry import Registry
 from epfiot.watch import (
     SCOPES_FILE,
     STARTUP_KEY,

@@ -1,8 +1,8 @@
-"""LwM2M things: the bootstrap registry and the bootstrap server.
+"""LwM2M things over CoAP: the bootstrap server and its codecs.
 
-* :mod:`epfiot.lwm2m.registry`: the SQLite registry (desired config + bootstrap status) that
-  reconcile, the planner and the CLI use. It does not import aiocoap.
 * :mod:`epfiot.lwm2m.codec` and :mod:`epfiot.lwm2m.protocol`: TLV / SenML-JSON codecs, the
-  Bootstrap-Request parser and the write plan. They do not import aiocoap either.
-* :mod:`epfiot.lwm2m.server`: the CoAP bootstrap server (aiocoap), the only module that does.
+  Bootstrap-Request parser and the write plan. They do not import aiocoap.
+* :mod:`epfiot.lwm2m.server`: the CoAP bootstrap server (aiocoap).
+
+The registry the server reads and records status in is a model of its own, :mod:`epfiot.registry`.
 """

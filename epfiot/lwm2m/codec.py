@@ -14,7 +14,7 @@ import base64
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,29 +345,3 @@ def decode_senml(data: bytes) -> dict[str, SenmlValue]:
             continue  # a record without a value (e.g. only base fields)
         out[full] = value
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Paths
-# --------------------------------------------------------------------------------------------
-
-
-def parse_path(path: str, *, min_depth: int = 0, max_depth: int = 4) -> tuple[int, ...]:
-    """Parse an LwM2M path ("/", "/3", "/3/0", "/3/0/14", "/3/0/14/1") into its ids."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise CodecError(f"LwM2M path must start with '/': {path!r}")
-    parts = [p for p in path[1:].split("/")] if path != "/" else []
-    if parts and parts[-1] == "" and len(parts) > 1:
-        parts = parts[:-1]  # tolerate one trailing slash ("/0/1/")
-    ids: list[int] = []
-    for part in parts:
-        if not part.isdigit() or not part.isascii() or (len(part) > 1 and part[0] == "0"):
-            raise CodecError(f"invalid LwM2M path {path!r}")
-        ids.append(_check_id(int(part), "path element"))
-    if not min_depth <= len(ids) <= max_depth:
-        raise CodecError(f"LwM2M path {path!r} must have {min_depth} to {max_depth} elements")
-    return tuple(ids)
-
-
-def format_path(ids: Iterable[int]) -> str:
-    return "/" + "/".join(str(i) for i in ids)

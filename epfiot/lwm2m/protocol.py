@@ -3,7 +3,7 @@
 * :func:`parse_bootstrap_query` turns the Uri-Query of ``POST /bs`` into a
   :class:`BootstrapRequest` or raises a typed :class:`ProtocolError` (which the server turns
   into a CoAP error response);
-* :func:`plan_bootstrap` turns a :class:`~epfiot.lwm2m.registry.ThingConfig` into the ordered
+* :func:`plan_bootstrap` turns a :class:`~epfiot.registry.ThingConfig` into the ordered
   list of operations the bootstrap server sends (deletes, Security /0/1, Server /1/1, extra
   writes grouped per object instance), each with its payload already encoded for the
   client's content format.
@@ -24,10 +24,9 @@ from epfiot.lwm2m.codec import (
     Value,
     encode_senml_resources,
     encode_tlv_resources,
-    format_path,
-    parse_path,
 )
-from epfiot.lwm2m.registry import SECURITY_INSTANCE, ThingConfig
+from epfiot.registry import SECURITY_INSTANCE, ThingConfig
+from epfiot.registry.paths import format_path, parse_path
 
 SECURITY_MODE_NOSEC = 3
 

@@ -15,7 +15,7 @@ Exchange, per the LwM2M bootstrap interface (1.0 and 1.1):
    bootstrapping again within the re-bootstrap window after a Finish: a client that rejected
    what it was written still acknowledges Finish and then starts over).
 
-The registry model lives in :mod:`epfiot.lwm2m.registry`; request parsing and the write plan
+The registry model lives in :mod:`epfiot.registry`; request parsing and the write plan
 in :mod:`epfiot.lwm2m.protocol` (no CoAP there). Status updates are written in small batches
 (one transaction per ``flush_interval``) so the registry never paces the protocol.
 
@@ -60,7 +60,7 @@ from epfiot.lwm2m.protocol import (
     parse_bootstrap_query,
     plan_bootstrap,
 )
-from epfiot.lwm2m.registry import (
+from epfiot.registry import (
     STATUS_BOOTSTRAPPED,
     STATUS_BOOTSTRAPPING,
     STATUS_FAILED,
