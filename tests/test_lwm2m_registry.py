@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from epfiot.registry import (
     STATUS_BOOTSTRAPPING,
     STATUS_FAILED,
     STATUS_PENDING,
+    STATUS_TIMEOUT,
     STATUS_WAITING,
     InvalidThingConfig,
     Registry,
@@ -167,6 +169,36 @@ def test_status_flow_and_batches(registry: Registry) -> None:
         "127.0.0.1:8",
         "PUT /1/1 answered 4.00 Bad Request",
     )
+
+
+def test_bootstrapping_left_by_a_stopped_server_expires_as_timeout(registry: Registry) -> None:
+    registry.upsert_many([cfg("old"), cfg("young"), cfg("done"), cfg("other-revision")])
+    now = time.time()
+
+    def status(name: str, value: str, at: float) -> StatusUpdate:
+        target = registry.bootstrap_target(name)
+        assert target is not None
+        return StatusUpdate(name, target.revision, value, at=at)
+
+    registry.apply_status(
+        [
+            status("old", STATUS_BOOTSTRAPPING, now - 100),
+            status("young", STATUS_BOOTSTRAPPING, now - 1),
+            status("done", STATUS_BOOTSTRAPPED, now - 100),
+            status("other-revision", STATUS_BOOTSTRAPPING, now - 100),
+        ]
+    )
+    registry.upsert(cfg("other-revision", lifetime=600))  # reconfigured since: pending again
+    assert registry.expire_bootstrapping(now - 30, "server gone") == ["old"]
+    old = registry.get("old")
+    assert old is not None and (old.status, old.error) == (STATUS_TIMEOUT, "server gone")
+    assert [t.status for t in registry.things()] == [
+        STATUS_BOOTSTRAPPED,
+        STATUS_TIMEOUT,
+        STATUS_PENDING,
+        STATUS_BOOTSTRAPPING,
+    ]
+    assert registry.expire_bootstrapping(now - 30, "server gone") == []
 
 
 def test_endpoint_names_are_unique_per_host(registry: Registry) -> None:

@@ -2,7 +2,8 @@
 
 Reconcile writes configurations (:meth:`Registry.upsert` / :meth:`Registry.delete` /
 :meth:`Registry.prune`); the bootstrap server reads them per request and records status with
-:meth:`Registry.apply_status`.
+:meth:`Registry.apply_status`, and at start-up expires what a stopped server left in ``bootstrapping``
+(:meth:`Registry.expire_bootstrapping`).
 
 Every configuration change bumps a per-thing ``revision``; status updates carry the revision they were
 computed for and are dropped when the configuration changed in the meantime, so a bootstrap that ran with
@@ -28,6 +29,7 @@ from epfiot.registry.things import (
     STATUS_BOOTSTRAPPING,
     STATUS_FAILED,
     STATUS_PENDING,
+    STATUS_TIMEOUT,
     STATUS_WAITING,
     BootstrapTarget,
     RegistryError,
@@ -366,6 +368,25 @@ class Registry:
     def mark_failed(self, name: str, revision: int, error: str, client_address: str | None = None) -> bool:
         update = StatusUpdate(name, revision, STATUS_FAILED, client_address=client_address, error=error)
         return self.apply_status([update]) > 0
+
+    def expire_bootstrapping(self, updated_before: float, error: str) -> list[str]:
+        """Mark ``timeout`` the things left in ``bootstrapping`` since before ``updated_before`` (wall
+        clock): the bootstrap server that ran their exchange stopped without recording an outcome (it
+        crashed or was killed), and the exchange timeout that would have ended them died with it.
+        Returns their names (sorted)."""
+        with self._transaction():
+            names = [
+                name
+                for (name,) in self._db.execute(
+                    "SELECT name FROM things WHERE status = ? AND updated_at < ? ORDER BY name",
+                    (STATUS_BOOTSTRAPPING, updated_before),
+                )
+            ]
+            self._db.executemany(
+                "UPDATE things SET status = ?, updated_at = ?, error = ? WHERE name = ? AND status = ?",
+                [(STATUS_TIMEOUT, time.time(), error, name, STATUS_BOOTSTRAPPING) for name in names],
+            )
+        return names
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -3,8 +3,9 @@ when it is built), its record with the bootstrap status, and the status updates 
 computes. Pure data: no I/O, no CoAP.
 
 Statuses: ``waiting`` (no server URI yet: the thing's VM has no address), ``pending`` (configured, not
-bootstrapped since), ``bootstrapping`` (an exchange is running), ``bootstrapped``, and ``failed`` (an
-error answer, no answer within the exchange timeout, or a re-bootstrap loop).
+bootstrapped since), ``bootstrapping`` (an exchange is running), ``bootstrapped``, ``failed`` (an error
+answer, no answer within the exchange timeout, or a re-bootstrap loop) and ``timeout`` (left in
+``bootstrapping`` by a bootstrap server that stopped without recording an outcome).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ STATUS_PENDING: Final = "pending"
 STATUS_BOOTSTRAPPING: Final = "bootstrapping"
 STATUS_BOOTSTRAPPED: Final = "bootstrapped"
 STATUS_FAILED: Final = "failed"
+STATUS_TIMEOUT: Final = "timeout"
 STATUSES: Final = (
     STATUS_WAITING,
     STATUS_PENDING,
     STATUS_BOOTSTRAPPING,
     STATUS_BOOTSTRAPPED,
     STATUS_FAILED,
+    STATUS_TIMEOUT,
 )
 
 SECURITY_INSTANCE: Final = 1
