@@ -61,6 +61,7 @@ async def _serve(registry: Path, bind: str, max_concurrent: int) -> None:
     import aiocoap
     import aiocoap.resource
 
+    from epfiot.lwm2m.aiocoap_compat import udp_endpoint
     from epfiot.lwm2m.server import BootstrapServer
 
     class Echo(aiocoap.resource.Resource):  # type: ignore[misc]
@@ -70,11 +71,10 @@ async def _serve(registry: Path, bind: str, max_concurrent: int) -> None:
     site = aiocoap.resource.Site()
     site.add_resource(["echo"], Echo())
     echo = await aiocoap.Context.create_server_context(site, bind=(bind, 0), transports=["udp6"])
-    echo_port = None
-    for ri in echo.request_interfaces:
-        sock = ri.token_interface.message_interface.transport.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # as the bootstrap server does
-        echo_port = sock.getsockname()[1]
+    endpoint = udp_endpoint(echo)
+    assert endpoint is not None
+    endpoint.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # as the bootstrap server does
+    echo_port = endpoint.sock.getsockname()[1]
 
     server = BootstrapServer(registry, bind, 0, max_concurrent=max_concurrent)
     await server.start()

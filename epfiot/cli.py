@@ -93,9 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5683, help="bootstrap server UDP port (default: %(default)s)")
     p.add_argument("--log-format", choices=("human", "json"), default="human", help="one line per event: human or JSON lines (default: %(default)s)")
 
+    from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW
+
     p = sub.add_parser("serve", help="run the LwM2M bootstrap server")
     p.add_argument("--bind", default="::", help="address (default: %(default)s: IPv6 and IPv4)")
     p.add_argument("--port", type=int, default=5683, help="UDP port (default: %(default)s)")
+    p.add_argument("--rebootstrap-count", type=int, default=DEFAULT_COUNT, metavar="N", help="bootstraps of one thing within the window that make a loop, marked failed (default: %(default)s; see docs/things.md)")
+    p.add_argument("--rebootstrap-window", type=float, default=DEFAULT_WINDOW, metavar="SECONDS", help="the window of --rebootstrap-count; 0 turns loop detection off (default: %(default)s)")
 
     p = sub.add_parser("events", help="what epfiot did, and what it saw")
     p.add_argument("--since", help="e.g. 10m, 2h, 1d (default: everything)")
@@ -445,8 +449,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from epfiot.eventlog import EventLog, describe_bootstrap
+    from epfiot.lwm2m.rebootstrap import RebootstrapRule
     from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
     from epfiot.state import ensure_state_dir
+
+    try:
+        rule = RebootstrapRule(args.rebootstrap_count, args.rebootstrap_window)
+    except ValueError as error:
+        raise UsageError(f"serve: {error}") from None
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     state_dir = ensure_state_dir(_state_dir(args))
@@ -462,14 +472,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"LwM2M bootstrap server on [{args.bind}]:{server.port} (registry {state_dir / 'registry.db'})", flush=True)
 
     async def serve() -> None:
-        # SIGTERM and SIGINT cancel the server, which then flushes its status updates and closes its socket.
+        # SIGTERM and SIGINT cancel the server, which lets the exchanges in progress finish (a second signal
+        # cuts that short), flushes its status updates and closes its socket.
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
         try:
-            await run_bootstrap_server(state_dir / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready)
+            await run_bootstrap_server(state_dir / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready, rebootstrap_count=rule.count, rebootstrap_window=rule.window)
         except asyncio.CancelledError:
             print("stopped", flush=True)
 

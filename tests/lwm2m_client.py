@@ -7,7 +7,7 @@ It runs its own aiocoap server context (its own source port), keeps the objects 
 (pre-populated with its bootstrap account /0/0 and a Device instance /3/0), acts on DELETE
 (``DELETE /0`` and ``DELETE /`` keep /0/0), answers PUT with 2.04 and Bootstrap-Finish with
 2.04, and records every request in order. Behaviour can be bent for tests: answer a given
-operation with an error code, or never answer it.
+operation with an error code, never answer it, or answer it only once released.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import aiocoap
 from aiocoap.numbers.codes import Code
 
+from epfiot.lwm2m.aiocoap_compat import udp_endpoint
 from epfiot.lwm2m.codec import (
     CF_LWM2M_TLV,
     CF_LWM2M_TLV_LEGACY,
@@ -70,6 +71,7 @@ class Lwm2mTestClient:
     bind: str = "127.0.0.1"
     answer: dict[str, Code] = field(default_factory=dict)  # "PUT /1/1" -> error code to answer
     swallow: set[str] = field(default_factory=set)  # operations never answered
+    hold: set[str] = field(default_factory=set)  # operations answered only after release()
     query_override: tuple[str, ...] | None = None  # raw Uri-Query to send instead
 
     def __post_init__(self) -> None:
@@ -86,6 +88,7 @@ class Lwm2mTestClient:
         self._finished = asyncio.Event()
         self._changed = asyncio.Event()
         self._hold: list[asyncio.Future[None]] = []
+        self._released = asyncio.Event()
         self.request_code: Code | None = None
         self.port = 0
 
@@ -163,6 +166,10 @@ class Lwm2mTestClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
+    def release(self) -> None:
+        """Answer the held operations (those received so far and any later)."""
+        self._released.set()
+
     def operations(self) -> list[str]:
         return [f"{r.method} {r.path}" for r in self.received]
 
@@ -194,6 +201,8 @@ class Lwm2mTestClient:
             self._hold.append(fut)
             await fut  # never answered (cancelled on close)
             return
+        if op in self.hold:
+            await self._released.wait()
         code = self.answer.get(op)
         if code is None:
             code = self._handle(method, path, request)
@@ -285,7 +294,7 @@ class Lwm2mTestClient:
 
 
 def _port_of(ctx: Any) -> int:
-    for interface in ctx.request_interfaces:
-        sock = interface.token_interface.message_interface.transport.get_extra_info("socket")
-        return int(sock.getsockname()[1])
-    raise RuntimeError("context without a UDP socket")
+    endpoint = udp_endpoint(ctx)
+    if endpoint is None:
+        raise RuntimeError("context without a UDP socket")
+    return int(endpoint.sock.getsockname()[1])
