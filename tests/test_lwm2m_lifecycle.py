@@ -100,6 +100,28 @@ def test_stop_cancels_the_exchanges_still_running_at_its_deadline(db: Path) -> N
     assert rec.status == STATUS_FAILED and rec.error == "the bootstrap server stopped during the exchange"
 
 
+def test_cancelling_stop_cancels_the_exchanges_at_once(db: Path) -> None:
+    """A second SIGTERM while `epfiot serve` waits for the exchanges in progress."""
+    seed(db, thing())
+
+    async def scenario() -> None:
+        bs = server(db)
+        await bs.start()
+        async with Lwm2mTestClient("sensor-1", "127.0.0.1", bs.port, swallow={"DELETE /1"}) as client:
+            assert await client.request_bootstrap() == Code.CHANGED
+            await client.wait_for(lambda: "DELETE /1" in client.operations())
+            stopping = asyncio.create_task(bs.stop())
+            await asyncio.sleep(0)  # stop() is waiting for the exchange (for up to 10 s)
+            stopping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(stopping, 5)
+            assert not bs.running
+
+    run(scenario())
+    rec = record(db, "sensor-1")
+    assert rec.status == STATUS_FAILED and rec.error == "the bootstrap server stopped during the exchange"
+
+
 def test_sigterm_lets_the_bootstrap_in_progress_finish(db: Path) -> None:
     seed(db, thing("sensor-1"), thing("sensor-2"))
     with epfiot_serve(db.parent) as child:
@@ -164,8 +186,9 @@ def test_a_restarted_server_times_out_the_exchanges_a_killed_one_left(db: Path) 
 
     run(restart())
     assert record(db, "sensor-3").status == "pending"
-    timeouts = [fields["endpoint"] for kind, fields in events.items if kind == "bootstrap.timeout"]
-    assert timeouts == ["sensor-2", "sensor-1"]
+    timeouts = [fields for kind, fields in events.items if kind == "bootstrap.timeout"]
+    assert [t["endpoint"] for t in timeouts] == ["sensor-2", "sensor-1"]
+    assert timeouts[1]["owner"] == "alice" and str(timeouts[1]["client"]).startswith("127.0.0.1:")
 
 
 # ---------------------------------------------------------------------------------------------

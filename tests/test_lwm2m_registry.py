@@ -189,7 +189,7 @@ def test_bootstrapping_left_by_a_stopped_server_expires_as_timeout(registry: Reg
         ]
     )
     registry.upsert(cfg("other-revision", lifetime=600))  # reconfigured since: pending again
-    assert registry.expire_bootstrapping(now - 30, "server gone") == ["old"]
+    assert [t.config.name for t in registry.expire_bootstrapping(now - 30, "server gone")] == ["old"]
     old = registry.get("old")
     assert old is not None and (old.status, old.error) == (STATUS_TIMEOUT, "server gone")
     assert [t.status for t in registry.things()] == [

@@ -138,7 +138,7 @@ def sending_remote(remote: Any) -> Any:
     its POST /bs. aiocoap 0.4.17 re-derives ``is_multicast`` and ``is_multicast_locally`` by parsing the
     address text with :mod:`ipaddress` several times per message sent; a bootstrap sends five requests to
     the same client, so the answers are worked out once here, on a subclass whose only change is that."""
-    if _UnicastRemote is None or type(remote) is not _UnicastRemote.__base__:
+    if _UnicastRemote is None or type(remote) is not _UDP6Address:
         return remote
     packed = _packed(str(remote.sockaddr[0]))
     local = remote.pktinfo[:16] if isinstance(remote.pktinfo, bytes) and len(remote.pktinfo) >= 16 else None
@@ -147,20 +147,20 @@ def sending_remote(remote: Any) -> Any:
     return _UnicastRemote(remote.sockaddr, remote.interface, pktinfo=remote.pktinfo)
 
 
-def _unicast_remote_class() -> type | None:
+def _udp6_remote_classes() -> tuple[Any, Any]:
     try:
         from aiocoap.transports.udp6 import UDP6EndpointAddress
     except ImportError:  # pragma: no cover - another aiocoap layout
-        return None
+        return None, None
 
     class UnicastRemote(UDP6EndpointAddress):  # type: ignore[misc]
         is_multicast = False
         is_multicast_locally = False
 
-    return UnicastRemote
+    return UDP6EndpointAddress, UnicastRemote
 
 
-_UnicastRemote: Any = _unicast_remote_class()
+_UDP6Address, _UnicastRemote = _udp6_remote_classes()
 
 
 # -- sending requests ----------------------------------------------------------------------------------

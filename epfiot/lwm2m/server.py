@@ -276,13 +276,14 @@ class BootstrapServer:
         outcome (killed, crashed) become ``timeout``: nothing else would ever end their exchange."""
         error = f"{STOPPED_DURING_EXCHANGE} and recorded no outcome"
         try:
-            names = registry.expire_bootstrapping(updated_before, error)
+            expired = registry.expire_bootstrapping(updated_before, error)
         except RegistryError as exc:
             log.warning("could not expire bootstrap exchanges left by a stopped server: %s", exc)
             return
-        for name in names:
-            log.warning("bootstrap of %s: %s", name, error)
-            self._emit(EVENT_TIMEOUT, endpoint=name, error=error)
+        for record in expired:
+            name, client = record.config.name, record.client_address or "?"
+            log.warning("bootstrap of %s from %s: %s", name, client, error)
+            self._emit(EVENT_TIMEOUT, endpoint=name, owner=record.config.owner, client=client, error=error)
 
     def _emit(self, kind: str, **fields: object) -> None:
         if self._on_event is None:

@@ -16,6 +16,7 @@ thread/process (the server opens its own).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import time
@@ -369,24 +370,26 @@ class Registry:
         update = StatusUpdate(name, revision, STATUS_FAILED, client_address=client_address, error=error)
         return self.apply_status([update]) > 0
 
-    def expire_bootstrapping(self, updated_before: float, error: str) -> list[str]:
+    def expire_bootstrapping(self, updated_before: float, error: str) -> list[ThingRecord]:
         """Mark ``timeout`` the things left in ``bootstrapping`` since before ``updated_before`` (wall
         clock): the bootstrap server that ran their exchange stopped without recording an outcome (it
         crashed or was killed), and the exchange timeout that would have ended them died with it.
-        Returns their names (sorted)."""
+        Returns them as they are now, sorted by name."""
+        now = time.time()
         with self._transaction():
-            names = [
-                name
-                for (name,) in self._db.execute(
-                    "SELECT name FROM things WHERE status = ? AND updated_at < ? ORDER BY name",
-                    (STATUS_BOOTSTRAPPING, updated_before),
-                )
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM things WHERE status = ? AND updated_at < ? ORDER BY name",
+                (STATUS_BOOTSTRAPPING, updated_before),
+            ).fetchall()
+            expired = [
+                dataclasses.replace(_row_to_record(row)[0], status=STATUS_TIMEOUT, updated_at=now, error=error)
+                for row in rows
             ]
             self._db.executemany(
-                "UPDATE things SET status = ?, updated_at = ?, error = ? WHERE name = ? AND status = ?",
-                [(STATUS_TIMEOUT, time.time(), error, name, STATUS_BOOTSTRAPPING) for name in names],
+                "UPDATE things SET status = ?, updated_at = ?, error = ? WHERE name = ?",
+                [(STATUS_TIMEOUT, now, error, record.config.name) for record in expired],
             )
-        return names
+        return expired
 
     # -- helpers -----------------------------------------------------------------------------
 
