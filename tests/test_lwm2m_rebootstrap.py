@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from epfiot.cli import main
+from epfiot.lwm2m.rebootstrap import FinishHistory, RebootstrapRule
 from epfiot.registry import STATUS_BOOTSTRAPPED, STATUS_FAILED, Registry
 from tests.lwm2m_client import Lwm2mTestClient
 from tests.lwm2m_support import (
@@ -158,3 +159,17 @@ def test_serve_refuses_a_rule_that_is_no_rule(
     assert main(["--state-dir", str(tmp_path / "state"), "serve", "--port", "0", *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_the_rule_counts_bootstraps_within_the_window_for_one_configuration(count: int) -> None:
+    history = FinishHistory(RebootstrapRule(count, 10.0))
+    for t in range(count - 1):  # count - 1 Finishes, 1 s apart: the next bootstrap is the count-th
+        assert history.loop_error("a", 1, float(t)) is None
+        history.finished("a", 1, float(t))
+    error = history.loop_error("a", 1, float(count - 1))
+    assert error is not None and f"{count} times within {count - 1:.1f} s" in error
+    assert history.loop_error("a", 2, float(count - 1)) is None  # another configuration: counted anew
+    assert history.loop_error("b", 1, float(count - 1)) is None
+    assert history.loop_error("a", 1, 10.5) is None  # the first Finish left the window
+    assert history.last("a") == (1, float(count - 2))

@@ -10,7 +10,6 @@ without a new bootstrap.
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 
 DEFAULT_COUNT = 3
@@ -33,11 +32,12 @@ class RebootstrapRule:
 
 class FinishHistory:
     """The recent Bootstrap-Finish times of each endpoint (the last ``count - 1``, with the configuration
-    revision they were for), pruned as they leave the window."""
+    revision they were for), pruned as they leave the window. Plain tuples of numbers: the garbage
+    collector does not track them, which matters with tens of thousands of endpoints."""
 
     def __init__(self, rule: RebootstrapRule) -> None:
         self.rule = rule
-        self._finishes: dict[str, tuple[int, collections.deque[float]]] = {}
+        self._finishes: dict[str, tuple[int, tuple[float, ...]]] = {}
         self._prune_at = 4096
 
     def loop_error(self, endpoint: str, revision: int, now: float) -> str | None:
@@ -61,9 +61,9 @@ class FinishHistory:
             self._finishes = {k: v for k, v in self._finishes.items() if v[1][-1] >= horizon}
             self._prune_at = max(4096, 2 * len(self._finishes))
         entry = self._finishes.get(endpoint)
-        if entry is None or entry[0] != revision:
-            entry = self._finishes[endpoint] = (revision, collections.deque(maxlen=self.rule.count - 1))
-        entry[1].append(now)
+        earlier = entry[1] if entry is not None and entry[0] == revision else ()
+        earlier = earlier[max(0, len(earlier) - (self.rule.count - 2)) :]  # with this one: count - 1
+        self._finishes[endpoint] = (revision, (*earlier, now))
 
     def last(self, endpoint: str) -> tuple[int, float] | None:
         """The revision and time of the endpoint's last Finish."""
