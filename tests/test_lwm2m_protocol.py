@@ -1,11 +1,15 @@
-"""Bootstrap-Request parsing and the write plan (no CoAP involved)."""
+"""Bootstrap-Request parsing and the write plan (no CoAP involved), and the one module that reaches into
+aiocoap."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
+import epfiot.lwm2m
 from epfiot.lwm2m.codec import CF_LWM2M_TLV, CF_SENML_JSON, decode_senml, decode_tlv, tlv_instance_resources
 from epfiot.lwm2m.protocol import (
     FINISH,
@@ -116,3 +120,20 @@ def test_no_deletes_and_waiting_things() -> None:
     assert next(op.describe() for op in plan_bootstrap(thing(deletes=()), CF_LWM2M_TLV)) == "PUT /0/1"
     with pytest.raises(Forbidden):
         plan_bootstrap(thing(server_uri=None), CF_LWM2M_TLV)
+
+
+def test_only_one_module_reaches_into_aiocoap() -> None:
+    """Everything beyond aiocoap's stable API (Context, Message) is in epfiot/lwm2m/aiocoap_compat.py."""
+    internals = re.compile(
+        r"request_interfaces|token_interface|message_interface|datagram_msg_received|_recent_messages"
+        r"|aiocoap\.(pipe|transports|tokenmanager|messagemanager|interfaces)|\.sockaddr|\.pktinfo"
+    )
+    package = Path(epfiot.lwm2m.__file__).parent
+    offenders = {
+        f"{path.name}:{number}"
+        for path in package.glob("*.py")
+        if path.name != "aiocoap_compat.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if internals.search(line)
+    }
+    assert offenders == set()

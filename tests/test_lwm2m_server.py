@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import socket
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ import aiocoap
 import pytest
 from aiocoap.numbers.codes import Code
 
-import epfiot.lwm2m
 from epfiot.lwm2m.server import BootstrapServer
 from epfiot.registry import (
     STATUS_BOOTSTRAPPED,
@@ -316,23 +314,6 @@ def test_malformed_requests_leave_the_server_serving_and_the_registry_unchanged(
     ]
     # nothing escaped as an error with a traceback (aiocoap raises on options that are not UTF-8)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-
-
-def test_only_one_module_reaches_into_aiocoap() -> None:
-    """Everything beyond aiocoap's stable API (Context, Message) is in epfiot/lwm2m/aiocoap_compat.py."""
-    internals = re.compile(
-        r"request_interfaces|token_interface|message_interface|datagram_msg_received|_recent_messages"
-        r"|aiocoap\.(pipe|transports|tokenmanager|messagemanager|interfaces)|\.sockaddr|\.pktinfo"
-    )
-    package = Path(epfiot.lwm2m.__file__).parent
-    offenders = {
-        f"{path.name}:{number}"
-        for path in package.glob("*.py")
-        if path.name != "aiocoap_compat.py"
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if internals.search(line)
-    }
-    assert offenders == set()
 
 
 # ---------------------------------------------------------------------------------------------
