@@ -7,7 +7,7 @@ The rendered network (templates/network.xml.j2):
 - mode `route` and `nat` give <forward mode='route'|'nat'/>; `isolated` has no <forward> at all;
 - the bridge is `spec.bridge` (a short name derived from the identity), with STP on;
 - the host takes the network's first address; DHCP hands out `dhcp_start`-`dhcp_end`, by default the upper
-  half of the network minus the broadcast address (epfiot.plan.dhcp_range: the lower half is for fixed
+  half of the network minus the broadcast address (epfiot.addressing.dhcp_range: the lower half is for fixed
   addresses), and fixed addresses are DHCP host reservations added with networkUpdate.
 
 Reading back uses the persistent definition (XMLDesc INACTIVE), like domains: that is what the network
