@@ -61,8 +61,8 @@ def main() -> None:
         common = ["--connect", URI, "--state-dir", str(state)]
 
         # The serial loop renders the very XML epfiot defines, then makes the same calls one by one.
+        from epfiot.desired import load_manifests
         from epfiot.libvirt.domain import render_domain_xml
-        from epfiot.manifest import load_manifests
 
         base = Path(tmp) / "serial.yaml"
         base.write_text(manifest("benchserial", args.vms))

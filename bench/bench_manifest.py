@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import yaml
 from common import median_of
 
-from epfiot.manifest import load_manifests
+from epfiot.desired import load_manifests
 
 
 def manifest_text(count: int) -> str:

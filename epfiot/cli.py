@@ -180,7 +180,7 @@ def open_registry(state_dir: Path, *, create: bool) -> Registry | None:
 
 
 def load(args: argparse.Namespace) -> Desired:
-    from epfiot.manifest import load_manifests
+    from epfiot.desired import load_manifests
 
     return load_manifests(args.files, stdin=sys.stdin)
 
@@ -525,8 +525,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    path = Path(__file__).parent / "schemas" / "stack.schema.json"
-    sys.stdout.write(path.read_text())
+    from epfiot.desired.schema import SCHEMA_PATH
+
+    sys.stdout.write(SCHEMA_PATH.read_text())
     return 0
 
 

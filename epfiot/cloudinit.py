@@ -25,7 +25,8 @@ Extra user-data (credentials.user_data) is combined with epfiot's:
   are merged key by key, anything else replaces epfiot's value;
 - anything else cloud-init understands (`#!` script, `#cloud-boothook`, `#include`, `#part-handler`,
   `#cloud-config-archive`, `## template: jinja`, or a MIME multipart document) makes user-data a MIME
-  multipart: epfiot's cloud-config first, then the extra part(s). Other text is rejected as a manifest error.
+  multipart: epfiot's cloud-config first, then the extra part(s). Other text is a manifest error
+  (epfiot.desired.userdata reads these forms, when manifests are loaded and here).
 
 The ISO is ISO 9660 with Joliet and Rock Ridge, volume id CIDATA (how NoCloud finds it), and deterministic:
 the same files give the same bytes (every date in it is fixed).
@@ -33,7 +34,6 @@ the same files give the same bytes (every date in it is fixed).
 
 from __future__ import annotations
 
-import email
 import hashlib
 import io
 import sys
@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from epfiot.desired.userdata import read_extra_user_data
 from epfiot.errors import ManifestError, ManifestProblem
 from epfiot.model import VmSpec
 
@@ -60,16 +61,6 @@ _ISO_NAMES = {
     "network-config": "NETCONF",
     "vendor-data": "VENDDATA",
 }
-
-_PART_TYPES = (  # first line of extra user-data -> MIME type of its part (longest prefixes first)
-    ("#cloud-config-archive", "text/cloud-config-archive"),
-    ("#cloud-boothook", "text/cloud-boothook"),
-    ("#part-handler", "text/part-handler"),
-    ("#include", "text/x-include-url"),
-    ("## template: jinja", "text/jinja2"),
-    ("#!", "text/x-shellscript"),
-)
-
 
 # --- the files -------------------------------------------------------------------------------------------
 
@@ -116,37 +107,13 @@ def _epfiot_config(spec: VmSpec) -> dict[str, Any]:
 
 def _user_data(spec: VmSpec) -> str:
     config = _epfiot_config(spec)
-    extra = spec.credentials.user_data if spec.credentials else None
-    if not extra or not extra.strip():
-        return "#cloud-config\n" + _yaml(config)
-    first_line = extra.lstrip().split("\n", 1)[0].strip()
-    if first_line == "#cloud-config":
-        return "#cloud-config\n" + _yaml(merge_cloud_config(config, _parse_cloud_config(spec, extra)))
-    parts = [("text/cloud-config", "#cloud-config\n" + _yaml(config))]
-    if extra.lstrip().lower().startswith("content-type:"):
-        parts += _mime_parts(spec, extra)
-    else:
-        part_type = next((t for prefix, t in _PART_TYPES if first_line.startswith(prefix)), None)
-        if part_type is None:
-            raise _problem(
-                spec,
-                "extra user-data must start with #cloud-config, #!, #cloud-boothook, #include, #part-handler, "
-                "#cloud-config-archive or '## template: jinja', or be a MIME multipart document",
-            )
-        parts.append((part_type, extra))
-    return _multipart(parts)
-
-
-def _parse_cloud_config(spec: VmSpec, text: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise _problem(spec, f"extra #cloud-config is not valid YAML: {' '.join(str(e).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise _problem(spec, "extra #cloud-config must be a mapping")
-    return data
+        extra = read_extra_user_data(spec.credentials.user_data if spec.credentials else None)
+    except ValueError as e:  # not for loaded manifests: their checks read user_data with the same function
+        raise _problem(spec, str(e)) from None
+    if not extra.parts:
+        return "#cloud-config\n" + _yaml(merge_cloud_config(config, extra.config))
+    return _multipart([("text/cloud-config", "#cloud-config\n" + _yaml(config)), *extra.parts])
 
 
 def merge_cloud_config(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,24 +148,6 @@ def _merge_users(ours: list[Any], theirs: list[Any]) -> list[Any]:
         else:
             users.append(entry)
     return users
-
-
-def _mime_parts(spec: VmSpec, text: str) -> list[tuple[str, str]]:
-    message = email.message_from_string(text.lstrip())
-    parts = []
-    for part in message.walk():
-        if part.is_multipart():
-            continue
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue
-        try:
-            parts.append((part.get_content_type(), payload.decode("utf-8")))
-        except UnicodeDecodeError:
-            raise _problem(spec, "a part of the extra MIME user-data is not UTF-8 text") from None
-    if not parts:
-        raise _problem(spec, "the extra MIME user-data has no parts")
-    return parts
 
 
 def _multipart(parts: list[tuple[str, str]]) -> str:

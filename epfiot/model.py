@@ -1,6 +1,6 @@
 """Desired and observed state, as frozen data.
 
-Desired objects come from manifests (epfiot.manifest); observed objects come from the live host
+Desired objects come from manifests (epfiot.desired); observed objects come from the live host
 (epfiot.libvirt) and the bootstrap registry (epfiot.lwm2m.registry). The planner (epfiot.plan) compares the
 two and is the only place that decides anything. Nothing here imports libvirt or aiocoap.
 """

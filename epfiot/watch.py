@@ -487,7 +487,7 @@ class Reconciler:
             self.events.record("removal.pending", key, f"no longer declared; pruned after {self.config.prune_after:g}s")
 
     def _load_manifests(self) -> Desired:
-        from epfiot.manifest import load_manifests
+        from epfiot.desired import load_manifests
 
         files = [p for p in self.config.paths if p.is_file() or any(_manifest_files(p))]
         if not files:

@@ -6,6 +6,8 @@
 - the planner and the pure modules (model, addressing, render, views) reach no driver, even through other
   modules, and import nothing of epfiot.lwm2m but its registry;
 - the things registry (epfiot.registry) reaches no CoAP code;
+- the manifest loader (epfiot.desired) reaches no driver and imports nothing that uses it (planner, cli,
+  watch, cloudinit ...);
 - only epfiot.libvirt imports libvirt; only epfiot.lwm2m imports aiocoap.
 
 Contracts name packages, so they hold wherever modules move inside them. Imports inside functions count:
@@ -32,6 +34,7 @@ PROBES = {
     "plan/_probe.py": "def f() -> None:\n    import libvirt\n    from epfiot.lwm2m import codec\n",
     "registry/_probe.py": "def f() -> None:\n    from epfiot.lwm2m import codec\n",
     "_probe.py": "def f() -> None:\n    import aiocoap\n    import libvirt\n",
+    "desired/_probe.py": "def f() -> None:\n    from epfiot import cloudinit\n",
 }
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from hosts.usbhost import write_usb_host
 
+from epfiot.desired import load_manifest_text, load_manifests
 from epfiot.libvirt import storage
 from epfiot.libvirt.domain import render_domain_xml
 from epfiot.libvirt.host import LibvirtHost
 from epfiot.libvirt.network import render_network_xml
-from epfiot.manifest import load_manifest_text, load_manifests
 from epfiot.model import Desired, HostUsbDevice, NetworkMode, NetworkSpec, UsbId, VmSpec
 from epfiot.plan import Options
 from epfiot.plan import steps as s

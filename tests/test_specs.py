@@ -16,8 +16,8 @@ import yaml
 from hosts.usbhost import standard_devices, write_usb_host
 
 from epfiot.cli import main
+from epfiot.desired import load_manifests
 from epfiot.libvirt.host import LibvirtHost
-from epfiot.manifest import load_manifests
 from epfiot.plan import Options
 from epfiot.reconcile import apply_plan, observe, plan_changes
 from tests.stacks import spec_for_tenant
