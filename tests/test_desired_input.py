@@ -168,3 +168,11 @@ def test_the_size_maxima_are_in_the_schema_and_its_descriptions() -> None:
     vm = defs["vm"]["properties"]
     assert vm["vcpu"]["maximum"] == vm["max_vcpu"]["maximum"] == 1024
     assert "1024" in vm["vcpu"]["description"] and "1024" in vm["max_vcpu"]["description"]
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_a_number_that_is_not_finite_is_refused(value: str) -> None:
+    text = HEAD + f"things:\n  - name: t\n    bootstrap:\n      write:\n        - {{path: /3/0/1, value: {value}}}\n"
+    (problem,) = problems(text)
+    assert (problem.line, problem.path) == (8, "things[0].bootstrap.write[0].value")
+    assert problem.message.startswith("expected a string or a whole number or a number or true or false, got")

@@ -11,7 +11,6 @@ leave it out rather than report what follows from the first mistake.
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -313,10 +312,8 @@ def _write_problem(write: dict[str, Any], written: dict[tuple[int, ...], int], i
         if clash is not None:
             problem = f"{write['path']} is already written by bootstrap.write[{clash}]"
         written[ids] = index
-    value = write["value"]
-    if isinstance(value, float) and not math.isfinite(value):
-        problem = problem or "the value must be a finite number"
-    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+    value = write["value"]  # a number is finite: the schema's validator takes inf and nan for no number
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         problem = problem or "the value does not fit in a 64-bit integer"
     return problem
 
