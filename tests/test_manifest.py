@@ -594,6 +594,9 @@ def test_the_hash_differs_between_vms_and_users() -> None:
         _with_credentials(f"{{env: {PASSWORD}}}"),
         _with_credentials(f"{PASSWORD}", "      user_data: '" + PASSWORD + ": [oops'\n"),
         _with_credentials(f"{PASSWORD}", "      allow_literal_password: true\n      user_data: '- " + PASSWORD + "'\n"),
+        _with_credentials(f"{PASSWORD}", '      allow_literal_password: true\n      user_data: "#cloud-config\\n' + PASSWORD + ': [oops"\n'),
+        _with_credentials(f"{PASSWORD}", '      allow_literal_password: true\n      user_data: "#cloud-config\\nx: *' + PASSWORD + '"\n'),
+        _with_credentials(f"{PASSWORD}", '      allow_literal_password: true\n      user_data: "#cloud-config\\nx: !!int ' + PASSWORD + '"\n'),
         _with_credentials(f"{PASSWORD}\n     bad: indentation"),  # a YAML syntax error on the password's line
         VM.format(stack="s", owner="alice", name="a") + f"    credentials: {PASSWORD}\n",  # not a mapping
         VM.format(stack="s", owner="alice", name="a") + f"    credentials: {{user: {PASSWORD}}}\n",

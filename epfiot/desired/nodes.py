@@ -156,7 +156,8 @@ def yaml_error(error: yaml.YAMLError, text: str) -> tuple[int, str]:
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
     parts = (getattr(error, "context", None), getattr(error, "problem", None))
     reason = "; ".join(str(p) for p in parts if p) or type(error).__name__
-    return (mark.line + 1 if mark is not None else 1), reason
+    last = text.count("\n") + 1  # libyaml may place the end of the text past its last line
+    return (min(mark.line + 1, last) if mark is not None else 1), reason
 
 
 @dataclass
