@@ -36,7 +36,6 @@ from epfiot.model import (
 )
 
 MIN_PREFIX, MAX_PREFIX = 8, 30  # a network needs room for the host, a dynamic range and reservations
-_MANAGED_RESOURCES = {0: frozenset({0, 1, 2, 10}), 1: frozenset({0, 1, 6, 7})}  # as epfiot.lwm2m.registry
 T = TypeVar("T")
 
 
@@ -295,13 +294,15 @@ class Entries:
 
 def _write_problem(write: dict[str, Any], written: dict[tuple[int, ...], int], index: int) -> str | None:
     """What is wrong with one bootstrap write (recording its path in `written`), or None."""
+    from epfiot.registry.things import set_from_server_settings  # the registry's own rule, checked early
+
     ids = _lwm2m_ids(write["path"])
     problem = None
     if ids is None:
         problem = f"{write['path']!r}: ids are at most 65535"
     elif ids[:2] == (0, 0):
         problem = "instance /0/0 (the device's own bootstrap account) is never written"
-    elif ids[:2] in ((0, 1), (1, 1)) and ids[2] in _MANAGED_RESOURCES[ids[0]]:
+    elif set_from_server_settings(ids):
         problem = f"{write['path']} is set from the thing's server settings (vm:/server:, lifetime, binding)"
     else:
         clash = next(
@@ -319,5 +320,10 @@ def _write_problem(write: dict[str, Any], written: dict[tuple[int, ...], int], i
 
 
 def _lwm2m_ids(path: str) -> tuple[int, ...] | None:
-    ids = tuple(int(part) for part in path.strip("/").split("/") if part)
-    return ids if all(i <= 65535 for i in ids) else None
+    """The ids of a path the schema's pattern accepted, or None when one is above 65535."""
+    from epfiot.registry.paths import PathError, parse_path  # imported only for things with bootstrap paths
+
+    try:
+        return parse_path(path)
+    except PathError:
+        return None

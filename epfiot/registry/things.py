@@ -150,14 +150,18 @@ def _validate_config(cfg: ThingConfig) -> None:
         if ids in seen or ids[:3] in seen or any(s[:3] == ids for s in seen):
             raise InvalidThingConfig(f"thing {cfg.name}: {write.path} written twice")
         seen.add(ids)
-        if ids[:2] == (0, SECURITY_INSTANCE) and ids[2] in SECURITY_MANAGED_RESOURCES:
+        if set_from_server_settings(ids):
             raise InvalidThingConfig(
                 f"thing {cfg.name}: {write.path} is set from the thing's server settings"
             )
-        if ids[:2] == (1, SECURITY_INSTANCE) and ids[2] in SERVER_MANAGED_RESOURCES:
-            raise InvalidThingConfig(
-                f"thing {cfg.name}: {write.path} is set from the thing's server settings"
-            )
+
+
+def set_from_server_settings(ids: tuple[int, ...]) -> bool:
+    """Whether the resource at `ids` is one the bootstrap writes from the thing's server settings (its URI,
+    lifetime, binding), so that a manifest's own bootstrap writes may not set it."""
+    if len(ids) < 3 or ids[1] != SECURITY_INSTANCE:
+        return False
+    return ids[2] in {0: SECURITY_MANAGED_RESOURCES, 1: SERVER_MANAGED_RESOURCES}.get(ids[0], frozenset())
 
 
 def _validate_server_uri(name: str, uri: str) -> None:
