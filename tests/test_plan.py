@@ -402,16 +402,15 @@ class Simulator:
                     seed_volume=seed_volume_name(spec.owner, spec.name) if spec.credentials else None,
                     devices=tuple(AttachedUsb(d.id, d.bus, d.device, required) for d, required in usb),
                 )
-                if spec.image:
-                    assert definition["disk_volume"] in self.volumes, f"{spec.libvirt_name}: disk not created"
-                if spec.credentials:
-                    assert definition["seed_volume"] in self.volumes, f"{spec.libvirt_name}: seed not written"
                 if old is None:
                     old = ObservedVm(spec.libvirt_name, "uuid-new", None, PowerState.SHUTOFF, 0, 0, 0, 0)
                 self.vms[spec.libvirt_name] = replace(old, **definition)  # type: ignore[arg-type]
             case s.StartVm(name, paused):
                 vm = self.vm(name)
                 assert not vm.active, f"start {name}: already {vm.state}"
+                # a definition may name volumes not made yet (it comes first); a start needs them
+                assert vm.disk_volume is None or vm.disk_volume in self.volumes, f"start {name}: disk not created"
+                assert vm.seed_volume is None or vm.seed_volume in self.volumes, f"start {name}: seed not written"
                 if vm.network:
                     assert self.net(vm.network).active, f"start {name}: network {vm.network} is not active"
                 self.vms[name] = replace(

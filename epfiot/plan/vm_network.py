@@ -1,5 +1,5 @@
 """A VM's network and fixed address: the address is a DHCP host reservation of the VM's MAC on its network,
-made before the definition and released when the VM leaves the network, the address, or the host."""
+made after the definition (which names it) and released before the VM leaves the host."""
 
 from __future__ import annotations
 

@@ -71,9 +71,14 @@ def _plan_create(
     seed_digest: str,
     steps: list[s.Step],
 ) -> None:
+    # The definition first, then what it names (reservation, overlay, seed): an apply killed at any point
+    # leaves a domain that names them, so the next plan finds and finishes it (a missing volume is made
+    # again, a missing reservation set), or destroys all of it when the VM is no longer declared. Made the
+    # other way round, a kill before the definition left volumes and a reservation that no domain names,
+    # which no later plan could tell from a disk kept with --keep-disks.
+    steps[:0] = [s.DefineVm(spec, usb, uuid=None, seed_digest=seed_digest)]
     if spec.credentials:
         steps.append(s.WriteSeed(spec))
-    steps.append(s.DefineVm(spec, usb, uuid=None, seed_digest=seed_digest))
     if devices_missing and spec.state is not PowerState.SHUTOFF:
         notes.append(f"not started until its required devices are plugged in (state stays shutoff, wants {spec.state})")
     else:
@@ -130,12 +135,14 @@ def destroy_vm(ctx: Context, vm: ObservedVm, reason: str) -> None:
     recorded = vm.ownership.shutdown_timeout
     timeout = recorded if recorded is not None else vm_power.DEFAULT_SHUTDOWN_TIMEOUT
     steps = vm_power.power_steps(vm.libvirt_name, vm.state, PowerState.SHUTOFF, timeout=timeout, force=ctx.options.force)
-    steps.append(s.UndefineVm(vm.libvirt_name))
+    # The definition goes last, for the reason it comes first in a create: until it is gone the next plan
+    # sees the VM and removes whatever of its reservations and volumes a killed apply left.
     for network, mac, ip in vm_network.reservations(ctx, vm):
         steps.append(s.RemoveDhcpHost(network, mac, ip))
     if not ctx.options.keep_disks:
         for volume in (overlay_volume_name(owner, name), seed_volume_name(owner, name)):
             if volume in ctx.volumes:
                 steps.append(s.DeleteVolume(volume))
+    steps.append(s.UndefineVm(vm.libvirt_name))
     changes = (Change("state", vm.state.value, None),)
     ctx.actions.append(Action(Kind.VM, owner, vm.ownership.stack, name, Verb.DESTROY, reason, Phase.DESTROY_VMS, changes, tuple(steps)))
