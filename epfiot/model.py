@@ -305,6 +305,14 @@ class ObservedVm:
     live_max_memory_mib: int | None = None
     live_max_vcpu: int | None = None  # the running instance's maximum: a new maximum waits for a restart
     live_devices: tuple[AttachedUsb, ...] | None = None
+    # Why a paused VM cannot be resumed, when it cannot: "internal-error" (QEMU stopped it, a broken KVM for
+    # one: only a reset runs it again) or "crashed" (the guest panicked). None for every other state.
+    fault: str | None = None
+
+    @property
+    def condition(self) -> str:
+        """The state as shown to people: "running", or "paused (internal-error)" for a faulted VM."""
+        return f"{self.state.value} ({self.fault})" if self.fault else self.state.value
 
     @property
     def managed(self) -> bool:

@@ -46,7 +46,7 @@ def vm_rows(observed: Observed, *, owner: str | None = None) -> list[dict[str, o
                 "name": vm.ownership.name,
                 "owner": vm.ownership.owner,
                 "stack": vm.ownership.stack,
-                "state": vm.state.value,
+                "state": vm.condition,
                 "vcpu": vm.live_vcpu if vm.active and vm.live_vcpu is not None else vm.vcpu,
                 "memory_mib": vm.memory_mib,
                 "memory": f"{vm.memory_mib}MiB",  # as manifests write it: --fields name,state,memory,vcpu

@@ -183,6 +183,7 @@ def observed_vm(data: dict[str, Any], desired: Desired) -> ObservedVm:
         live_max_memory_mib=d.pop("live_max_memory_mib", max_memory if active else None),
         live_max_vcpu=d.pop("live_max_vcpu", max_vcpu if active else None),
         live_devices=tuple(attached(a) for a in live_devices) if live_devices is not None else None,
+        fault=d.pop("fault", None),
     )
     assert not d, f"unknown observed vm fields {sorted(d)}"
     return vm
@@ -425,9 +426,12 @@ class Simulator:
             case s.ShutdownVm(name) | s.DestroyVm(name):
                 vm = self.vm(name)
                 assert vm.active, f"stop {name}: already off"
+                # a faulted guest cannot run to act on ACPI (libvirt would resume it first, and fail)
+                assert vm.fault is None or isinstance(step, s.DestroyVm), f"shut down {name}: {vm.condition}"
                 self.vms[name] = replace(
                     vm,
                     state=PowerState.SHUTOFF,
+                    fault=None,
                     live_vcpu=None,
                     live_max_vcpu=None,
                     live_memory_mib=None,
@@ -439,6 +443,7 @@ class Simulator:
                 self.vms[name] = replace(self.vm(name), state=PowerState.PAUSED)
             case s.ResumeVm(name):
                 assert self.vm(name).state is PowerState.PAUSED, f"resume {name}: {self.vm(name).state}"
+                assert self.vm(name).fault is None, f"resume {name}: {self.vm(name).condition} cannot be resumed"
                 self.vms[name] = replace(self.vm(name), state=PowerState.RUNNING)
             case s.UndefineVm(name):
                 assert not self.vm(name).active, f"undefine {name} while {self.vm(name).state}"

@@ -36,6 +36,10 @@ METADATA_PREFIX = "epfiot"
 # libvirt's virDomainState values -> epfiot's three states.
 _NOSTATE, _RUNNING, _BLOCKED, _PAUSED, _SHUTDOWN, _SHUTOFF, _CRASHED, _PMSUSPENDED = range(8)
 _PAUSED_STARTING_UP = 11  # virDomainPausedReason: QEMU is paused while libvirt starts it
+# virDomainPausedReason values of a VM that a resume cannot run again. libvirt 9 reports QEMU's
+# "internal-error" run state (KVM could not run the guest; `cont` answers "Resetting the Virtual Machine is
+# required") as UNKNOWN: epfiot and users pause through libvirt, which records USER for those.
+_PAUSE_FAULTS = {0: "internal-error", 10: "crashed"}  # VIR_DOMAIN_PAUSED_UNKNOWN, VIR_DOMAIN_PAUSED_CRASHED
 POWER_STATES = {
     _NOSTATE: PowerState.RUNNING,
     _RUNNING: PowerState.RUNNING,
@@ -51,6 +55,12 @@ def power_state(state: int, reason: int = 0) -> PowerState:
     if state == _PAUSED and reason == _PAUSED_STARTING_UP:
         return PowerState.RUNNING  # being started (perhaps by an apply that was killed meanwhile)
     return POWER_STATES.get(state, PowerState.RUNNING)
+
+
+def pause_fault(state: int, reason: int | None) -> str | None:
+    """Why a paused domain cannot be resumed ("internal-error", "crashed"), or None when it can (or when
+    its reason was not read)."""
+    return _PAUSE_FAULTS.get(reason) if state == _PAUSED and reason is not None else None
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -172,7 +182,7 @@ def parse_domain(
     info: Sequence[int] | None = None,
     live_xml: str | None = None,
     *,
-    reason: int = 0,
+    reason: int | None = None,
     live_max_vcpu: int | None = None,
 ) -> ObservedVm:
     """What epfiot owns of a domain.
@@ -192,17 +202,18 @@ def with_state(
     info: Sequence[int] | None,
     live_xml: str | None,
     *,
-    reason: int = 0,
+    reason: int | None = None,
     live_max_vcpu: int | None = None,
 ) -> ObservedVm:
     """`definition` (read_definition) with the domain's state and, when it is active, its running instance's
     values (parse_domain tells the arguments)."""
-    power = power_state(state, reason)
+    power = power_state(state, reason or 0)
     if power is PowerState.SHUTOFF:
         return definition
     return replace(
         definition,
         state=power,
+        fault=pause_fault(state, reason),
         live_vcpu=int(info[3]) if info is not None else None,
         live_memory_mib=int(info[2]) // 1024 if info is not None else None,
         live_max_memory_mib=int(info[1]) // 1024 if info is not None else None,

@@ -15,6 +15,8 @@ def compare(u: VmUpdate, steps: list[s.Step], *, devices_missing: bool, force: b
     """Adds the restart or power steps to `steps`; True when the VM waits: for its required devices
     (`devices_missing`), or for a restart it may not do itself."""
     spec, vm = u.spec, u.vm
+    if vm.fault is not None:
+        return _recover(u, steps, force=force)
     restarting = False  # the restart steps bring the VM to its declared state as well
     if u.needs_restart and u.running and spec.state is not PowerState.SHUTOFF:
         if spec.allow_restart:
@@ -35,6 +37,27 @@ def compare(u: VmUpdate, steps: list[s.Step], *, devices_missing: bool, force: b
     return blocked or (u.needs_restart and not spec.allow_restart)
 
 
+def _recover(u: VmUpdate, steps: list[s.Step], *, force: bool) -> bool:
+    """A VM paused by a fault (vm.fault) cannot be resumed: a resume fails every time ("Resetting the Virtual
+    Machine is required"). Stopping it ends its process; running it again is a restart, which it may do
+    only with allow_restart (a restart also applies changes that wait for one). True when it waits."""
+    spec, vm = u.spec, u.vm
+    if spec.state is not PowerState.SHUTOFF and not spec.allow_restart:
+        u.notes.append(f"{vm.condition}: it cannot be resumed; set allow_restart: true, or restart the VM")
+        return True
+    steps += restart_steps(spec, vm, force=force) if spec.state is not PowerState.SHUTOFF else stop_steps(vm)
+    u.changes.append(Change("state", vm.condition, spec.state.value, "restart" if spec.state is not PowerState.SHUTOFF else ""))
+    steps += address_wait(spec, steps)
+    return False
+
+
+def stop_steps(vm: ObservedVm, *, timeout: float = 0.0, force: bool = False) -> list[s.Step]:
+    """From the VM's state to shutoff. A faulted VM cannot run to act on ACPI: its process is ended."""
+    if vm.fault is not None:
+        return [s.DestroyVm(vm.libvirt_name)]
+    return power_steps(vm.libvirt_name, vm.state, PowerState.SHUTOFF, timeout=timeout, force=force)
+
+
 def power_steps(name: str, current: PowerState, want: PowerState, *, timeout: float, force: bool = False) -> list[s.Step]:
     """From one power state to another; a shutdown is graceful for up to `timeout` seconds, then forced."""
     if current is want:
@@ -52,7 +75,7 @@ def power_steps(name: str, current: PowerState, want: PowerState, *, timeout: fl
 
 def restart_steps(spec: VmSpec, vm: ObservedVm, *, force: bool) -> list[s.Step]:
     name, timeout = spec.libvirt_name, spec.shutdown_timeout
-    stop = power_steps(name, vm.state, PowerState.SHUTOFF, timeout=timeout, force=force)
+    stop = stop_steps(vm, timeout=timeout, force=force)
     return [*stop, *power_steps(name, PowerState.SHUTOFF, spec.state, timeout=timeout)]
 
 

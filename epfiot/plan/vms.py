@@ -57,7 +57,7 @@ def plan_vm(ctx: Context, name: str, spec: VmSpec, replaced_networks: set[str]) 
     elif waits:
         verb, reason = Verb.WAIT, "; ".join(notes)
     else:
-        verb, reason = Verb.NOOP, f"{spec.name} is {observed.state}" + (f" ({'; '.join(notes)})" if notes else "")
+        verb, reason = Verb.NOOP, f"{spec.name} is {observed.condition}" + (f" ({'; '.join(notes)})" if notes else "")
     changes = tuple(u.changes)
     ctx.actions.append(Action(Kind.VM, spec.owner, spec.stack, spec.name, verb, reason, Phase.VMS, changes, tuple(steps), tuple(notes)))
 
@@ -106,7 +106,7 @@ def _plan_create(
 def _update_reason(changes: list[Change], vm: ObservedVm) -> str:
     fields = sorted({c.field for c in changes})
     if fields == ["state"]:
-        return f"is {vm.state.value}"
+        return f"is {vm.condition}"
     return "differs in " + ", ".join(fields) if fields else "definition out of date"
 
 
@@ -134,7 +134,7 @@ def destroy_vm(ctx: Context, vm: ObservedVm, reason: str) -> None:
     owner, name = vm.ownership.owner, vm.ownership.name
     recorded = vm.ownership.shutdown_timeout
     timeout = recorded if recorded is not None else vm_power.DEFAULT_SHUTDOWN_TIMEOUT
-    steps = vm_power.power_steps(vm.libvirt_name, vm.state, PowerState.SHUTOFF, timeout=timeout, force=ctx.options.force)
+    steps = vm_power.stop_steps(vm, timeout=timeout, force=ctx.options.force)
     # The definition goes last, for the reason it comes first in a create: until it is gone the next plan
     # sees the VM and removes whatever of its reservations and volumes a killed apply left.
     for network, mac, ip in vm_network.reservations(ctx, vm):
