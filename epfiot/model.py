@@ -34,6 +34,13 @@ _LABEL = NAME_PATTERN[1:-1]
 _EPFIOT_VOLUME = re.compile(rf"{_LABEL}\.{_LABEL}(?:{re.escape(OVERLAY_VOLUME_SUFFIX)}|{re.escape(SEED_VOLUME_SUFFIX)})")
 
 
+def vm_mac(libvirt_vm_name: str) -> str:
+    """The MAC epfiot gives a VM: stable, locally administered, derived from its libvirt name (52:54:00 is
+    QEMU's prefix)."""
+    digest = hashlib.sha256(libvirt_vm_name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
 def overlay_volume_name(owner: str, name: str) -> str:
     """The VM's copy-on-write disk in the image pool."""
     return f"{libvirt_name(owner, name)}{OVERLAY_VOLUME_SUFFIX}"
@@ -157,9 +164,7 @@ class VmSpec:
 
     @property
     def mac(self) -> str:
-        """A stable, locally administered MAC derived from the VM's identity (52:54:00 is QEMU's prefix)."""
-        digest = hashlib.sha256(self.libvirt_name.encode()).digest()
-        return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+        return vm_mac(self.libvirt_name)
 
     def spec_hash(self) -> str:
         """A digest of everything epfiot applies for this VM, recorded in the domain's metadata.

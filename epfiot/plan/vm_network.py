@@ -3,7 +3,7 @@ made after the definition (which names it) and released before the VM leaves the
 
 from __future__ import annotations
 
-from epfiot.model import ObservedNetwork, ObservedVm, VmSpec
+from epfiot.model import ObservedNetwork, ObservedVm, VmSpec, vm_mac
 from epfiot.plan import steps as s
 from epfiot.plan.actions import Change
 from epfiot.plan.context import Context, network_of
@@ -19,11 +19,25 @@ def reservations(ctx: Context, vm: ObservedVm) -> tuple[Reservation, ...]:
     return tuple((net.libvirt_name, mac, ip) for mac, ip in net.dhcp_hosts if mac == vm.mac)
 
 
+def reservations_anywhere(ctx: Context, vm: ObservedVm) -> tuple[Reservation, ...]:
+    """The reservations of the VM's MAC on every network of its owner, released when it is removed: also
+    one made on the network it was moving to, by an apply killed before its new definition named it."""
+    assert vm.ownership is not None
+    macs = {vm_mac(vm.libvirt_name), vm.mac}
+    return tuple(
+        (net.libvirt_name, mac, ip)
+        for net in sorted(ctx.observed.networks, key=lambda n: n.libvirt_name)
+        if net.ownership is not None and net.ownership.owner == vm.ownership.owner
+        for mac, ip in net.dhcp_hosts
+        if mac in macs
+    )
+
+
 def reservation_steps(
     ctx: Context, spec: VmSpec, network: str | None, held: tuple[Reservation, ...], replaced_networks: set[str]
 ) -> list[s.Step] | None:
-    """The reservations to release (of those `held` by the VM's domain) and to make on the VM's `network`
-    before its definition; None (a problem recorded) when its address is reserved for another VM."""
+    """The reservations to release (of those `held` by the VM's domain) and to make on the VM's `network`;
+    None (a problem recorded) when its address is reserved for another VM."""
     steps: list[s.Step] = []
     for held_on, mac, ip in held:
         if (held_on, mac) != (network, spec.mac) or not spec.address:
@@ -56,8 +70,8 @@ def compare(u: VmUpdate, network: str | None, held: tuple[Reservation, ...]) -> 
 def _reservation_holder(ctx: Context, net: ObservedNetwork, spec: VmSpec) -> str | None:
     """Which other VM holds `spec.address` on `net` (one not pruned by this plan), or None.
 
-    A reservation whose MAC belongs to no domain is stale (an apply killed between reserving and
-    defining): it is taken over, so that the next apply converges."""
+    A reservation whose MAC belongs to no domain is stale (made by hand, or by an earlier epfiot that
+    reserved before defining, killed in between): it is taken over, so that the next apply converges."""
     for mac, ip in net.dhcp_hosts:
         if ip != spec.address or mac == spec.mac:
             continue

@@ -137,7 +137,7 @@ def destroy_vm(ctx: Context, vm: ObservedVm, reason: str) -> None:
     steps = vm_power.stop_steps(vm, timeout=timeout, force=ctx.options.force)
     # The definition goes last, for the reason it comes first in a create: until it is gone the next plan
     # sees the VM and removes whatever of its reservations and volumes a killed apply left.
-    for network, mac, ip in vm_network.reservations(ctx, vm):
+    for network, mac, ip in vm_network.reservations_anywhere(ctx, vm):
         steps.append(s.RemoveDhcpHost(network, mac, ip))
     if not ctx.options.keep_disks:
         for volume in (overlay_volume_name(owner, name), seed_volume_name(owner, name)):
