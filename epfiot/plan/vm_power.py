@@ -42,16 +42,20 @@ def _recover(u: VmUpdate, steps: list[s.Step], *, force: bool) -> bool:
     Machine is required"). Stopping it ends its process; running it again is a restart, which it may do
     only with allow_restart (a restart also applies changes that wait for one). True when it waits."""
     spec, vm = u.spec, u.vm
-    if spec.state is not PowerState.SHUTOFF and not spec.allow_restart:
+    if spec.state is PowerState.SHUTOFF:
+        steps += stop_steps(vm, timeout=spec.shutdown_timeout, force=force)
+        u.changes.append(Change("state", vm.condition, spec.state.value))
+        return False
+    if not spec.allow_restart:
         u.notes.append(f"{vm.condition}: it cannot be resumed; set allow_restart: true, or restart the VM")
         return True
-    steps += restart_steps(spec, vm, force=force) if spec.state is not PowerState.SHUTOFF else stop_steps(vm)
-    u.changes.append(Change("state", vm.condition, spec.state.value, "restart" if spec.state is not PowerState.SHUTOFF else ""))
+    steps += restart_steps(spec, vm, force=force)
+    u.changes.append(Change("state", vm.condition, spec.state.value, "restart"))
     steps += address_wait(spec, steps)
     return False
 
 
-def stop_steps(vm: ObservedVm, *, timeout: float = 0.0, force: bool = False) -> list[s.Step]:
+def stop_steps(vm: ObservedVm, *, timeout: float, force: bool = False) -> list[s.Step]:
     """From the VM's state to shutoff. A faulted VM cannot run to act on ACPI: its process is ended."""
     if vm.fault is not None:
         return [s.DestroyVm(vm.libvirt_name)]
