@@ -10,12 +10,11 @@ live state.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from epfiot.errors import EpfiotError
+from epfiot.errors import EpfiotError, PermanentError, RetryClass, TemporaryError, retry_class
 from epfiot.host import Host
 from epfiot.model import ThingSpec
 from epfiot.plan import Action, Phase, Plan
@@ -27,17 +26,41 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one action. A failure keeps its exception, typed, and the step that raised it: watch
+    retries a temporary failure soon and holds a permanent one (epfiot.errors.retry_class)."""
+
     action: Action
     ok: bool
     seconds: float
-    error: str | None = None
+    error: EpfiotError | None = None
+    step: s.Step | None = None  # the step that failed
+
+    @property
+    def message(self) -> str | None:
+        """The failure as one line: the step, then the error."""
+        if self.error is None:
+            return None
+        return f"{self.step.describe()}: {self.error}" if self.step is not None else str(self.error)
+
+    @property
+    def retry(self) -> RetryClass | None:
+        return retry_class(self.error) if self.error is not None else None
 
 
-Progress = Callable[[str, Action, "Outcome | None"], None]  # ("start" | "done", action, outcome)
+class ActionReporter(Protocol):
+    """Told of each action as it starts and ends; called from apply's worker threads."""
+
+    def action_started(self, action: Action) -> None: ...
+
+    def action_finished(self, outcome: Outcome) -> None: ...
 
 
-class StepFailed(EpfiotError):
-    pass
+class AddressTimeout(TemporaryError):
+    """A started VM got no address in time: it may get one later (its DHCP is slow, its OS still boots)."""
+
+
+class RegistryMissing(PermanentError):
+    """A registry step without a registry: nothing retried will open one."""
 
 
 def execute(
@@ -46,38 +69,35 @@ def execute(
     *,
     registry: Registry | None = None,
     parallel: int = 8,
-    progress: Progress | None = None,
+    reporter: ActionReporter | None = None,
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for actions in plan.phases():
         # The registry is one SQLite connection: things are registered one after another (it is fast).
         workers = 1 if actions[0].phase in (Phase.THINGS, Phase.UNREGISTER_THINGS) else max(1, parallel)
         if workers == 1 or len(actions) == 1:
-            outcomes += [_run(action, host, registry, progress) for action in actions]
+            outcomes += [_run(action, host, registry, reporter) for action in actions]
         else:
             with ThreadPoolExecutor(max_workers=min(workers, len(actions))) as pool:
-                outcomes += list(pool.map(lambda a: _run(a, host, registry, progress), actions))
+                outcomes += list(pool.map(lambda a: _run(a, host, registry, reporter), actions))
     return outcomes
 
 
-def _run(action: Action, host: Host, registry: Registry | None, progress: Progress | None) -> Outcome:
-    if progress:
-        progress("start", action, None)
+def _run(action: Action, host: Host, registry: Registry | None, reporter: ActionReporter | None) -> Outcome:
+    if reporter:
+        reporter.action_started(action)
     started = time.monotonic()
+    step: s.Step | None = None
     try:
         for step in action.steps:
             run_step(step, host, registry)
     except EpfiotError as error:
-        outcome = Outcome(action, False, time.monotonic() - started, f"{_step_name(step)}: {error}")
+        outcome = Outcome(action, False, time.monotonic() - started, error, step)
     else:
         outcome = Outcome(action, True, time.monotonic() - started)
-    if progress:
-        progress("done", action, outcome)
+    if reporter:
+        reporter.action_finished(outcome)
     return outcome
-
-
-def _step_name(step: s.Step) -> str:
-    return step.describe()
 
 
 def run_step(step: s.Step, host: Host, registry: Registry | None) -> None:
@@ -134,7 +154,7 @@ def run_step(step: s.Step, host: Host, registry: Registry | None) -> None:
 
 def _require(registry: Registry | None) -> Registry:
     if registry is None:
-        raise StepFailed("the bootstrap registry is not open")
+        raise RegistryMissing("the bootstrap registry is not open")
     return registry
 
 
@@ -145,7 +165,7 @@ def _wait_for_address(host: Host, name: str, timeout: float) -> None:
         if host.vm_addresses(name):
             return
         if time.monotonic() >= deadline:
-            raise StepFailed(f"{name} got no address within {timeout:g}s (is its network's DHCP serving it?)")
+            raise AddressTimeout(f"{name} got no address within {timeout:g}s (is its network's DHCP serving it?)")
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 2.0)
 

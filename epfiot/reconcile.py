@@ -1,17 +1,29 @@
-"""observe -> plan -> apply: the loop that apply, delete and watch share.
+"""The reconcile service: one run of host lock -> image pool -> observe -> plan -> apply -> check.
+
+`run_once(Request) -> Result` is the one entry point: `epfiot plan`, `apply` and `delete`, watch, and any
+later API call it alike, and learn what happens as it happens through one `Reporter`.
 
 Reading (observe), deciding (plan) and acting (apply.execute) stay apart; this module only wires them and
-adds what needs all three: USB claims resolved against the devices present, seed digests, and a second
-pass for things whose VM got its address during the first.
+adds what needs all three: USB claims resolved against the devices present, seed digests, the image pool,
+a second pass for things whose VM got its address during the first, and the check that a fresh plan is
+empty afterwards.
+
+The image pool is a step of the run, not of the planner's plan: the planner plans against the pool it
+observes, and a pool that does not exist yet holds no base images to plan with. So when a VM needs the
+pool (for its disk or its seed) and the host has none, a dry run reports `Result.pool` as planned and
+changes nothing, while a real run creates the pool first and observes again before planning (base images
+already copied into its directory then show up).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from epfiot.apply import Outcome, Progress, execute
+from epfiot.apply import ActionReporter, Outcome, execute
 from epfiot.errors import PlanError
 from epfiot.host import Host
 from epfiot.model import (
@@ -21,7 +33,7 @@ from epfiot.model import (
     ResourceWriteSpec,
     libvirt_name,
 )
-from epfiot.plan import Kind, Options, Plan, UsbResolution, Verb, make_plan
+from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
 
 if TYPE_CHECKING:
     from epfiot.policy import UsbPolicy
@@ -29,13 +41,176 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class CreatePool:
+    """The image pool, a directory pool at `path`: created when the host has none and a VM needs it."""
+
+    name: str
+    path: str
+
+    @property
+    def address(self) -> str:
+        return f"pool/{self.name}"
+
+    def describe(self) -> str:
+        return f"create image pool {self.name} (directory {self.path})"
+
+
+@dataclass(frozen=True)
+class HostLock:
+    """The lock a run holds (epfiot.state.host_lock): one per libvirt URI, in the state directory."""
+
+    state_dir: Path
+    uri: str
+
+
+@dataclass(frozen=True)
 class Result:
     plan: Plan
-    outcomes: tuple[Outcome, ...]
+    observed: Observed  # the host as last read: after applying, when anything was applied
+    pool: CreatePool | None = None  # the image pool step: planned (a dry run) or done (pool_created)
+    pool_created: bool = False
+    outcomes: tuple[Outcome, ...] = ()
+    held: tuple[Action, ...] = ()  # changes not run this time (Request.skip)
+    remaining: tuple[Action, ...] = ()  # changes a fresh plan still has after applying: should be none
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
         return tuple(o for o in self.outcomes if not o.ok)
+
+
+class Reporter(ActionReporter, Protocol):
+    """What a run tells its caller as it goes: the CLI prints it, watch logs it, both record it."""
+
+    def lock_wait(self, message: str) -> None:
+        """Another epfiot holds the host lock: the run waits for it."""
+        ...
+
+    def pool_created(self, pool: CreatePool, seconds: float) -> None: ...
+
+    def planned(self, result: Result, applying: bool) -> None:
+        """The plan, before anything of it is applied (also for dry runs and plans with problems);
+        `applying`: the run goes on to apply it."""
+        ...
+
+
+class Silent:
+    """A Reporter that says nothing."""
+
+    def lock_wait(self, message: str) -> None:
+        pass
+
+    def pool_created(self, pool: CreatePool, seconds: float) -> None:
+        pass
+
+    def planned(self, result: Result, applying: bool) -> None:
+        pass
+
+    def action_started(self, action: Action) -> None:
+        pass
+
+    def action_finished(self, outcome: Outcome) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Request:
+    host: Host
+    desired: Desired
+    options: Options = field(default_factory=Options)
+    registry: Registry | None = None
+    policy: UsbPolicy | None = None
+    deletion: bool = False  # destroy exactly what `desired` declares (epfiot delete)
+    dry_run: bool = False  # observe and plan only: nothing on the host changes
+    pool: CreatePool | None = None  # the image pool to create when the host has none (None: never)
+    lock: HostLock | None = None  # held for the whole run (None: no lock, as for epfiot plan)
+    parallel: int = 8
+    skip: Callable[[Action], bool] | None = None  # changes not to run this time (watch: waiting to retry)
+    reporter: Reporter = field(default_factory=Silent)
+
+
+def run_once(request: Request) -> Result:
+    """One reconcile. Raises HostError when the host cannot be read (or the pool not created); a failed
+    action is an outcome, never an exception. A plan with problems is reported and not applied."""
+    if request.lock is None:
+        return _run(request)
+    from epfiot.state import host_lock
+
+    with host_lock(request.lock.state_dir, request.lock.uri, on_wait=request.reporter.lock_wait):
+        return _run(request)
+
+
+def _run(request: Request) -> Result:
+    host, reporter = request.host, request.reporter
+    observed = observe(host, request.registry, request.desired)
+    pool = _pool_needed(request, observed)
+    if pool is not None and not request.dry_run:
+        started = time.monotonic()
+        host.ensure_image_pool(pool.path)
+        reporter.pool_created(pool, time.monotonic() - started)
+        observed = observe(host, request.registry, request.desired)
+    plan = _plan(request, observed)
+    skip = request.skip
+    held = tuple(a for a in plan.changes if skip(a)) if skip is not None else ()
+    planned = Result(plan, observed, pool, pool is not None and not request.dry_run, held=held)
+    applying = not (request.dry_run or plan.problems or len(plan.changes) == len(held))
+    reporter.planned(planned, applying)
+    if not applying:
+        return planned
+    if held:
+        held_ids = {id(a) for a in held}
+        plan = Plan(tuple(a for a in plan.actions if id(a) not in held_ids), plan.problems)
+    outcomes, observed, remaining = _apply(request, plan, held)
+    return replace(planned, observed=observed, outcomes=outcomes, remaining=remaining)
+
+
+def _pool_needed(request: Request, observed: Observed) -> CreatePool | None:
+    if request.pool is None or request.deletion or observed.image_pool is not None:
+        return None
+    return request.pool if any(vm.image or vm.credentials for vm in request.desired.vms) else None
+
+
+def _plan(request: Request, observed: Observed) -> Plan:
+    if request.deletion:
+        return plan_deletion(request.desired, observed, request.options)
+    return plan_changes(request.desired, observed, request.options, request.policy)
+
+
+def _apply(
+    request: Request, plan: Plan, held: tuple[Action, ...]
+) -> tuple[tuple[Outcome, ...], Observed, tuple[Action, ...]]:
+    """Execute `plan`, then plan afresh: a VM that came up may let its things register now (they are
+    applied at once rather than at the next run), and what else the fresh plan changes is `remaining`."""
+    host, registry, reporter = request.host, request.registry, request.reporter
+    outcomes = execute(plan, host, registry=registry, parallel=request.parallel, reporter=reporter)
+    observed = observe(host, registry, request.desired)
+    fresh = _plan(request, observed)
+    done: set[str] = set()
+    if request.desired.things and not request.deletion and _vms_came_up(plan.changes):
+        skip = request.skip
+        things = tuple(a for a in fresh.changes if a.kind is Kind.THING and not (skip is not None and skip(a)))
+        outcomes += execute(Plan(things), host, registry=registry, parallel=1, reporter=reporter)
+        done = {a.address for a in things}
+    excused = done | {a.address for a in held} | {o.action.address for o in outcomes if not o.ok}
+    remaining = tuple(a for a in fresh.changes if a.address not in excused)
+    return tuple(outcomes), observed, remaining
+
+
+def apply_plan(
+    plan: Plan,
+    desired: Desired,
+    host: Host,
+    registry: Registry | None,
+    options: Options,
+    policy: UsbPolicy | None,
+    *,
+    parallel: int,
+    reporter: Reporter | None = None,
+) -> Result:
+    """Apply a plan made by hand (tests, benchmarks) as run_once would apply its own."""
+    check(plan)
+    request = Request(host, desired, options, registry, policy, parallel=parallel, reporter=reporter or Silent())
+    outcomes, observed, remaining = _apply(request, plan, ())
+    return Result(plan, observed, outcomes=outcomes, remaining=remaining)
 
 
 def observe(host: Host, registry: Registry | None, desired: Desired) -> Observed:
@@ -87,27 +262,6 @@ def check(plan: Plan) -> None:
         raise PlanError("\n".join(lines + [f"  {p}" for p in plan.problems]))
 
 
-def apply_plan(
-    plan: Plan,
-    desired: Desired,
-    host: Host,
-    registry: Registry | None,
-    options: Options,
-    policy: UsbPolicy | None,
-    *,
-    parallel: int,
-    progress: Progress | None = None,
-) -> Result:
-    check(plan)
-    outcomes = execute(plan, host, registry=registry, parallel=parallel, progress=progress)
-    if desired.things and _vms_came_up(plan.changes):
-        # A VM created or started just now may have its address already: register its things with it
-        # now rather than at the next apply.
-        again = plan_changes(desired, observe(host, registry, desired), options, policy)
-        things = Plan(tuple(a for a in again.actions if a.kind is Kind.THING and a.changes_something))
-        outcomes += execute(things, host, registry=registry, parallel=1, progress=progress)
-    return Result(plan, tuple(outcomes))
+def _vms_came_up(actions: Iterable[Action]) -> bool:
+    return any(a.kind is Kind.VM and a.verb is not Verb.DESTROY for a in actions)
 
-
-def _vms_came_up(actions: Iterable[object]) -> bool:
-    return any(getattr(a, "kind", None) is Kind.VM and getattr(a, "verb", None) is not Verb.DESTROY for a in actions)

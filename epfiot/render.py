@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from epfiot.plan import Action, Change, Plan, Verb
+
+if TYPE_CHECKING:
+    from epfiot.reconcile import CreatePool
 
 SYMBOL = {Verb.CREATE: "+", Verb.UPDATE: "~", Verb.DESTROY: "-", Verb.WAIT: "!", Verb.NOOP: "="}
 NOOP_DETAIL_LIMIT = 20  # above this many unchanged resources, list them only with --verbose
@@ -29,8 +32,9 @@ def action_title(action: Action) -> str:
     return f"{action.kind} {action.owner}/{action.name}"
 
 
-def render_plan(plan: Plan, *, verbose: bool = False) -> str:
-    lines: list[str] = []
+def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = None) -> str:
+    """The plan, one line per action (and its changes); `pool`: an image pool still to create, first."""
+    lines: list[str] = [f"  + pool {pool.name}: create (no image pool yet; directory {pool.path})"] if pool else []
     noops = [a for a in plan.actions if a.verb is Verb.NOOP]
     show_noops = verbose or len(noops) <= NOOP_DETAIL_LIMIT
     for action in plan.actions:
@@ -63,8 +67,9 @@ def summary_line(plan: Plan) -> str:
     return "Plan: " + ", ".join(parts) + "."
 
 
-def plan_as_dict(plan: Plan) -> dict[str, Any]:
-    return {
+def plan_as_dict(plan: Plan, *, pool: CreatePool | None = None, pool_created: bool = False) -> dict[str, Any]:
+    setup = {"setup": [pool_as_dict(pool, done=pool_created)]} if pool else {}
+    return setup | {
         "actions": [
             {
                 "kind": a.kind.value,
@@ -84,6 +89,10 @@ def plan_as_dict(plan: Plan) -> dict[str, Any]:
         "problems": list(plan.problems),
         "summary": {verb.value: plan.count(verb) for verb in Verb},
     }
+
+
+def pool_as_dict(pool: CreatePool, *, done: bool) -> dict[str, Any]:
+    return {"kind": "pool", "name": pool.name, "path": pool.path, "action": "create", "done": done}
 
 
 def to_json(data: object) -> str:

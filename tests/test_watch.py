@@ -42,18 +42,11 @@ from epfiot.model import (
     VmSpec,
 )
 from epfiot.registry import Registry
-from epfiot.watch import (
-    SCOPES_FILE,
-    STARTUP_KEY,
-    Reconciler,
-    RemovalGate,
-    Schedule,
-    ScopeMemory,
-    WatchConfig,
-    Watcher,
-    desired_keys,
-    scope_is_empty,
-)
+from epfiot.watch.config import WatchConfig
+from epfiot.watch.daemon import Watcher
+from epfiot.watch.reconciler import Reconciler
+from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Schedule, desired_keys
+from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty
 from tests.lwm2m_client import Lwm2mTestClient
 from tests.stacks import vm, write_stack
 

@@ -1,0 +1,124 @@
+"""The argument parser and the dispatch to the command modules (each imported only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from epfiot import __version__
+from epfiot.errors import EpfiotError
+
+# command -> the module whose run(args) carries it out
+COMMANDS = {
+    "plan": "plan",
+    "diff": "plan",
+    "apply": "apply",
+    "delete": "delete",
+    "get": "get",
+    "watch": "watch",
+    "serve": "serve",
+    "events": "events",
+    "schema": "schema",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="epfiot",
+        description="Declarative manager for an edge host: libvirt VMs, USB devices and LwM2M things.",
+    )
+    parser.add_argument("--version", action="version", version=f"epfiot {__version__}")
+    parser.add_argument("-c", "--connect", metavar="URI", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    parser.add_argument("--state-dir", type=Path, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
+    parser.add_argument("--policy", type=Path, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
+    parser.add_argument("--image-pool", default=os.environ.get("EPFIOT_IMAGE_POOL", "epfiot-images"), help="storage pool of base images and VM disks (default: %(default)s)")
+    parser.add_argument("--image-dir", default=os.environ.get("EPFIOT_IMAGE_DIR", "/var/lib/epfiot/images"), help="directory of the image pool when apply creates it (default: %(default)s)")
+    parser.add_argument("--virt-type", choices=("kvm", "qemu"), default=None, help="domain type for new VMs (default: $EPFIOT_VIRT_TYPE, else kvm when the host offers it, else qemu)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list unchanged resources too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def manifests(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
+
+    def changes(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--force", action="store_true", help="power VMs off at once instead of a graceful shutdown")
+        p.add_argument("--keep-disks", action="store_true", help="keep the disks of destroyed VMs")
+        p.add_argument("--parallel", type=int, default=8, metavar="N", help="independent actions run at once (default: %(default)s)")
+
+    p = sub.add_parser("plan", aliases=["diff"], help="show what apply would do")
+    manifests(p)
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes, 1: errors")
+    p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--keep-disks", action="store_true", help="plan pruning that keeps disks")
+
+    p = sub.add_parser("apply", help="make the host match the manifests")
+    manifests(p)
+    changes(p)
+    p.add_argument("--dry-run", action="store_true", help="plan only")
+    p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("delete", help="destroy what manifests declare, or one VM")
+    p.add_argument("-f", "--filename", dest="files", action="append", metavar="PATH")
+    p.add_argument("what", nargs="*", metavar="vm OWNER/NAME", help="e.g.: vm charlie/example1")
+    changes(p)
+    p.add_argument("--dry-run", action="store_true", help="plan only")
+
+    p = sub.add_parser("get", help="list VMs, USB devices, images, networks, things")
+    p.add_argument("resource", choices=("vms", "vm", "usb", "images", "networks", "things"))
+    p.add_argument("name", nargs="?", help="only this one (NAME or OWNER/NAME)")
+    p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+    p.add_argument("--fields", help="comma-separated fields to show, e.g. name,state,memory_mib,vcpu")
+    p.add_argument("--owner", help="only this tenant's resources")
+
+    p = sub.add_parser("watch", help="reconcile on every manifest change, libvirt event and resync tick")
+    manifests(p)
+    p.add_argument("--resync", type=float, default=60.0, metavar="SECONDS", help="periodic full reconcile (default: %(default)s)")
+    p.add_argument("--debounce", type=float, default=0.2, metavar="SECONDS", help="act once the files have been quiet this long (default: %(default)s)")
+    p.add_argument("--prune-after", type=float, default=5.0, metavar="SECONDS", help="prune only removals that have lasted this long (default: %(default)s; see docs/watch.md)")
+    p.add_argument("--parallel", type=int, default=8, metavar="N", help="independent actions run at once (default: %(default)s)")
+    p.add_argument("--no-serve", dest="serve", action="store_false", help="do not run the LwM2M bootstrap server")
+    p.add_argument("--bind", default="::", help="bootstrap server address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=5683, help="bootstrap server UDP port (default: %(default)s)")
+    p.add_argument("--log-format", choices=("human", "json"), default="human", help="one line per event: human or JSON lines (default: %(default)s)")
+
+    from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW
+
+    p = sub.add_parser("serve", help="run the LwM2M bootstrap server")
+    p.add_argument("--bind", default="::", help="address (default: %(default)s: IPv6 and IPv4)")
+    p.add_argument("--port", type=int, default=5683, help="UDP port (default: %(default)s)")
+    p.add_argument("--rebootstrap-count", type=int, default=DEFAULT_COUNT, metavar="N", help="bootstraps of one thing within the window that make a loop, marked failed (default: %(default)s; see docs/things.md)")
+    p.add_argument("--rebootstrap-window", type=float, default=DEFAULT_WINDOW, metavar="SECONDS", help="the window of --rebootstrap-count; 0 turns loop detection off (default: %(default)s)")
+
+    p = sub.add_parser("events", help="what epfiot did, and what it saw")
+    p.add_argument("--since", help="e.g. 10m, 2h, 1d (default: everything)")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    sub.add_parser("schema", help="print the manifest JSON Schema")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        command = importlib.import_module(f"epfiot.cli.{COMMANDS[args.command]}")
+        return int(command.run(args))
+    except EpfiotError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:  # an unexpected error is a bug: keep its traceback
+        traceback.print_exc()
+        print("error: unexpected failure (a bug in epfiot); the traceback above says where", file=sys.stderr)
+        return 1

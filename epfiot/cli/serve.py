@@ -1,0 +1,56 @@
+"""epfiot serve: the LwM2M bootstrap server alone, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+
+from epfiot.cli.common import open_registry, state_dir
+from epfiot.errors import UsageError
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from epfiot.eventlog import EventLog, describe_bootstrap
+    from epfiot.lwm2m.rebootstrap import RebootstrapRule
+    from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
+    from epfiot.state import ensure_state_dir
+
+    try:
+        rule = RebootstrapRule(args.rebootstrap_count, args.rebootstrap_window)
+    except ValueError as error:
+        raise UsageError(f"serve: {error}") from None
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    directory = ensure_state_dir(state_dir(args))
+    open_registry(directory, create=True).close()  # type: ignore[union-attr]
+    events = EventLog.in_state_dir(directory)
+
+    def on_event(kind: str, fields: dict[str, object]) -> None:
+        subject, message = describe_bootstrap(kind, fields)
+        print(f"{kind} {subject}: {message}", flush=True)
+        events.record(kind, subject, message, **fields)
+
+    def ready(server: BootstrapServer) -> None:
+        print(f"LwM2M bootstrap server on [{args.bind}]:{server.port} (registry {directory / 'registry.db'})", flush=True)
+
+    async def serve() -> None:
+        # SIGTERM and SIGINT cancel the server, which lets the exchanges in progress finish (a second signal
+        # cuts that short), flushes its status updates and closes its socket.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await run_bootstrap_server(directory / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready, rebootstrap_count=rule.count, rebootstrap_window=rule.window)
+        except asyncio.CancelledError:
+            print("stopped", flush=True)
+
+    try:
+        asyncio.run(serve())
+    finally:
+        events.close()
+    return 0

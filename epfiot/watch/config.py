@@ -1,0 +1,99 @@
+"""What watch is told to do (WatchConfig, from the command line) and which files under its paths it reads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from epfiot.errors import UsageError
+from epfiot.logs import Format
+from epfiot.watch.scopes import is_under
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    paths: tuple[Path, ...]
+    uri: str
+    state_dir: Path
+    image_pool: str
+    image_dir: str
+    virt_type: str | None
+    policy: Path | None
+    resync: float
+    debounce: float
+    prune_after: float
+    parallel: int
+    serve: bool
+    bind: str
+    port: int
+    log_format: Format
+    verbose: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WatchConfig:
+        from epfiot.state import default_state_dir
+
+        if "-" in args.files:
+            raise UsageError("watch needs files or directories to watch; standard input (-) cannot be watched")
+        paths = []
+        for name in args.files:
+            path = Path(name).resolve()
+            if not path.exists():
+                raise UsageError(f"{name}: no such file or directory (watch needs it to exist)")
+            paths.append(path)
+        for option in ("resync", "debounce", "prune_after"):
+            if getattr(args, option) < 0:
+                raise UsageError(f"--{option.replace('_', '-')} must not be negative")
+        if args.resync == 0:
+            raise UsageError("--resync must be positive")
+        return cls(
+            paths=tuple(paths),
+            uri=str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"),
+            state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
+            image_pool=args.image_pool,
+            image_dir=args.image_dir,
+            virt_type=args.virt_type,
+            policy=args.policy,
+            resync=args.resync,
+            debounce=args.debounce,
+            prune_after=args.prune_after,
+            parallel=max(1, args.parallel),
+            serve=args.serve,
+            bind=args.bind,
+            port=args.port,
+            log_format=args.log_format,
+            verbose=bool(getattr(args, "verbose", False)),
+        )
+
+    @property
+    def watch_roots(self) -> tuple[Path, ...]:
+        """Directories to watch: the given directories, and the parent of each given file (an editor's
+        atomic save replaces the file: only its directory sees that)."""
+        roots: list[Path] = []
+        for path in self.paths:
+            root = path if path.is_dir() else path.parent
+            if not any(is_under(root, r) for r in roots):
+                roots = [r for r in roots if not is_under(r, root)] + [root]
+        return tuple(roots)
+
+
+def manifest_files(root: Path) -> Iterable[Path]:
+    """The files the loader reads under a directory (hidden files and directories are skipped)."""
+    if root.is_file():
+        return [root]
+    return (p for p in root.rglob("*") if is_manifest_path(p, root) and p.is_file())
+
+
+def is_manifest_path(path: Path, root: Path) -> bool:
+    if path.suffix not in MANIFEST_SUFFIXES:
+        return False
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    return not any(part.startswith(".") for part in parts)

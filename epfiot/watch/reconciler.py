@@ -1,0 +1,369 @@
+"""The reconcile of watch: the last valid manifests, the removal rule and the scopes of removed stacks,
+each failed action requeued on its own; one run is one epfiot.reconcile.run_once. Runs in watch's worker
+thread (one connection, one registry handle)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from epfiot.errors import EpfiotError, HostError, ManifestError
+from epfiot.eventlog import EventLog, EventRecorder
+from epfiot.logs import Log
+from epfiot.model import Desired, StackSpec
+from epfiot.watch.config import WatchConfig, manifest_files
+from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
+from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty, with_scopes
+
+if TYPE_CHECKING:
+    from epfiot.apply import Outcome
+    from epfiot.host import Host
+    from epfiot.plan import Action, Plan
+    from epfiot.policy import UsbPolicy
+    from epfiot.reconcile import CreatePool, Result
+    from epfiot.registry import Registry
+
+# The reasons that read the manifests again.
+LOAD_REASONS = frozenset({"start", "manifest", "resync"})
+
+
+@dataclass(frozen=True)
+class RunReport:
+    outcome: str  # "ok" | "drift" | "requeued" | "failed" | "disconnected" | "idle" (no valid manifests yet)
+    prune_due: float | None  # when a held removal becomes stable (monotonic)
+    managed: frozenset[str]  # libvirt names of the domains whose events matter
+    retry_due: float | None = None  # when a failed action may be retried (monotonic)
+
+
+@dataclass
+class _Run:
+    """What one reconcile decided before planning, for the reporter's `planned`."""
+
+    desired: Desired
+    planning: Desired  # with the scopes of removed stacks
+    retained: tuple[StackSpec, ...]
+    reasons: frozenset[str]
+    now: float
+    prune: bool
+    drift: list[Action] = field(default_factory=list)
+
+
+class WatchReporter(EventRecorder):
+    """The reconcile Reporter of watch: one log line per step, and the event log."""
+
+    def __init__(self, log: Log, events: EventLog, on_planned: Callable[[Result, bool], None]) -> None:
+        super().__init__(events, "watch")
+        self.log = log
+        self.on_planned = on_planned
+
+    def lock_wait(self, message: str) -> None:
+        self.log("lock.wait", message, level="warning")
+
+    def pool_created(self, pool: CreatePool, seconds: float) -> None:
+        super().pool_created(pool, seconds)
+        self.log("pool.created", f"{pool.describe()} ({seconds:.2f}s)", subject=pool.address, seconds=round(seconds, 3))
+
+    def planned(self, result: Result, applying: bool) -> None:
+        self.on_planned(result, applying)
+
+    def action_started(self, action: Action) -> None:
+        super().action_started(action)
+        self.log("action.start", f"{action.verb}: {action.reason}", subject=action.address, action=str(action.verb))
+
+    def action_finished(self, outcome: Outcome) -> None:
+        super().action_finished(outcome)
+        action = outcome.action
+        if outcome.ok:
+            self.log("action.done", f"{action.verb} done ({outcome.seconds:.2f}s)", subject=action.address, action=str(action.verb), seconds=round(outcome.seconds, 3))
+        else:
+            message = outcome.message
+            self.log("action.failed", f"{action.verb} failed: {message}", subject=action.address, level="error", action=str(action.verb), error=message, retry=outcome.retry)
+
+
+class Reconciler:
+    """One full reconcile per call of `run`. Lives in (and is only used from) the worker thread."""
+
+    def __init__(
+        self,
+        config: WatchConfig,
+        log: Log,
+        events: EventLog,
+        policy: UsbPolicy | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.log = log
+        self.events = events
+        self.policy = policy
+        self.host: Host | None = None
+        self.registry: Registry | None = None
+        self.desired: Desired | None = None  # the last valid desired state
+        self.converged: Desired | None = None  # the desired state the host last matched
+        self.gate = RemovalGate(config.prune_after, clock())
+        self.scopes = ScopeMemory(config.state_dir / SCOPES_FILE, config.paths)
+        self.scopes.load()
+        self.requeue = Requeue()
+        self.reporter = WatchReporter(log, events, self._planned)
+        self.managed: frozenset[str] = frozenset()
+        self._run: _Run | None = None
+        self._shown_problems: tuple[str, ...] = ()
+        self._shown_plan_problems: tuple[str, ...] = ()
+        self._shown_waits: tuple[str, ...] = ()
+        self._unavailable = False
+
+    # --- loading -------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the manifests; on success they become the desired state, else the last valid one stays."""
+        try:
+            desired = self._load_manifests()
+        except ManifestError as error:
+            problems = tuple(str(p) for p in error.problems)
+            if problems != self._shown_problems:
+                self._shown_problems = problems
+                kept = "the last valid manifests stay in force" if self.desired else "waiting for valid manifests"
+                self.log("manifest.invalid", f"{len(problems)} problem(s); nothing changes, {kept}", level="error", count=len(problems))
+                for problem in error.problems:
+                    text = f"{problem.path}: {problem.message}" if problem.path else problem.message
+                    self.log("manifest.problem", text, subject=f"{problem.file}:{problem.line}", level="error", file=problem.file, line=problem.line, path=problem.path)
+                self.events.record("manifest.invalid", "watch", "; ".join(problems)[:4000], problems=list(problems))
+            return
+        except (OSError, UnicodeDecodeError) as error:  # a file vanished or is being written: the next change retries
+            text = f"cannot read the manifests: {error}"
+            if (text,) != self._shown_problems:
+                self._shown_problems = (text,)
+                self.log("manifest.invalid", text, level="error")
+                self.events.record("manifest.invalid", "watch", text)
+            return
+        if self._shown_problems:
+            self._shown_problems = ()
+            self.log("manifest.valid", "the manifests are valid again")
+        if desired == self.desired:
+            return
+        now = self.clock()
+        first = self.desired is None
+        self.desired = desired
+        self.scopes.remember(desired)
+        gone = self.gate.update(desired_keys(desired), now)
+        self.log(
+            "manifest.loaded",
+            f"{len(desired.stacks)} stacks, {len(desired.vms)} vms, {len(desired.networks)} networks, {len(desired.things)} things"
+            + (" (initial)" if first else ""),
+            stacks=len(desired.stacks),
+            vms=len(desired.vms),
+        )
+        for key in gone:
+            self.log("removal.pending", f"no longer declared; pruned once it has stayed so for {self.config.prune_after:g}s", subject=key, key=key)
+            self.events.record("removal.pending", key, f"no longer declared; pruned after {self.config.prune_after:g}s")
+
+    def _load_manifests(self) -> Desired:
+        from epfiot.desired import load_manifests
+
+        files = [p for p in self.config.paths if p.is_file() or any(manifest_files(p))]
+        if not files:
+            return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
+        return load_manifests([str(p) for p in files])
+
+    # --- one run -----------------------------------------------------------------------------------------
+
+    def run(self, reasons: frozenset[str], *, load: bool | None = None) -> RunReport:
+        """One reconcile. `load`: read the manifests first (default: for the reasons that concern them:
+        start, a manifest change, the resync); otherwise the last valid ones are used. A lifecycle event
+        must not read files that are being written: their change is still being debounced."""
+        if "reconnect" in reasons:
+            self.drop_host()
+        if load if load is not None else bool(reasons & LOAD_REASONS) or self.desired is None:
+            self.load()
+        if self.desired is None:
+            return RunReport("idle", None, self.managed)
+        try:
+            outcome = self._reconcile(self.desired, reasons)
+        except HostError as error:
+            self.drop_host()  # a fresh connection next time: this one may be the problem
+            if error.temporary:
+                # Once per outage, then quietly (the retries are debug lines).
+                level = "debug" if self._unavailable else "warning"
+                self._unavailable = True
+                self.log("libvirt.unavailable", f"{error}; retrying", level=level, uri=self.config.uri)
+                outcome = "disconnected"
+            else:
+                self.log("reconcile.failed", str(error), level="error")
+                self.events.record("reconcile.failed", "watch", str(error))
+                outcome = "failed"
+        except EpfiotError as error:
+            self.log("reconcile.failed", str(error), level="error")
+            self.events.record("reconcile.failed", "watch", str(error))
+            outcome = "failed"
+        except Exception as error:  # a bug: never fatal for the daemon, but keep the traceback
+            self.log("reconcile.failed", f"unexpected error (a bug in epfiot): {error!r}", level="error", traceback=traceback.format_exc())
+            self.events.record("reconcile.failed", "watch", f"unexpected error: {error!r}")
+            self.drop_host()
+            outcome = "failed"
+        return RunReport(outcome, self.gate.due(), self.managed, self.requeue.due())
+
+    def _open(self) -> Host:
+        if self.host is None:
+            from epfiot.libvirt.host import LibvirtHost
+
+            self.host = LibvirtHost.open(self.config.uri, image_pool=self.config.image_pool, virt_type=self.config.virt_type)
+            self._unavailable = False
+            self.log("libvirt.connected", f"connected to {self.config.uri}", uri=self.config.uri)
+        if self.registry is None:
+            from epfiot.registry import Registry
+
+            self.registry = Registry(self.config.state_dir / "registry.db")
+        return self.host
+
+    def _reconcile(self, desired: Desired, reasons: frozenset[str]) -> str:
+        from epfiot.plan import Options
+        from epfiot.reconcile import CreatePool, HostLock, Request, run_once
+
+        started = time.monotonic()
+        config = self.config
+        host = self._open()
+        retained = self.scopes.retained(desired)
+        now = self.clock()
+        prune = self.gate.prune_allowed(now)
+        urgent = "manifest" in reasons  # a saved file does not wait for a failed action's backoff
+        run = self._run = _Run(desired, with_scopes(desired, retained), retained, reasons, now, prune)
+        request = Request(
+            host,
+            run.planning,
+            Options(prune=prune),
+            self.registry,
+            self.policy,
+            pool=CreatePool(config.image_pool, config.image_dir),
+            lock=HostLock(config.state_dir, config.uri),
+            parallel=config.parallel,
+            skip=lambda action: self.requeue.held(action, now, urgent=urgent),
+            reporter=self.reporter,
+        )
+        result = run_once(request)
+        elapsed = time.monotonic() - started
+        if result.plan.problems:
+            return "failed"
+        if not result.outcomes:
+            if result.held:
+                held = ", ".join(a.address for a in result.held)
+                self.log("reconcile.done", f"{len(result.held)} failed action(s) waiting to be retried: {held} ({elapsed:.2f}s)", level="debug", reasons=sorted(reasons), changes=0)
+                return "requeued"
+            self.converged = desired
+            self.log("reconcile.done", f"in sync ({elapsed:.2f}s)", level="info" if reasons & {"start", "manifest", "reconnect"} else "debug", reasons=sorted(reasons), changes=0)
+            return "ok"
+        failed = self._requeue(result.outcomes)
+        if failed:
+            self.log("reconcile.done", f"{len(result.outcomes) - failed} done, {failed} failed ({elapsed:.2f}s); each failed action is retried on its own", level="warning", reasons=sorted(reasons), changes=len(result.outcomes), failed=failed)
+            # A connection the daemon dropped mid-apply fails every action: open a fresh one next time.
+            self.drop_host()
+            return "requeued"
+        if result.remaining:
+            for action in result.remaining:
+                self.log("reconcile.unconverged", f"still to {action.verb} after applying: {action.reason}", subject=action.address, level="warning")
+            return "failed"
+        self.converged = desired if not result.held else None
+        self.log("reconcile.done", f"{len(result.outcomes)} done ({elapsed:.2f}s)", reasons=sorted(reasons), changes=len(result.outcomes), failed=0)
+        return "drift" if run.drift else "ok"
+
+    def _planned(self, result: Result, applying: bool) -> None:
+        """Between planning and applying (the reporter's `planned`): the scopes, the removal rule, the
+        domains whose events matter, and the log of the plan."""
+        from epfiot.plan import Verb
+
+        run = self._run
+        assert run is not None, "planned outside a run"
+        observed, plan = result.observed, result.plan
+        empty = [(s.owner, s.name) for s in run.retained if scope_is_empty(observed, s.owner, s.name)]
+        if empty:
+            self.scopes.forget(empty)
+            for owner, stack in empty:
+                self.log("scope.forgotten", "stack removed from the manifests and nothing of it is left", subject=f"stack/{owner}/{stack}")
+        scopes = run.planning.scopes()
+        self.managed = frozenset(v.libvirt_name for v in run.desired.vms) | frozenset(
+            v.libvirt_name for v in observed.vms if v.ownership is not None and (v.ownership.owner, v.ownership.stack) in scopes
+        )
+        released = self.gate.pruned(run.now) if run.prune else []
+        for key in released:
+            if key != STARTUP_KEY:
+                self.log("removal.stable", f"still not declared after {self.config.prune_after:g}s: pruned", subject=key, key=key)
+        waiting = self.gate.waiting(run.now)
+        if waiting and not run.prune:
+            held = ", ".join(sorted(k for k in waiting if k != STARTUP_KEY)) or "start-up"
+            self.log("prune.held", f"pruning held for {max(waiting.values()):.1f}s more ({held})", level="debug")
+        self.scopes.save()
+        self.requeue.settle(plan)
+        if plan.problems:
+            self._plan_problems(plan)
+            return
+        self._shown_plan_problems = ()
+        self._show_waits(plan)
+        for action in result.held:
+            self.log("action.held", "failed earlier: waits for its retry", subject=action.address, level="debug")
+        if not applying:
+            return
+        # Drift: the host no longer matches what it matched, the manifests being the same (pruning that
+        # was held until now is no drift).
+        run.drift = [a for a in plan.changes if self.converged == run.desired and not (released and a.verb is Verb.DESTROY)]
+        self.converged = None
+        self.log(
+            "plan",
+            f"{plan.count(Verb.CREATE)} to create, {plan.count(Verb.UPDATE)} to change, {plan.count(Verb.DESTROY)} to destroy"
+            + (" (drift)" if run.drift else ""),
+            reasons=sorted(run.reasons),
+            changes=len(plan.changes),
+            prune=run.prune,
+        )
+        for action in run.drift:
+            self.log("drift", action.reason, subject=action.address, level="warning")
+            self.events.record("drift", action.address, action.reason, source="watch")
+
+    def _requeue(self, outcomes: tuple[Outcome, ...]) -> int:
+        """Each failed action is retried on its own (Requeue); returns how many failed."""
+        now = self.clock()
+        failed = 0
+        for outcome in outcomes:
+            if outcome.ok:
+                self.requeue.succeeded(outcome.action)
+                continue
+            failed += 1
+            delay = self.requeue.failed(outcome, now)
+            when = "held until it changes" if delay is None else f"retried in {delay:g}s"
+            self.log("retry.scheduled", f"{outcome.retry} failure: {when}", subject=outcome.action.address, level="debug", retry=outcome.retry, delay=delay)
+        return failed
+
+    def _plan_problems(self, plan: Plan) -> None:
+        if plan.problems != self._shown_plan_problems:
+            self._shown_plan_problems = plan.problems
+            self.log("plan.invalid", f"{len(plan.problems)} problem(s) in the plan; nothing is changed", level="error")
+            for problem in plan.problems:
+                self.log("plan.problem", problem, level="error")
+            self.events.record("plan.invalid", "watch", "; ".join(plan.problems)[:4000], problems=list(plan.problems))
+
+    def _show_waits(self, plan: Plan) -> None:
+        from epfiot.plan import Verb
+
+        waits = tuple(f"{a.address}: {a.reason}" for a in plan.actions if a.verb is Verb.WAIT)
+        if waits != self._shown_waits:
+            self._shown_waits = waits
+            for action in plan.actions:
+                if action.verb is Verb.WAIT:
+                    self.log("action.wait", action.reason, subject=action.address, level="warning")
+
+    def drop_host(self) -> None:
+        host, self.host = self.host, None
+        if host is not None:
+            with contextlib.suppress(Exception):
+                host.close()
+
+    def close(self) -> None:
+        self.drop_host()
+        registry, self.registry = self.registry, None
+        if registry is not None:
+            registry.close()
+        with contextlib.suppress(OSError):
+            self.scopes.save()
