@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CreatePool:
-    """The image pool, a directory pool at `path`: created when the host has none and a VM needs it."""
+    """The image pool, a directory pool at `path`: created (or started) when the host has none running
+    and a VM needs it."""
 
     name: str
     path: str
@@ -52,7 +53,7 @@ class CreatePool:
         return f"pool/{self.name}"
 
     def describe(self) -> str:
-        return f"create image pool {self.name} (directory {self.path})"
+        return f"create image pool (or start it), directory {self.path}"
 
 
 @dataclass(frozen=True)

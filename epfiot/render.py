@@ -34,7 +34,7 @@ def action_title(action: Action) -> str:
 
 def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = None) -> str:
     """The plan, one line per action (and its changes); `pool`: an image pool still to create, first."""
-    lines: list[str] = [f"  + pool {pool.name}: create (no image pool yet; directory {pool.path})"] if pool else []
+    lines: list[str] = [f"  + pool {pool.name}: {pool.describe()}"] if pool else []
     noops = [a for a in plan.actions if a.verb is Verb.NOOP]
     show_noops = verbose or len(noops) <= NOOP_DETAIL_LIMIT
     for action in plan.actions:

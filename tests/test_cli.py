@@ -66,6 +66,38 @@ def test_plan_apply_plan_is_the_idempotency_triple(run, tmp_path: Path, host: li
     assert "test" in domain_names(host)
 
 
+def pool_names(conn: libvirt.virConnect) -> set[str]:
+    return {p.name() for p in conn.listAllStoragePools()}
+
+
+def test_dry_run_and_plan_leave_a_host_without_an_image_pool_unchanged(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    credentials = {"user": "edge", "ssh_authorized_keys": ["ssh-ed25519 AAAA edge@laptop"]}
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1", credentials=credentials)])  # its seed needs the pool
+    images = ["--image-dir", str(tmp_path / "images")]
+    assert "epfiot-images" not in pool_names(host)
+
+    code, out, _ = run(*images, "apply", "--dry-run", "-f", str(stack))
+    assert code == 0, out
+    assert "epfiot-images" not in pool_names(host)
+    assert "+ pool epfiot-images: create image pool" in out and "+ vm alice/example1: create" in out
+    code, out, _ = run(*images, "plan", "-f", str(stack), "--detailed-exitcode")
+    assert code == 2 and "+ pool epfiot-images" in out
+    code, out, _ = run(*images, "plan", "-f", str(stack), "-o", "json")
+    assert json.loads(out)["setup"] == [{"kind": "pool", "name": "epfiot-images", "path": str(tmp_path / "images"), "action": "create", "done": False}]
+    assert "epfiot-images" not in pool_names(host) and "alice.example1" not in domain_names(host)
+    assert not (tmp_path / "state" / "events.db").exists()  # nothing done, nothing recorded
+
+    code, out, _ = run(*images, "apply", "-f", str(stack))
+    assert code == 0, out
+    assert out.index("Image pool epfiot-images ready") < out.index("+ vm alice/example1: create")
+    assert "epfiot-images" in pool_names(host) and "alice.example1" in domain_names(host)
+    code, out, _ = run(*images, "plan", "-f", str(stack), "--detailed-exitcode")
+    assert code == 0 and "pool" not in out
+    code, out, _ = run("events", "-o", "json")
+    kinds = [e["kind"] for e in json.loads(out)]
+    assert kinds[0] == "pool.created" and "action.done" in kinds
+
+
 def test_get_vms_json_and_field_selection(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     stack = write_stack(tmp_path, "alice", vms=[vm("example1", memory="128MiB", vcpu=2)])
     assert run("apply", "-f", str(stack))[0] == 0

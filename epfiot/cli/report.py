@@ -34,7 +34,7 @@ class Terminal(EventRecorder):
 
     def pool_created(self, pool: CreatePool, seconds: float) -> None:
         super().pool_created(pool, seconds)
-        print(f"Created image pool {pool.name} (directory {pool.path}, {seconds:.1f}s).", file=self.out, flush=True)
+        print(f"Image pool {pool.name} ready (directory {pool.path}, {seconds:.1f}s).", file=self.out, flush=True)
 
     def planned(self, result: Result, applying: bool) -> None:
         plan = result.plan

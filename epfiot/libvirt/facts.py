@@ -111,7 +111,7 @@ def observe(
     addresses = {
         vm.libvirt_name: vm_addresses(conn, vm.libvirt_name) for vm in vms if vm.active and vm.libvirt_name in wanted
     }
-    pool = image_pool if storage.pool_exists(conn, image_pool) else None
+    pool = image_pool if storage.pool_running(conn, image_pool) else None
     return Observed(
         vms=vms,
         networks=network.observe_networks(conn),

@@ -40,7 +40,7 @@ __all__ = [
     "ensure_pool",
     "is_epfiot_volume",
     "observe_volumes",
-    "pool_exists",
+    "pool_running",
     "write_seed",
 ]
 
@@ -62,9 +62,14 @@ def _lookup_pool(conn: Any, pool: str) -> Any | None:
         raise host_error(f"look up storage pool {pool}", e) from e
 
 
-def pool_exists(conn: Any, pool: str) -> bool:
-    """Is there a storage pool called `pool`? (False on a driver without storage pools.)"""
-    return _lookup_pool(conn, pool) is not None
+def pool_running(conn: Any, pool: str) -> bool:
+    """Is there a storage pool called `pool`, started? (False on a driver without storage pools.) A stopped
+    pool lists no volumes: it counts as none, so that apply starts it (ensure_pool)."""
+    found = _lookup_pool(conn, pool)
+    if found is None:
+        return False
+    with host_errors(f"read storage pool {pool}"):
+        return bool(found.isActive())
 
 
 def _require_pool(conn: Any, pool: str) -> Any:

@@ -95,9 +95,11 @@ class Reconciler:
         policy: UsbPolicy | None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        open_host: Callable[[WatchConfig], Host] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.open_host = open_host or _open_libvirt
         self.log = log
         self.events = events
         self.policy = policy
@@ -209,9 +211,7 @@ class Reconciler:
 
     def _open(self) -> Host:
         if self.host is None:
-            from epfiot.libvirt.host import LibvirtHost
-
-            self.host = LibvirtHost.open(self.config.uri, image_pool=self.config.image_pool, virt_type=self.config.virt_type)
+            self.host = self.open_host(self.config)
             self._unavailable = False
             self.log("libvirt.connected", f"connected to {self.config.uri}", uri=self.config.uri)
         if self.registry is None:
@@ -367,3 +367,9 @@ class Reconciler:
             registry.close()
         with contextlib.suppress(OSError):
             self.scopes.save()
+
+
+def _open_libvirt(config: WatchConfig) -> Host:
+    from epfiot.libvirt.host import LibvirtHost
+
+    return LibvirtHost.open(config.uri, image_pool=config.image_pool, virt_type=config.virt_type)
