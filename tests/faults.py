@@ -5,7 +5,8 @@ lock) or that no manifest can provoke on the test driver cannot be had on demand
 must still treat each kind rightly. FaultyHost passes every call through to the real host, except the
 calls set up with `fail` (they raise the given error, without calling the host) or `ignore` (they return
 without doing anything: a host that claims success it did not achieve). It never fakes what it reads:
-observe() is always the real host's.
+observe() is always the real host's. It opens its real host when first used, and again after `close`
+(watch closes its connection after a failed action), keeping the faults set up.
 """
 
 from __future__ import annotations
@@ -26,11 +27,26 @@ def _subject(args: tuple[Any, ...]) -> str | None:
 
 
 class FaultyHost:
-    def __init__(self, inner: Host) -> None:
-        self.inner = inner
-        self.uri = inner.uri
+    def __init__(self, open_host: Callable[[], Host]) -> None:
+        self._open = open_host
+        self._inner: Host | None = None
         self.calls: Counter[tuple[str, str | None]] = Counter()  # (method, libvirt name) -> calls
         self._faults: dict[tuple[str, str], BaseException | None] = {}
+
+    @property
+    def inner(self) -> Host:
+        if self._inner is None:
+            self._inner = self._open()
+        return self._inner
+
+    @property
+    def uri(self) -> str:
+        return self.inner.uri
+
+    def close(self) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.close()
 
     def fail(self, method: str, name: str, error: BaseException) -> None:
         """Calls of `method` about `name` raise `error` until `heal`."""

@@ -165,7 +165,7 @@ def test_held_actions_are_not_run_and_the_rest_is(tmp_path: Path, host: LibvirtH
 
 def test_a_host_that_did_not_do_what_it_said_leaves_remaining_changes(tmp_path: Path, host: LibvirtHost) -> None:
     desired = desired_of(tmp_path, vms=[vm("one")])
-    faulty = FaultyHost(host)
+    faulty = FaultyHost(lambda: host)
     faulty.ignore("start_vm", "alice.one")
     result = run_once(Request(faulty, desired))  # type: ignore[arg-type]
     assert [o.ok for o in result.outcomes] == [True]
@@ -189,7 +189,7 @@ def test_a_run_waits_for_the_host_lock(tmp_path: Path, host: LibvirtHost, conn: 
 
 def test_a_failed_outcome_keeps_its_typed_error_and_its_step(tmp_path: Path, host: LibvirtHost, conn: libvirt.virConnect) -> None:
     desired = desired_of(tmp_path, vms=[vm("one"), vm("two")])
-    faulty = FaultyHost(host)
+    faulty = FaultyHost(lambda: host)
     busy = HostError("start alice.one: cannot acquire state change lock", temporary=True)
     faulty.fail("start_vm", "alice.one", busy)
     result = run_once(Request(faulty, desired))  # type: ignore[arg-type]

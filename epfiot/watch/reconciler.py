@@ -266,8 +266,10 @@ class Reconciler:
             for action in result.remaining:
                 self.log("reconcile.unconverged", f"still to {action.verb} after applying: {action.reason}", subject=action.address, level="warning")
             return "failed"
-        self.converged = desired if not result.held else None
         self.log("reconcile.done", f"{len(result.outcomes)} done ({elapsed:.2f}s)", reasons=sorted(reasons), changes=len(result.outcomes), failed=0)
+        if result.held:
+            return "requeued"
+        self.converged = desired
         return "drift" if run.drift else "ok"
 
     def _planned(self, result: Result, applying: bool) -> None:
