@@ -10,7 +10,6 @@ live state.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -78,6 +77,8 @@ def execute(
         if workers == 1 or len(actions) == 1:
             outcomes += [_run(action, host, registry, reporter) for action in actions]
         else:
+            from concurrent.futures import ThreadPoolExecutor  # with logging: not for a run of one action
+
             with ThreadPoolExecutor(max_workers=min(workers, len(actions))) as pool:
                 outcomes += list(pool.map(lambda a: _run(a, host, registry, reporter), actions))
     return outcomes

@@ -7,7 +7,6 @@ Fields never hold secrets: they come from plans, which hold none.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from epfiot.apply import Outcome
     from epfiot.plan import Action
     from epfiot.reconcile import CreatePool, Result
@@ -59,6 +60,8 @@ class EventLog:
 
     def _connection(self) -> sqlite3.Connection:  # under self._lock
         if self._db is None:
+            import sqlite3  # with datetime: only for a command that records or reads events
+
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

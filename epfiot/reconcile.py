@@ -66,6 +66,8 @@ class HostLock:
 
 @dataclass(frozen=True)
 class Result:
+    """What a run planned and did."""
+
     plan: Plan
     observed: Observed  # the host as last read: after applying, when anything was applied
     pool: CreatePool | None = None  # the image pool step: planned (a dry run) or done (pool_created)
@@ -115,6 +117,8 @@ class Silent:
 
 @dataclass(frozen=True)
 class Request:
+    """One run: what to make true of which host, and how."""
+
     host: Host
     desired: Desired
     options: Options = field(default_factory=Options)

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception:  # an unexpected error is a bug: keep its traceback
+        import traceback
+
         traceback.print_exc()
         print("error: unexpected failure (a bug in epfiot); the traceback above says where", file=sys.stderr)
         return 1
