@@ -18,7 +18,7 @@ already copied into its directory then show up).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -33,7 +33,7 @@ from epfiot.model import (
     ResourceWriteSpec,
     libvirt_name,
 )
-from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
+from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, make_plan, plan_deletion
 
 if TYPE_CHECKING:
     from epfiot.policy import UsbPolicy
@@ -183,19 +183,18 @@ def _plan(request: Request, observed: Observed) -> Plan:
 def _apply(
     request: Request, plan: Plan, held: tuple[Action, ...]
 ) -> tuple[tuple[Outcome, ...], Observed, tuple[Action, ...]]:
-    """Execute `plan`, then plan afresh: a VM that came up may let its things register now (they are
-    applied at once rather than at the next run), and what else the fresh plan changes is `remaining`."""
+    """Execute `plan`, then plan afresh. A VM that came up (or got its lease) meanwhile has an address for
+    its things now: their registrations are applied at once rather than at the next run. Whatever else the
+    fresh plan changes is `remaining`."""
     host, registry, reporter = request.host, request.registry, request.reporter
     outcomes = execute(plan, host, registry=registry, parallel=request.parallel, reporter=reporter)
     observed = observe(host, registry, request.desired)
     fresh = _plan(request, observed)
-    done: set[str] = set()
-    if request.desired.things and not request.deletion and _vms_came_up(plan.changes):
-        skip = request.skip
-        things = tuple(a for a in fresh.changes if a.kind is Kind.THING and not (skip is not None and skip(a)))
-        outcomes += execute(Plan(things), host, registry=registry, parallel=1, reporter=reporter)
-        done = {a.address for a in things}
-    excused = done | {a.address for a in held} | {o.action.address for o in outcomes if not o.ok}
+    excused = {a.address for a in held} | {o.action.address for o in outcomes if not o.ok}
+    if request.desired.things and not request.deletion and not fresh.problems:
+        things = Plan(tuple(a for a in fresh.changes if a.kind is Kind.THING and a.address not in excused))
+        outcomes += execute(things, host, registry=registry, parallel=1, reporter=reporter)
+        excused |= {a.address for a in things.actions}
     remaining = tuple(a for a in fresh.changes if a.address not in excused)
     return tuple(outcomes), observed, remaining
 
@@ -265,8 +264,3 @@ def check(plan: Plan) -> None:
         count = len(plan.problems)
         lines = [f"{count} problem{'s' if count != 1 else ''} in the plan; nothing was changed:"]
         raise PlanError("\n".join(lines + [f"  {p}" for p in plan.problems]))
-
-
-def _vms_came_up(actions: Iterable[Action]) -> bool:
-    return any(a.kind is Kind.VM and a.verb is not Verb.DESTROY for a in actions)
-
