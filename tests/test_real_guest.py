@@ -73,7 +73,16 @@ class Guest:
     state: Path
     key: Path
     password: str
-    conn: Any
+    uri: str
+
+    @property
+    def conn(self) -> Any:
+        """A connection of its own for each look (the tests outlast a daemon restart by other tests)."""
+        if self._conn is None or not self._conn.isAlive():
+            self._conn = libvirt.open(self.uri)
+        return self._conn
+
+    _conn: Any = None
 
     @property
     def document(self) -> dict[str, Any]:
@@ -163,8 +172,9 @@ def guest(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         conn.storagePoolLookupByName(POOL).storageVolLookupByName(IMAGE)
     except libvirt.libvirtError:
-        conn.close()
         pytest.fail(f"no {IMAGE} in the image pool {POOL}: run `make image`", pytrace=False)
+    finally:
+        conn.close()
     # The scenario's network and address are fixed (10.128.0.0/24, .141): runs against one daemon take turns.
     lock = open("/run/lock/epfiot-real-guest.lock", "w")  # noqa: SIM115 (held until the module ends)
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -172,12 +182,13 @@ def guest(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     key = directory / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     owner = "g" + secrets.token_hex(4)
-    g = Guest(owner, directory, directory / "state", key, "pw-" + secrets.token_urlsafe(12), conn)
+    g = Guest(owner, directory, directory / "state", key, "pw-" + secrets.token_urlsafe(12), system_uri)
     try:
         yield g
     finally:
         remove_tenant(system_uri, owner)
-        conn.close()
+        if g._conn is not None:
+            g._conn.close()
         lock.close()
 
 
@@ -211,7 +222,7 @@ def test_ssh_with_the_key_and_the_password_from_the_manifest(guest: Guest) -> No
     assert guest.ssh("id -un").stdout.strip() == guest.user
     assert guest.ssh("hostname").stdout.strip() == guest.vm["credentials"]["hostname"]
     assert guest.ssh("echo logged-in", password=True).stdout.strip() == "logged-in"
-    wrong = Guest(guest.owner, guest.directory, guest.state, guest.key, "not-the-password", guest.conn)
+    wrong = Guest(guest.owner, guest.directory, guest.state, guest.key, "not-the-password", guest.uri)
     assert wrong.ssh("true", password=True, check=False).returncode != 0
 
 
