@@ -213,6 +213,18 @@ def test_get_vms_shows_the_fixed_address(guest: Guest) -> None:
     assert wait_for("an address in get vms", address, BOOT_DEADLINE) == guest.address
 
 
+def test_the_guest_agent_answers_with_the_address(guest: Guest) -> None:
+    # The second source of `get vms` addresses (after DHCP leases): the agent channel of the domain template.
+    def agent_addresses() -> set[str] | None:
+        try:
+            found = guest.domain.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
+        except libvirt.libvirtError:
+            return None  # the agent is not up yet
+        return {a["addr"] for i in found.values() for a in (i.get("addrs") or ())} or None
+
+    assert guest.address in wait_for("the guest agent", agent_addresses, BOOT_DEADLINE)
+
+
 def test_ssh_with_the_key_and_the_password_from_the_manifest(guest: Guest) -> None:
     wait_for("SSH on the guest", guest.answers_ssh, BOOT_DEADLINE, every=3)
     # sshd answers before cloud-init is done (it restarts sshd for password logins): wait for the end, which
