@@ -87,6 +87,10 @@ prepare() {
       echo "$netns" >"$run/netns"
     fi
     ip -n "$netns" link set lo up
+    # With only loopback addresses, getaddrinfo(AI_ADDRCONFIG) finds no IPv6 at all, and servers that bind
+    # "::" (aiocoap) fail with "No local bindable address". An address of a unique local prefix on lo
+    # (reachable only inside this namespace) makes IPv6 count as configured.
+    ip -n "$netns" addr replace fd65:7066:696f::1/128 dev lo nodad
   fi
 }
 
