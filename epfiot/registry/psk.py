@@ -1,0 +1,132 @@
+"""Pre-shared keys of things (CoAP over DTLS, LwM2M security mode 0): the credential, the rules for a key's
+text, and the key file the bootstrap server reads its handshake keys from.
+
+A key never reaches a log, a plan, an event or the SQLite registry: :class:`PskCredential` shows only
+its identity and a digest, and keys are kept in a separate file readable by its owner (root) only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from epfiot.registry.things import InvalidThingConfig
+
+MIN_KEY_BYTES: Final = 16
+MAX_KEY_BYTES: Final = 64
+MAX_IDENTITY_BYTES: Final = 128
+KEY_FILE_MODE: Final = 0o600
+
+_HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
+
+
+@dataclass(frozen=True)
+class PskCredential:
+    """A PSK identity (sent in clear in the handshake, not a secret) and its key (a secret: left out of
+    ``repr``, so a traceback or log line that shows the credential shows no key)."""
+
+    identity: str
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.identity, str) or not self.identity:
+            raise InvalidThingConfig("a PSK identity must be a non-empty string")
+        if len(self.identity.encode("utf-8")) > MAX_IDENTITY_BYTES:
+            raise InvalidThingConfig(f"a PSK identity has at most {MAX_IDENTITY_BYTES} bytes")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in self.identity):
+            raise InvalidThingConfig("a PSK identity must not contain control characters")
+        if not isinstance(self.key, bytes) or not MIN_KEY_BYTES <= len(self.key) <= MAX_KEY_BYTES:
+            raise InvalidThingConfig(f"a pre-shared key has {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes")
+
+    @property
+    def digest(self) -> str:
+        """What plans may show of the credential: enough to tell that it changed, nothing of the key."""
+        material = self.identity.encode("utf-8") + b"\0" + self.key
+        return "sha256:" + hashlib.sha256(material).hexdigest()[:16]
+
+
+def parse_psk_key(text: str) -> bytes:
+    """A key written as hex (an even number of hex digits) or base64, of 16 to 64 bytes. The error
+    names the rule, never the text."""
+    text = text.strip()
+    if _HEX_RE.match(text):
+        key = bytes.fromhex(text)
+    else:
+        try:
+            key = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidThingConfig("a pre-shared key must be written as hex or base64") from None
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise InvalidThingConfig(
+            f"a pre-shared key has {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, this one has {len(key)}"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class ThingKeys:
+    """The credentials of one thing: for its bootstrap (the handshake with the bootstrap server) and for
+    its LwM2M server (written to the client in the Security object)."""
+
+    bootstrap: PskCredential | None = None
+    server: PskCredential | None = None
+
+
+def key_file_path(registry_path: Path) -> Path:
+    """The key file that belongs to a registry database: beside it, ``<name>.keys``."""
+    return registry_path.with_name(registry_path.name + ".keys")
+
+
+def write_key_file(path: Path, keys: dict[str, ThingKeys]) -> None:
+    """Replace the key file with ``keys`` (endpoint name -> credentials), atomically, mode 0600 from the
+    moment it exists (never briefly readable by others)."""
+    data = {
+        name: {
+            role: {"identity": cred.identity, "key": cred.key.hex()}
+            for role, cred in (("bootstrap", tk.bootstrap), ("server", tk.server))
+            if cred is not None
+        }
+        for name, tk in sorted(keys.items())
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_key_file(path: Path) -> dict[str, ThingKeys]:
+    """The key file's credentials; none when there is no file. A file that others may read is refused
+    (its keys are no longer secret, and using them would hide that)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return {}
+    with os.fdopen(fd, encoding="utf-8") as f:
+        if os.fstat(f.fileno()).st_mode & 0o077:
+            raise InvalidThingConfig(f"{path}: the key file must be readable by its owner only (mode 0600)")
+        try:
+            data = json.load(f)
+            return {
+                name: ThingKeys(
+                    **{
+                        role: PskCredential(c["identity"], bytes.fromhex(c["key"]))
+                        for role, c in roles.items()
+                    }
+                )
+                for name, roles in data.items()
+            }
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise InvalidThingConfig(f"{path}: not a key file written by epfiot") from None
