@@ -50,7 +50,7 @@ def test_a_credential_shows_no_key() -> None:
 
 def test_the_key_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = key_file_path(tmp_path / "things.db")
-    keys = {"t1": ThingKeys(bootstrap=PskCredential("t1", KEY), server=PskCredential("t1-s", bytes(32)))}
+    keys = {"t1": ThingKeys(bootstrap=PskCredential("t1", KEY), server=PskCredential("t1-s", bytes(64)))}
     write_key_file(path, keys)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_key_file(path) == keys
@@ -90,3 +90,11 @@ def test_coaps_needs_a_key_and_a_key_needs_coaps() -> None:
         plan_bootstrap(_config("coaps://h:5684"), CF_LWM2M_TLV)
     with pytest.raises(Forbidden):
         plan_bootstrap(_config("coap://h:5683"), CF_LWM2M_TLV, PskCredential("id", KEY))
+
+
+def test_a_bootstrap_key_is_what_the_bootstrap_servers_dtls_takes() -> None:
+    with pytest.raises(InvalidThingConfig, match="16 bytes"):
+        ThingKeys(bootstrap=PskCredential("t1", bytes(32)))
+    with pytest.raises(InvalidThingConfig, match="at most 32 bytes"):
+        ThingKeys(bootstrap=PskCredential("t" * 33, KEY))
+    assert ThingKeys(server=PskCredential("t" * 100, bytes(64))).server is not None

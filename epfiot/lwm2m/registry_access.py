@@ -8,6 +8,7 @@ import logging
 
 from epfiot.lwm2m.protocol import Operation, plan_bootstrap
 from epfiot.registry import BootstrapTarget, Registry, RegistryError, StatusUpdate
+from epfiot.registry.psk import PskCredential
 
 log = logging.getLogger("epfiot.lwm2m.server")
 
@@ -86,9 +87,12 @@ class TargetCache:
             target = self._targets[name] = self._registry.bootstrap_target(name)
             return target
 
-    def plan(self, target: BootstrapTarget, content_format: int) -> list[Operation]:
+    def plan(
+        self, target: BootstrapTarget, content_format: int, server_psk: PskCredential | None = None
+    ) -> list[Operation]:
+        # the keys are read once per run of the server, so a plan cached for a revision stays right
         key = (target.record.config.name, target.revision, content_format)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = plan_bootstrap(target.record.config, content_format)
+            plan = self._plans[key] = plan_bootstrap(target.record.config, content_format, server_psk)
         return plan

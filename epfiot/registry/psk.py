@@ -24,6 +24,10 @@ MIN_KEY_BYTES: Final = 16
 MAX_KEY_BYTES: Final = 64
 MAX_IDENTITY_BYTES: Final = 128
 KEY_FILE_MODE: Final = 0o600
+BOOTSTRAP_KEY_BYTES: Final = 16
+BOOTSTRAP_MAX_IDENTITY_BYTES: Final = 32
+"""What the bootstrap server's DTLS (tinydtls, as DTLSSocket builds it) takes: AES-128 keys and identities
+of up to 32 bytes; a longer key or identity would fail every handshake."""
 
 _HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
 
@@ -78,6 +82,17 @@ class ThingKeys:
 
     bootstrap: PskCredential | None = None
     server: PskCredential | None = None
+
+    def __post_init__(self) -> None:
+        cred = self.bootstrap
+        if cred is not None and len(cred.key) != BOOTSTRAP_KEY_BYTES:
+            raise InvalidThingConfig(
+                f"a bootstrap key has {BOOTSTRAP_KEY_BYTES} bytes (the bootstrap server's DTLS takes AES-128 keys)"
+            )
+        if cred is not None and len(cred.identity.encode("utf-8")) > BOOTSTRAP_MAX_IDENTITY_BYTES:
+            raise InvalidThingConfig(
+                f"a bootstrap PSK identity has at most {BOOTSTRAP_MAX_IDENTITY_BYTES} bytes"
+            )
 
 
 def key_file_path(registry_path: Path) -> Path:
