@@ -17,8 +17,8 @@ from lwm2m_support import Events, record, run, seed, status_becomes, thing
 
 from epfiot.lwm2m import aiocoap_compat as compat
 from epfiot.lwm2m.server import BootstrapServer
+from epfiot.psk import PskCredential, ThingKeys, key_file_path, write_key_file
 from epfiot.registry import STATUS_BOOTSTRAPPED
-from epfiot.registry.psk import PskCredential, ThingKeys, key_file_path, write_key_file
 
 HOST = "127.0.0.1"
 KEY_A = bytes(range(16))

@@ -12,8 +12,8 @@ import pytest
 
 from epfiot.lwm2m.codec import CF_LWM2M_TLV, CF_SENML_JSON, decode_tlv, tlv_instance_resources
 from epfiot.lwm2m.protocol import Forbidden, plan_bootstrap
-from epfiot.registry import InvalidThingConfig, ResourceWrite, ThingConfig
-from epfiot.registry.psk import (
+from epfiot.psk import (
+    InvalidKey,
     PskCredential,
     ThingKeys,
     key_file_path,
@@ -21,6 +21,7 @@ from epfiot.registry.psk import (
     read_key_file,
     write_key_file,
 )
+from epfiot.registry import ResourceWrite, ThingConfig
 
 KEY = bytes(range(16))
 
@@ -30,9 +31,9 @@ def test_keys_are_read_as_hex_or_base64_and_checked_for_length() -> None:
     assert parse_psk_key(KEY.hex().upper()) == KEY
     assert parse_psk_key(base64.b64encode(bytes(32)).decode()) == bytes(32)
     for short in (bytes(15).hex(), base64.b64encode(bytes(65)).decode()):
-        with pytest.raises(InvalidThingConfig, match="16 to 64 bytes"):
+        with pytest.raises(InvalidKey, match="16 to 64 bytes"):
             parse_psk_key(short)
-    with pytest.raises(InvalidThingConfig, match="hex or base64") as info:
+    with pytest.raises(InvalidKey, match="hex or base64") as info:
         parse_psk_key("not a key at all!")
     assert "not a key" not in str(info.value)
 
@@ -42,9 +43,9 @@ def test_a_credential_shows_no_key() -> None:
     assert KEY.hex() not in repr(cred) and repr(KEY) not in repr(cred)
     assert cred.digest.startswith("sha256:") and KEY.hex() not in cred.digest
     assert cred.digest != PskCredential("thing-1", bytes(16)).digest
-    with pytest.raises(InvalidThingConfig):
+    with pytest.raises(InvalidKey):
         PskCredential("", KEY)
-    with pytest.raises(InvalidThingConfig):
+    with pytest.raises(InvalidKey):
         PskCredential("id", b"short")
 
 
@@ -56,7 +57,7 @@ def test_the_key_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     assert read_key_file(path) == keys
     assert read_key_file(tmp_path / "none.keys") == {}
     os.chmod(path, 0o644)
-    with pytest.raises(InvalidThingConfig, match="0600"):
+    with pytest.raises(InvalidKey, match="0600"):
         read_key_file(path)
 
 
@@ -93,8 +94,8 @@ def test_coaps_needs_a_key_and_a_key_needs_coaps() -> None:
 
 
 def test_a_bootstrap_key_is_what_the_bootstrap_servers_dtls_takes() -> None:
-    with pytest.raises(InvalidThingConfig, match="16 bytes"):
+    with pytest.raises(InvalidKey, match="16 bytes"):
         ThingKeys(bootstrap=PskCredential("t1", bytes(32)))
-    with pytest.raises(InvalidThingConfig, match="at most 32 bytes"):
+    with pytest.raises(InvalidKey, match="at most 32 bytes"):
         ThingKeys(bootstrap=PskCredential("t" * 33, KEY))
     assert ThingKeys(server=PskCredential("t" * 100, bytes(64))).server is not None

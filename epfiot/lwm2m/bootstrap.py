@@ -29,6 +29,7 @@ from epfiot.lwm2m.protocol import (
 from epfiot.lwm2m.rebootstrap import FinishHistory, RebootstrapRule
 from epfiot.lwm2m.refusals import RefusalReports
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
+from epfiot.psk import PskCredential, ThingKeys
 from epfiot.registry import (
     STATUS_BOOTSTRAPPED,
     STATUS_BOOTSTRAPPING,
@@ -37,7 +38,6 @@ from epfiot.registry import (
     RegistryError,
     StatusUpdate,
 )
-from epfiot.registry.psk import PskCredential, ThingKeys
 
 log = logging.getLogger("epfiot.lwm2m.server")
 

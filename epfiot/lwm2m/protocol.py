@@ -25,9 +25,9 @@ from epfiot.lwm2m.codec import (
     encode_senml_resources,
     encode_tlv_resources,
 )
+from epfiot.psk import PskCredential
 from epfiot.registry import SECURITY_INSTANCE, ThingConfig
 from epfiot.registry.paths import format_path, parse_path
-from epfiot.registry.psk import PskCredential
 
 SECURITY_MODE_PSK = 0
 SECURITY_MODE_NOSEC = 3

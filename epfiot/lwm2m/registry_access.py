@@ -7,8 +7,8 @@ import asyncio
 import logging
 
 from epfiot.lwm2m.protocol import Operation, plan_bootstrap
+from epfiot.psk import PskCredential
 from epfiot.registry import BootstrapTarget, Registry, RegistryError, StatusUpdate
-from epfiot.registry.psk import PskCredential
 
 log = logging.getLogger("epfiot.lwm2m.server")
 

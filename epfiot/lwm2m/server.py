@@ -40,8 +40,8 @@ from epfiot.lwm2m.bootstrap import STOPPED_DURING_EXCHANGE, Bootstrapper, refusa
 from epfiot.lwm2m.protocol import ProtocolError
 from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW, RebootstrapRule
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
+from epfiot.psk import ThingKeys, key_file_path, read_key_file
 from epfiot.registry import Registry, RegistryError
-from epfiot.registry.psk import ThingKeys, key_file_path, read_key_file
 
 log = logging.getLogger("epfiot.lwm2m.server")
 

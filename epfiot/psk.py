@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from epfiot.registry.things import InvalidThingConfig
+from epfiot.errors import EpfiotError
 
 MIN_KEY_BYTES: Final = 16
 MAX_KEY_BYTES: Final = 64
@@ -28,6 +28,12 @@ BOOTSTRAP_KEY_BYTES: Final = 16
 BOOTSTRAP_MAX_IDENTITY_BYTES: Final = 32
 """What the bootstrap server's DTLS (tinydtls, as DTLSSocket builds it) takes: AES-128 keys and identities
 of up to 32 bytes; a longer key or identity would fail every handshake."""
+
+
+
+class InvalidKey(EpfiotError, ValueError):
+    """A credential that cannot be used as given (its message never holds a key)."""
+
 
 _HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
 
@@ -42,13 +48,13 @@ class PskCredential:
 
     def __post_init__(self) -> None:
         if not isinstance(self.identity, str) or not self.identity:
-            raise InvalidThingConfig("a PSK identity must be a non-empty string")
+            raise InvalidKey("a PSK identity must be a non-empty string")
         if len(self.identity.encode("utf-8")) > MAX_IDENTITY_BYTES:
-            raise InvalidThingConfig(f"a PSK identity has at most {MAX_IDENTITY_BYTES} bytes")
+            raise InvalidKey(f"a PSK identity has at most {MAX_IDENTITY_BYTES} bytes")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in self.identity):
-            raise InvalidThingConfig("a PSK identity must not contain control characters")
+            raise InvalidKey("a PSK identity must not contain control characters")
         if not isinstance(self.key, bytes) or not MIN_KEY_BYTES <= len(self.key) <= MAX_KEY_BYTES:
-            raise InvalidThingConfig(f"a pre-shared key has {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes")
+            raise InvalidKey(f"a pre-shared key has {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes")
 
     @property
     def digest(self) -> str:
@@ -67,9 +73,9 @@ def parse_psk_key(text: str) -> bytes:
         try:
             key = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidThingConfig("a pre-shared key must be written as hex or base64") from None
+            raise InvalidKey("a pre-shared key must be written as hex or base64") from None
     if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
-        raise InvalidThingConfig(
+        raise InvalidKey(
             f"a pre-shared key has {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, this one has {len(key)}"
         )
     return key
@@ -86,11 +92,11 @@ class ThingKeys:
     def __post_init__(self) -> None:
         cred = self.bootstrap
         if cred is not None and len(cred.key) != BOOTSTRAP_KEY_BYTES:
-            raise InvalidThingConfig(
+            raise InvalidKey(
                 f"a bootstrap key has {BOOTSTRAP_KEY_BYTES} bytes (the bootstrap server's DTLS takes AES-128 keys)"
             )
         if cred is not None and len(cred.identity.encode("utf-8")) > BOOTSTRAP_MAX_IDENTITY_BYTES:
-            raise InvalidThingConfig(
+            raise InvalidKey(
                 f"a bootstrap PSK identity has at most {BOOTSTRAP_MAX_IDENTITY_BYTES} bytes"
             )
 
@@ -131,7 +137,7 @@ def read_key_file(path: Path) -> dict[str, ThingKeys]:
         return {}
     with os.fdopen(fd, encoding="utf-8") as f:
         if os.fstat(f.fileno()).st_mode & 0o077:
-            raise InvalidThingConfig(f"{path}: the key file must be readable by its owner only (mode 0600)")
+            raise InvalidKey(f"{path}: the key file must be readable by its owner only (mode 0600)")
         try:
             data = json.load(f)
             return {
@@ -144,4 +150,20 @@ def read_key_file(path: Path) -> dict[str, ThingKeys]:
                 for name, roles in data.items()
             }
         except (ValueError, TypeError, KeyError, AttributeError):
-            raise InvalidThingConfig(f"{path}: not a key file written by epfiot") from None
+            raise InvalidKey(f"{path}: not a key file written by epfiot") from None
+
+
+def set_thing_keys(registry_path: Path, name: str, keys: ThingKeys | None) -> None:
+    """Record (or, with None or no credential, remove) one thing's credentials in the key file of the
+    registry at ``registry_path``. Called by apply, which registers things one after another."""
+    path = key_file_path(registry_path)
+    stored = read_key_file(path)
+    if keys is None or (keys.bootstrap is None and keys.server is None):
+        if stored.pop(name, None) is None:
+            return
+    elif stored.get(name) == keys:
+        return
+    else:
+        stored[name] = keys
+    write_key_file(path, stored)
+
