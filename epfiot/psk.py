@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Final
 
 from epfiot.errors import EpfiotError
+
+log = logging.getLogger("epfiot.psk")
 
 MIN_KEY_BYTES: Final = 16
 MAX_KEY_BYTES: Final = 64
@@ -167,3 +170,53 @@ def set_thing_keys(registry_path: Path, name: str, keys: ThingKeys | None) -> No
         stored[name] = keys
     write_key_file(path, stored)
 
+
+
+class KeyFileCache:
+    """The key file as a running bootstrap server sees it: read again whenever it changed (apply writes
+    it while the server runs), so a thing registered a moment ago can do its handshake. A file that can
+    no longer be read keeps the last keys read, with a warning once per change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._keys: dict[str, ThingKeys] = {}
+        self._by_identity: dict[bytes, tuple[bytes, str]] = {}
+
+    def keys(self) -> dict[str, ThingKeys]:
+        self._refresh()
+        return self._keys
+
+    def bootstrap_key(self, identity: bytes) -> tuple[bytes, str] | None:
+        """The key of a bootstrap identity and the endpoint it belongs to; None for an unknown identity,
+        and for one that two things declare (neither may then use it)."""
+        self._refresh()
+        return self._by_identity.get(identity)
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            keys = read_key_file(self.path)
+        except (InvalidKey, OSError) as exc:
+            log.warning("key file %s not read again, keeping the keys read before: %s", self.path, exc)
+            return
+        by_identity: dict[bytes, tuple[bytes, str]] = {}
+        shared: set[bytes] = set()
+        for name, tk in keys.items():
+            if tk.bootstrap is None:
+                continue
+            identity = tk.bootstrap.identity.encode("utf-8")
+            if identity in by_identity:
+                shared.add(identity)
+            by_identity[identity] = (tk.bootstrap.key, name)
+        for identity in shared:
+            log.warning("bootstrap identity %r belongs to more than one thing: refused", identity[:32])
+            del by_identity[identity]
+        self._keys, self._by_identity = keys, by_identity

@@ -47,7 +47,9 @@ async def _lwm2m_server(site: Lwm2mServerSite) -> Any:
         site,
         bind=compat.dtls_bind(HOST, 0),
         transports=["tinydtls_server"],
-        server_credentials=compat.dtls_credentials({"server-account": ("sensor-a@server", SERVER_KEY)}),
+        server_credentials=compat.dtls_credentials(
+            lambda identity: (SERVER_KEY, "server-account") if identity == b"sensor-a@server" else None
+        ),
     )
 
 
@@ -147,6 +149,35 @@ def test_a_failed_handshake_reveals_nothing(tmp_path: Path, psk: tuple[str, byte
             assert client.received == []
         assert record(db, "sensor-a").status == "pending"
         assert events.kinds() == []
+
+    run(main())
+
+
+def test_keys_written_while_the_server_runs_are_used_at_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = _setup(tmp_path, 5684)
+        async with BootstrapServer(db, HOST, 0, dtls_port=0) as bs:
+            new_key = bytes(range(50, 66))
+            write_key_file(key_file_path(db), {"sensor-plain": ThingKeys(bootstrap=PskCredential("plain", new_key))})
+            async with Lwm2mTestClient("sensor-plain", HOST, bs.dtls_port, version="1.0", psk=("plain", new_key)) as c:
+                await c.bootstrap()
+            async with Lwm2mTestClient("sensor-plain", HOST, bs.port, version="1.0") as plain:
+                assert await plain.request_bootstrap() == Code.FORBIDDEN  # secured now: DTLS only
+
+    run(main())
+
+
+def test_a_bootstrap_identity_two_things_declare_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = _setup(tmp_path, 5684)
+        shared = PskCredential("shared", KEY_A)
+        write_key_file(key_file_path(db), {"sensor-a": ThingKeys(shared), "sensor-b": ThingKeys(shared)})
+        async with (
+            BootstrapServer(db, HOST, 0, dtls_port=0) as bs,
+            Lwm2mTestClient("sensor-a", HOST, bs.dtls_port, version="1.0", psk=("shared", KEY_A)) as client,
+        ):
+            with pytest.raises((aiocoap.error.Error, TimeoutError)):
+                await asyncio.wait_for(client.request_bootstrap(), 5)
 
     run(main())
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,16 +295,25 @@ def dtls_bind(host: str, port: int) -> tuple[str, int]:
     return (host, port - 1)
 
 
-def dtls_credentials(psks: Mapping[str, tuple[str, bytes]]) -> Any:
-    """The server credentials of a tinydtls_server context: for each endpoint, its PSK identity and key.
-    The credential's entry name is the endpoint: aiocoap reports it as the remote's authenticated claim
-    (:func:`authenticated_endpoint`), so the handshake's identity decides which thing a client is."""
-    from aiocoap.credentials import DTLS, CredentialsMap
+def dtls_credentials(lookup: Callable[[bytes], tuple[bytes, str] | None]) -> Any:
+    """The server credentials of a tinydtls_server context: ``lookup`` gives the key of a PSK identity
+    and the endpoint it belongs to, asked at each handshake (so keys added while the server runs work at
+    once). aiocoap 0.4.17 asks ``find_dtls_psk(identity)`` of its server credentials, and reports the
+    name returned with the key as the remote's authenticated claim (:func:`authenticated_endpoint`):
+    here the endpoint, so the handshake's identity decides which thing a client is."""
+    from aiocoap.credentials import CredentialsMap
 
-    credentials = CredentialsMap()
-    for endpoint, (identity, key) in psks.items():
-        credentials[endpoint] = DTLS(psk=key, client_identity=identity.encode("utf-8"))
-    return credentials
+    class PskLookup(CredentialsMap):  # type: ignore[misc]
+        def __bool__(self) -> bool:  # holds no entries, and an empty map is replaced by aiocoap's own
+            return True
+
+        def find_dtls_psk(self, identity: bytes) -> tuple[bytes, str]:
+            found = lookup(bytes(identity))
+            if found is None:
+                raise KeyError(identity)
+            return found
+
+    return PskLookup()
 
 
 def is_dtls(remote: Any) -> bool:

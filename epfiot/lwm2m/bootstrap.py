@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap
@@ -29,7 +29,7 @@ from epfiot.lwm2m.protocol import (
 from epfiot.lwm2m.rebootstrap import FinishHistory, RebootstrapRule
 from epfiot.lwm2m.refusals import RefusalReports
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
-from epfiot.psk import PskCredential, ThingKeys
+from epfiot.psk import KeyFileCache, PskCredential
 from epfiot.registry import (
     STATUS_BOOTSTRAPPED,
     STATUS_BOOTSTRAPPING,
@@ -73,11 +73,11 @@ class Bootstrapper:
         exchange_timeout: float,
         max_concurrent: int,
         emit: Emit,
-        keys: Mapping[str, ThingKeys] | None = None,
+        keys: KeyFileCache | None = None,
         dtls_requester: compat.Requester | None = None,
     ) -> None:
         self.cache = cache
-        self._keys = keys or {}
+        self._keys = keys
         self._dtls_requester = dtls_requester
         self._writer = writer
         self._requester = requester
@@ -167,7 +167,7 @@ class Bootstrapper:
                 self._refusals.report(endpoint, client, "the DTLS identity belongs to another thing")
                 raise Forbidden("authenticated as another thing")
             return
-        keys = self._keys.get(endpoint)
+        keys = None if self._keys is None else self._keys.keys().get(endpoint)
         if keys is not None and keys.bootstrap is not None:
             self._refusals.report(endpoint, client, "a thing with credentials bootstraps over DTLS only")
             raise Forbidden("this thing bootstraps over DTLS only")
@@ -235,7 +235,7 @@ class Bootstrapper:
     # -- the exchange and its outcome ------------------------------------------------------------------
 
     def _server_psk(self, endpoint: str) -> PskCredential | None:
-        keys = self._keys.get(endpoint)
+        keys = None if self._keys is None else self._keys.keys().get(endpoint)
         return None if keys is None else keys.server
 
     def _send(self, message: aiocoap.Message, blockwise: bool) -> asyncio.Future[aiocoap.Message]:

@@ -70,7 +70,7 @@ class TargetCache:
         self._registry = registry
         self._version: int | None = None
         self._targets: dict[str, BootstrapTarget | None] = {}
-        self._plans: dict[tuple[str, int, int], list[Operation]] = {}
+        self._plans: dict[tuple[str, int, int, str | None], list[Operation]] = {}
 
     def _check(self) -> None:
         version = self._registry.data_version()
@@ -90,8 +90,9 @@ class TargetCache:
     def plan(
         self, target: BootstrapTarget, content_format: int, server_psk: PskCredential | None = None
     ) -> list[Operation]:
-        # the keys are read once per run of the server, so a plan cached for a revision stays right
-        key = (target.record.config.name, target.revision, content_format)
+        # keys can change without the registry: a plan is cached for the server key it carries
+        digest = None if server_psk is None else server_psk.digest
+        key = (target.record.config.name, target.revision, content_format, digest)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = plan_bootstrap(target.record.config, content_format, server_psk)

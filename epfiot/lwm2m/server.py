@@ -40,7 +40,7 @@ from epfiot.lwm2m.bootstrap import STOPPED_DURING_EXCHANGE, Bootstrapper, refusa
 from epfiot.lwm2m.protocol import ProtocolError
 from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW, RebootstrapRule
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
-from epfiot.psk import ThingKeys, key_file_path, read_key_file
+from epfiot.psk import KeyFileCache, key_file_path
 from epfiot.registry import Registry, RegistryError
 
 log = logging.getLogger("epfiot.lwm2m.server")
@@ -163,7 +163,8 @@ class BootstrapServer:
             raise RuntimeError("bootstrap server already started")
         if self.requested_port != 0:
             compat.ensure_port_free(self.bind, self.requested_port)
-        keys = read_key_file(key_file_path(self.registry_path))
+        keys = KeyFileCache(key_file_path(self.registry_path))
+        keys.keys()  # a key file that cannot be used stops the start, with its reason
         started = time.time()
         registry = Registry(self.registry_path, busy_timeout=0.1)
         try:
@@ -231,16 +232,15 @@ class BootstrapServer:
         )
         log.info("LwM2M bootstrap server listening on %s port %d (udp)", self.bind, self._port)
 
-    async def _start_dtls(self, keys: dict[str, ThingKeys]) -> Any:
+    async def _start_dtls(self, keys: KeyFileCache) -> Any:
         assert self.requested_dtls_port is not None
-        psks = {name: (k.bootstrap.identity, k.bootstrap.key) for name, k in keys.items() if k.bootstrap}
         # aiocoap's DTLS server binds one address: "::" there would not accept IPv4 clients as udp6 does
         ctx = await aiocoap.Context.create_server_context(
             None,
             bind=compat.dtls_bind(self.dtls_bind, self.requested_dtls_port),
             loggername="epfiot.lwm2m.coaps",
             transports=["tinydtls_server"],
-            server_credentials=compat.dtls_credentials(psks),
+            server_credentials=compat.dtls_credentials(keys.bootstrap_key),
         )
         address = compat.dtls_udp_address(ctx)
         self._dtls_port = int(address[1]) if address is not None else self.requested_dtls_port
