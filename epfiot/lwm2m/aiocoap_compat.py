@@ -347,3 +347,28 @@ def dtls_requester(ctx: aiocoap.Context) -> Requester:
     manager, handed the request directly, sends it through the client's DTLS session."""
     interfaces = getattr(ctx, "request_interfaces", [])
     return Requester(ctx, None, interfaces[0] if len(interfaces) == 1 else None)
+
+
+def claims_follow_the_latest_handshake() -> None:
+    """In aiocoap 0.4.17 a tinydtls_server keeps one key store per client address and port for as long
+    as it keeps the connection, and raises RuntimeError ("DTLS stack tried accessing different keys")
+    when a new handshake from that address uses another identity: a device that comes back from the
+    same port as another one before it (a NAT, a reboot, the kernel reusing an ephemeral port) could then
+    never bootstrap. Here the claim is that of the latest handshake's identity, which is the session the
+    DTLS stack now decrypts with. Done once, before the first DTLS server starts."""
+    try:
+        from aiocoap.transports import tinydtls_server
+    except ImportError:  # pragma: no cover - DTLSSocket missing: the DTLS server cannot start anyway
+        return
+    store = tinydtls_server.SecurityStore
+    if getattr(store, "_epfiot_latest_handshake", False):
+        return
+
+    class LatestHandshakeStore(store):  # type: ignore[misc,valid-type]
+        _epfiot_latest_handshake = True
+
+        def __getitem__(self, identity: bytes) -> bytes:
+            psk, self._claims = self._server_credentials.find_dtls_psk(identity)
+            return psk  # type: ignore[no-any-return]
+
+    tinydtls_server.SecurityStore = LatestHandshakeStore

@@ -17,6 +17,10 @@ Status updates are written in small batches (:mod:`epfiot.lwm2m.registry_access`
 stopped server left in ``bootstrapping`` become ``timeout``; on stop, the exchanges in progress may
 finish (up to ``stop_timeout``) while new Bootstrap-Requests get 5.03.
 
+CoAP over DTLS (``dtls_port``): a second aiocoap context (tinydtls_server) serves the same site; the PSK
+identity of a client's handshake names the thing it is (:mod:`epfiot.lwm2m.bootstrap` refuses any other
+endpoint), keys come from the registry's key file (:mod:`epfiot.psk`), read again when it changes.
+
 Binding: the socket is an IPv6 UDP socket with IPV6_V6ONLY off, so binding ``"::"`` also accepts IPv4
 (as v4-mapped addresses) where the OS allows dual-stack sockets; an IPv4 literal binds to that IPv4
 address only.
@@ -234,6 +238,7 @@ class BootstrapServer:
 
     async def _start_dtls(self, keys: KeyFileCache) -> Any:
         assert self.requested_dtls_port is not None
+        compat.claims_follow_the_latest_handshake()
         # aiocoap's DTLS server binds one address: "::" there would not accept IPv4 clients as udp6 does
         ctx = await aiocoap.Context.create_server_context(
             None,
@@ -364,10 +369,13 @@ async def run_bootstrap_server(
     rebootstrap_window: float = DEFAULT_REBOOTSTRAP_WINDOW,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ready: Callable[[BootstrapServer], None] | None = None,
+    dtls_port: int | None = None,
+    dtls_bind: str | None = None,
 ) -> None:
     """Serve bootstrap requests until cancelled, then stop as :meth:`BootstrapServer.stop` does (letting
     the exchanges in progress finish). ``ready`` is called once the socket is bound (e.g. to print the
-    port when ``port`` is 0)."""
+    port when ``port`` is 0). ``dtls_port`` (5684 is ``DEFAULT_DTLS_PORT``) also serves CoAP over DTLS, on
+    ``dtls_bind`` (default ``bind``; it must be one address)."""
     server = BootstrapServer(
         registry_path,
         bind,
@@ -377,6 +385,8 @@ async def run_bootstrap_server(
         rebootstrap_count=rebootstrap_count,
         rebootstrap_window=rebootstrap_window,
         stop_timeout=stop_timeout,
+        dtls_port=dtls_port,
+        dtls_bind=dtls_bind,
     )
     await server.start()
     try:
