@@ -185,3 +185,77 @@ def test_a_bootstrap_identity_two_things_declare_is_refused(tmp_path: Path) -> N
 def test_dtls_needs_one_address() -> None:
     with pytest.raises(ValueError, match="one address"):
         compat.dtls_bind("::", 5684)
+
+
+def test_the_claim_is_that_of_the_latest_handshake() -> None:
+    # aiocoap keeps one key store per client address and port; a later client from the same address and
+    # port with another identity must be that identity (not an error, and never the earlier one)
+    from aiocoap.transports import tinydtls_server
+
+    compat.claims_follow_the_latest_handshake()
+    keys = {b"id-a": (KEY_A, "sensor-a"), b"id-b": (KEY_B, "sensor-b")}
+    store = tinydtls_server.SecurityStore(compat.dtls_credentials(keys.get))
+    assert store[b"id-a"] == KEY_A and store._claims == "sensor-a"
+    assert store[b"id-b"] == KEY_B and store._claims == "sensor-b"
+    with pytest.raises(KeyError):
+        store[b"nobody"]
+
+
+class _Relay(asyncio.DatagramProtocol):
+    """A loopback UDP relay between one client and the server that records what the server sends."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: tuple[str, int] | None = None
+        self.from_server: list[bytes] = []
+        self.transport: Any = None
+        self.upstream: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.client = addr
+        self.upstream.sendto(data)
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.relay.from_server.append(data)
+        self.relay.transport.sendto(data, self.relay.client)
+
+
+def _server_hello_suite(datagrams: list[bytes]) -> int | None:
+    """The cipher suite of the first ServerHello (DTLS 1.2 record header 13 bytes, handshake header 12)."""
+    for data in datagrams:
+        if len(data) > 13 + 12 + 35 and data[0] == 22 and data[13] == 2:
+            body = data[13 + 12 :]
+            session_id_len = body[34]
+            return int.from_bytes(body[35 + session_id_len : 37 + session_id_len], "big")
+    return None
+
+
+def test_the_handshake_uses_tls_psk_with_aes_128_ccm_8(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = _setup(tmp_path, 5684)
+        loop = asyncio.get_running_loop()
+        async with BootstrapServer(db, HOST, 0, dtls_port=0) as bs:
+            relay = _Relay((HOST, bs.dtls_port))
+            listening, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=(HOST, 0))
+            upstream, _ = await loop.create_datagram_endpoint(
+                lambda: _Upstream(relay), remote_addr=(HOST, bs.dtls_port)
+            )
+            relay.upstream = upstream
+            try:
+                port = listening.get_extra_info("sockname")[1]
+                async with Lwm2mTestClient("sensor-b", HOST, port, version="1.0", psk=("sensor-b", KEY_B)) as c:
+                    await c.bootstrap()
+            finally:
+                listening.close()
+                upstream.close()
+        assert _server_hello_suite(relay.from_server) == 0xC0A8  # TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655)
+
+    run(main())
