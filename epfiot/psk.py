@@ -220,3 +220,18 @@ class KeyFileCache:
             log.warning("bootstrap identity %r belongs to more than one thing: refused", identity[:32])
             del by_identity[identity]
         self._keys, self._by_identity = keys, by_identity
+
+
+def dtls_listener(bind: str, dtls_bind: str | None, port: int, enabled: bool) -> tuple[int | None, str | None, str]:
+    """Where ``epfiot serve`` and ``watch`` listen for CoAP over DTLS: (port, address, a line saying so).
+    aiocoap's DTLS server binds one address, so with the any-address as ``bind`` and no ``dtls_bind`` it
+    stays off, and the line says how to turn it on."""
+    if not enabled:
+        return None, None, "CoAP over DTLS off (--no-dtls): things with keys cannot bootstrap"
+    address = dtls_bind or bind
+    if address in ("::", "0.0.0.0", ""):
+        return None, None, (
+            "CoAP over DTLS off: it listens on one address; give --dtls-bind ADDRESS "
+            "(things with keys cannot bootstrap until then)"
+        )
+    return port, address, f"CoAP over DTLS on [{address}]:{port}"

@@ -133,3 +133,34 @@ def test_key_problems_name_the_field_never_the_key(server: str, extra: str, mess
     text = str(caught.value)
     assert message in text, text
     assert "t.yaml:" in text and "ab" * 32 not in text and "00" * 8 not in text
+
+
+def test_epfiot_serve_listens_on_dtls_beside_plain_coap(tmp_path: Path) -> None:
+    import re
+    import signal
+
+    from epfiot.psk import PskCredential, ThingKeys, write_key_file
+    from epfiot.registry import Registry, ThingConfig
+    from tests.lwm2m_support import epfiot_serve
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with Registry(state / "registry.db") as reg:
+        reg.upsert(ThingConfig("s1", "o", "s", None, "coap://192.0.2.1:5683"))
+    key = bytes(range(16))
+    write_key_file(key_file_path(state / "registry.db"), {"s1": ThingKeys(PskCredential("s1", key))})
+    with epfiot_serve(state, "--dtls-port", "0") as child:
+        line = child.wait_for_line(lambda line: "CoAP over DTLS" in line)
+        match = re.search(r"\]:(\d+)$", line.strip())
+        assert match, line
+
+        async def bootstrap() -> None:
+            async with Lwm2mTestClient("s1", "127.0.0.1", int(match.group(1)), version="1.0", psk=("s1", key)) as c:
+                await c.bootstrap()
+
+        asyncio.run(bootstrap())
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.finish()[0] == 0
+
+    with epfiot_serve(state, "--dtls-bind", "::") as child:  # one address only: DTLS stays off, and says why
+        assert "--dtls-bind ADDRESS" in child.wait_for_line(lambda line: "CoAP over DTLS" in line)
