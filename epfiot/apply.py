@@ -18,6 +18,7 @@ from epfiot.host import Host
 from epfiot.model import ThingSpec
 from epfiot.plan import Action, Phase, Plan
 from epfiot.plan import steps as s
+from epfiot.psk import ThingKeys, set_thing_keys
 
 if TYPE_CHECKING:
     from epfiot.registry import Registry, ThingConfig
@@ -146,9 +147,12 @@ def run_step(step: s.Step, host: Host, registry: Registry | None) -> None:
         case s.RemoveDhcpHost(network, mac, ip):
             host.remove_dhcp_host(network, mac, ip)
         case s.UpsertThing(spec, server_uri):
+            # keys first: a thing registered with credentials is never served without them
+            set_thing_keys(_require(registry).path, spec.name, ThingKeys(spec.security, spec.server_security))
             _require(registry).upsert(thing_config(spec, server_uri))
         case s.DeleteThing(name):
             _require(registry).delete(name)
+            set_thing_keys(_require(registry).path, name, None)
         case _:  # pragma: no cover - the Step union is closed; mypy checks exhaustiveness
             raise AssertionError(f"no executor for {step!r}")
 

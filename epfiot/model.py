@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 
+from epfiot.psk import PskCredential
+
 # Names of owners, stacks, VMs, networks and things: a DNS label. No dots, so that the libvirt name
 # "<owner>.<name>" is unambiguous and two tenants can both have a VM called "example1".
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -220,12 +222,26 @@ class ThingSpec:
     name: str  # the LwM2M endpoint name, unique on the host
     vm: str | None = None  # a VM of the same owner: its LwM2M server is coap://<address>:<port>
     server: str | None = None  # or an explicit LwM2M server URI
-    port: int = 5683
+    port: int = 5683  # 5684 (coaps) by default with server_security
     lifetime: int = 300
     binding: str = "U"
     deletes: tuple[str, ...] = ("/0", "/1")
     writes: tuple[ResourceWriteSpec, ...] = ()
+    security: PskCredential | None = None  # bootstrap over DTLS with this key (only)
+    server_security: PskCredential | None = None  # sent for its LwM2M server, then coaps://
     source: Source = field(default=NO_SOURCE, compare=False)
+
+    @property
+    def credentials_digest(self) -> str | None:
+        """What a plan shows of the thing's keys: a digest of both, nothing of either key."""
+        if self.security is None and self.server_security is None:
+            return None
+        return credentials_digest(self.security, self.server_security)
+
+
+def credentials_digest(bootstrap: PskCredential | None, server: PskCredential | None) -> str:
+    parts = [cred.digest if cred is not None else "-" for cred in (bootstrap, server)]
+    return "sha256:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -363,6 +379,7 @@ class ObservedThing:
     deletes: tuple[str, ...]
     writes: tuple[ResourceWriteSpec, ...]
     status: str = "pending"
+    credentials_digest: str | None = None  # of the keys in the registry's key file
 
 
 @dataclass(frozen=True)

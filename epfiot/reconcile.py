@@ -31,9 +31,11 @@ from epfiot.model import (
     Observed,
     ObservedThing,
     ResourceWriteSpec,
+    credentials_digest,
     libvirt_name,
 )
 from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, make_plan, plan_deletion
+from epfiot.psk import ThingKeys, key_file_path, read_key_file
 
 if TYPE_CHECKING:
     from epfiot.policy import UsbPolicy
@@ -220,11 +222,13 @@ def apply_plan(
 def observe(host: Host, registry: Registry | None, desired: Desired) -> Observed:
     wanted = {libvirt_name(t.owner, t.vm) for t in desired.things if t.vm}
     observed = host.observe(addresses_of=wanted)
-    things = tuple(observed_thing(r) for r in registry.things()) if registry is not None else ()
-    return replace(observed, things=things)
+    if registry is None:
+        return replace(observed, things=())
+    keys = read_key_file(key_file_path(registry.path))
+    return replace(observed, things=tuple(observed_thing(r, keys.get(r.config.name)) for r in registry.things()))
 
 
-def observed_thing(record: ThingRecord) -> ObservedThing:
+def observed_thing(record: ThingRecord, keys: ThingKeys | None = None) -> ObservedThing:
     c = record.config
     return ObservedThing(
         name=c.name,
@@ -237,6 +241,7 @@ def observed_thing(record: ThingRecord) -> ObservedThing:
         deletes=tuple(c.deletes),
         writes=tuple(ResourceWriteSpec(w.path, w.value) for w in c.writes),
         status=record.status,
+        credentials_digest=None if keys is None else credentials_digest(keys.bootstrap, keys.server),
     )
 
 

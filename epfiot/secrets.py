@@ -169,29 +169,11 @@ def resolve_password(
             "give exactly one of {env: VARIABLE}, {file: PATH}, {hash: HASH} or a literal string"
         )
     ((kind, ref),) = value.items()
+    if kind in ("env", "file"):
+        text, where = read_secret(value, base_dir=base_dir, env=environ, what="password")
+        return _hashed(text, identity, where)
     if not isinstance(ref, str) or not ref:
         raise SecretError(f"{kind}: must be a non-empty string")
-    if kind == "env":
-        if ref not in environ:
-            raise SecretError(f"environment variable {ref} is not set")
-        return _hashed(environ[ref], identity, f"environment variable {ref}")
-    if kind == "file":
-        path = Path(ref).expanduser()
-        if not path.is_absolute():
-            path = base_dir / path
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SecretError(f"password file {path} does not exist") from None
-        except UnicodeDecodeError:
-            raise SecretError(f"password file {path} is not UTF-8 text") from None
-        except OSError as e:
-            raise SecretError(f"cannot read password file {path}: {e.strerror or type(e).__name__}") from None
-        if text.endswith("\r\n"):
-            text = text[:-2]
-        elif text.endswith("\n"):
-            text = text[:-1]
-        return _hashed(text, identity, f"password file {path}")
     if kind == "hash":
         if crypt_hash_kind(ref) is None:
             raise SecretError(
@@ -200,6 +182,39 @@ def resolve_password(
             )
         return ref
     raise SecretError(f"unknown password source {kind!r} (use env, file or hash)")
+
+
+def read_secret(
+    value: Mapping[str, object], *, base_dir: Path, env: Mapping[str, str], what: str
+) -> tuple[str, str]:
+    """The text of a secret given as {env: VARIABLE} or {file: PATH} (relative to ``base_dir``; one
+    trailing newline dropped), and the words that name where it came from (for messages: never the
+    value). ``what`` names the secret in messages ("password", "key")."""
+    ((kind, ref),) = value.items()
+    if not isinstance(ref, str) or not ref:
+        raise SecretError(f"{kind}: must be a non-empty string")
+    if kind == "env":
+        if ref not in env:
+            raise SecretError(f"environment variable {ref} is not set")
+        return env[ref], f"environment variable {ref}"
+    if kind != "file":
+        raise SecretError(f"unknown {what} source {kind!r}")
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SecretError(f"{what} file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise SecretError(f"{what} file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise SecretError(f"cannot read {what} file {path}: {e.strerror or type(e).__name__}") from None
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    return text, f"{what} file {path}"
 
 
 def _hashed(password: str, identity: str, what: str) -> str:

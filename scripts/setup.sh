@@ -14,6 +14,7 @@ packages=(
   libxml2-utils                                              # xmllint, for virt-xml-validate
   mmdebstrap extlinux syslinux-common e2fsprogs fdisk       # image/build.sh: the Debian base image
   openssh-client iproute2                                    # the tests log in to real guests, in a netns
+  autoconf automake libtool                                  # to build DTLSSocket (tinydtls) for CoAP over DTLS
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -73,6 +73,7 @@ class Lwm2mTestClient:
     swallow: set[str] = field(default_factory=set)  # operations never answered
     hold: set[str] = field(default_factory=set)  # operations answered only after release()
     query_override: tuple[str, ...] | None = None  # raw Uri-Query to send instead
+    psk: tuple[str, bytes] | None = None  # bootstrap over DTLS (coaps) with this identity and key
 
     def __post_init__(self) -> None:
         if self.version not in ("1.0", "1.1"):
@@ -95,6 +96,14 @@ class Lwm2mTestClient:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.psk is not None:
+            # aiocoap's tinydtls client transport: a DTLS session per server, whose incoming requests
+            # (the bootstrap server's writes) go to this client's site like those of a server context
+            ctx = await aiocoap.Context.create_client_context(transports=["tinydtls"])
+            ctx.serversite = self
+            self._add_psk(ctx, self._bootstrap_uri(), *self.psk)
+            self._ctx = ctx
+            return
         for _ in range(50):
             ctx = await aiocoap.Context.create_server_context(
                 self, bind=(self.bind, 0), loggername="test-lwm2m-client", transports=["udp6"]
@@ -130,11 +139,33 @@ class Lwm2mTestClient:
     def expected_format(self) -> int:
         return CF_SENML_JSON if self.version == "1.1" else CF_LWM2M_TLV
 
+    def _bootstrap_uri(self) -> str:
+        host = f"[{self.server_host}]" if ":" in self.server_host else self.server_host
+        return f"{'coap' if self.psk is None else 'coaps'}://{host}:{self.server_port}"
+
+    @staticmethod
+    def _add_psk(ctx: Any, uri: str, identity: str, key: bytes) -> None:
+        ctx.client_credentials.load_from_dict(
+            {f"{uri}/*": {"dtls": {"psk": {"hex": key.hex()}, "client-identity": {"ascii": identity}}}}
+        )
+
+    async def register(self, timeout: float = 10.0) -> Code:
+        """Register (``POST /rd``) at the LwM2M server of Security instance /0/1, with the identity and
+        key it holds when the server URI is ``coaps://``; returns the server's response code."""
+        security = self.objects[0][1]
+        uri = security[0].decode() if isinstance(security[0], bytes) else str(security[0])
+        if uri.startswith("coaps://"):
+            identity, key = security[3], security[5]
+            assert isinstance(identity, bytes) and isinstance(key, bytes)
+            self._add_psk(self._ctx, uri, identity.decode(), key)
+        message = aiocoap.Message(code=Code.POST, uri=f"{uri}/rd?ep={self.endpoint}&lwm2m={self.version}")
+        response = await asyncio.wait_for(self._ctx.request(message).response, timeout)
+        return response.code  # type: ignore[no-any-return]
+
     async def request_bootstrap(self) -> Code:
         """Send the Bootstrap-Request; returns the server's response code."""
         self._finished.clear()
-        host = f"[{self.server_host}]" if ":" in self.server_host else self.server_host
-        message = aiocoap.Message(code=Code.POST, uri=f"coap://{host}:{self.server_port}/bs")
+        message = aiocoap.Message(code=Code.POST, uri=f"{self._bootstrap_uri()}/bs")
         if self.query_override is not None:
             message.opt.uri_query = self.query_override
         elif self.version == "1.1":

@@ -287,7 +287,7 @@ def test_unusable_database_is_a_registry_error(tmp_path: Path) -> None:
         dict(name="x" * 253),
         dict(owner=""),
         dict(server_uri="http://10.0.0.5:5683"),
-        dict(server_uri="coaps://10.0.0.5:5684"),
+        dict(server_uri="coap+tcp://10.0.0.5:5684"),
         dict(server_uri="coap://"),
         dict(server_uri="coap://10.0.0.5:99999"),
         dict(server_uri="coap://10.0.0.5:5683/rd"),

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-serve", dest="serve", action="store_false", help="do not run the LwM2M bootstrap server")
     p.add_argument("--bind", default="::", help="bootstrap server address (default: %(default)s)")
     p.add_argument("--port", type=int, default=5683, help="bootstrap server UDP port (default: %(default)s)")
+    dtls_options(p)
     p.add_argument("--log-format", choices=("human", "json"), default="human", help="one line per event: human or JSON lines (default: %(default)s)")
 
     from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the LwM2M bootstrap server")
     p.add_argument("--bind", default="::", help="address (default: %(default)s: IPv6 and IPv4)")
     p.add_argument("--port", type=int, default=5683, help="UDP port (default: %(default)s)")
+    dtls_options(p)
     p.add_argument("--rebootstrap-count", type=int, default=DEFAULT_COUNT, metavar="N", help="bootstraps of one thing within the window that make a loop, marked failed (default: %(default)s; see docs/things.md)")
     p.add_argument("--rebootstrap-window", type=float, default=DEFAULT_WINDOW, metavar="SECONDS", help="the window of --rebootstrap-count; 0 turns loop detection off (default: %(default)s)")
 
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the manifest JSON Schema")
     return parser
+
+
+def dtls_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtls-port", type=int, default=5684, help="CoAP over DTLS (coaps) port, for things with keys (default: %(default)s)")
+    p.add_argument("--dtls-bind", metavar="ADDRESS", help="address of the DTLS listener (default: --bind; one address, not ::)")
+    p.add_argument("--no-dtls", dest="dtls", action="store_false", help="do not listen on CoAP over DTLS")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

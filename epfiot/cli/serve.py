@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from epfiot.eventlog import EventLog, describe_bootstrap
     from epfiot.lwm2m.rebootstrap import RebootstrapRule
     from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
+    from epfiot.psk import dtls_listener
     from epfiot.state import ensure_state_dir
 
     try:
@@ -33,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{kind} {subject}: {message}", flush=True)
         events.record(kind, subject, message, **fields)
 
+    dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
+
     def ready(server: BootstrapServer) -> None:
         print(f"LwM2M bootstrap server on [{args.bind}]:{server.port} (registry {directory / 'registry.db'})", flush=True)
+        print(dtls_note if dtls_port is None else f"CoAP over DTLS on [{dtls_bind}]:{server.dtls_port}", flush=True)
 
     async def serve() -> None:
         # SIGTERM and SIGINT cancel the server, which lets the exchanges in progress finish (a second signal
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
         try:
-            await run_bootstrap_server(directory / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready, rebootstrap_count=rule.count, rebootstrap_window=rule.window)
+            await run_bootstrap_server(directory / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready, rebootstrap_count=rule.count, rebootstrap_window=rule.window, dtls_port=dtls_port, dtls_bind=dtls_bind)
         except asyncio.CancelledError:
             print("stopped", flush=True)
 

@@ -34,6 +34,7 @@ from epfiot.model import (
     VmSpec,
     libvirt_name,
 )
+from epfiot.psk import InvalidKey, PskCredential, ThingKeys, parse_psk_key
 
 MIN_PREFIX, MAX_PREFIX = 8, 30  # a network needs room for the host, a dynamic range and reservations
 T = TypeVar("T")
@@ -251,6 +252,19 @@ class Entries:
             if port == 0:
                 self.fail(where.at("server"), f"{server!r} has an invalid port (1 to 65535)")
                 ok = False
+        security = self.psk(item.get("security"), where, "security")
+        server_security = (
+            security if item.get("server_security") == "same"
+            else self.psk(item.get("server_security"), where, "server_security")
+        )  # fmt: skip
+        if ("security" in item and security is None) or ("server_security" in item and server_security is None):
+            ok = False
+        if item.get("server_security") == "same" and "security" not in item:
+            self.fail(where.at("server_security"), '"same" needs the bootstrap credentials (security:)')
+            ok = False
+        if server is not None and server.startswith("coaps://") != ("server_security" in item):
+            self.fail(where.at("server"), "a coaps:// server goes with server_security:, a coap:// one without")
+            ok = False
         bootstrap = item.get("bootstrap") or {}
         deletes = tuple(bootstrap.get("delete", ("/0", "/1")))
         seen_deletes: set[str] = set()
@@ -283,13 +297,34 @@ class Entries:
             name=item["name"],
             vm=item.get("vm"),
             server=server,
-            port=int(item.get("port", 5683)),
+            port=int(item.get("port", 5684 if "server_security" in item else 5683)),
             lifetime=int(item.get("lifetime", 300)),
             binding=item.get("binding", "U"),
             deletes=deletes,
             writes=tuple(writes),
+            security=security,
+            server_security=server_security,
             source=where.source,
         )
+
+    def psk(self, block: dict[str, Any] | None, where: Where, name: str) -> PskCredential | None:
+        """A schema-valid ``{mode: psk, identity:, key:}`` -> its credential (the key read and checked
+        here; messages name its variable or file, never its text); None and a problem when it is wrong."""
+        if block is None:
+            return None
+        try:
+            text, origin = secrets.read_secret(block["key"], base_dir=where.doc.directory, env=self.env, what="key")
+        except secrets.SecretError as e:
+            self.fail(where.at(name, "key"), str(e))
+            return None
+        try:
+            credential = PskCredential(block["identity"], parse_psk_key(text))
+            if name == "security":
+                ThingKeys(bootstrap=credential)
+        except InvalidKey as e:
+            self.fail(where.at(name, "key"), f"{origin}: {e}")
+            return None
+        return credential
 
 
 def _write_problem(write: dict[str, Any], written: dict[tuple[int, ...], int], index: int) -> str | None:

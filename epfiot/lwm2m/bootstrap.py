@@ -29,6 +29,7 @@ from epfiot.lwm2m.protocol import (
 from epfiot.lwm2m.rebootstrap import FinishHistory, RebootstrapRule
 from epfiot.lwm2m.refusals import RefusalReports
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
+from epfiot.psk import KeyFileCache, PskCredential
 from epfiot.registry import (
     STATUS_BOOTSTRAPPED,
     STATUS_BOOTSTRAPPING,
@@ -72,8 +73,12 @@ class Bootstrapper:
         exchange_timeout: float,
         max_concurrent: int,
         emit: Emit,
+        keys: KeyFileCache | None = None,
+        dtls_requester: compat.Requester | None = None,
     ) -> None:
         self.cache = cache
+        self._keys = keys
+        self._dtls_requester = dtls_requester
         self._writer = writer
         self._requester = requester
         self._rule = rule
@@ -147,10 +152,25 @@ class Bootstrapper:
         if target is None:
             self._refusals.report(req.endpoint, client, "unknown endpoint")
             raise NotFound("unknown endpoint")
+        self._check_identity(request.remote, req.endpoint, client)
         if target.record.config.server_uri is None:
             self._refusals.report(req.endpoint, client, "waiting for its server (the VM has no address yet)")
             raise Forbidden("waiting for its server")
         return req, target
+
+    def _check_identity(self, remote: Any, endpoint: str, client: str) -> None:
+        """Over DTLS the handshake's identity decides which thing the client is; a thing that has
+        bootstrap credentials bootstraps over DTLS only."""
+        authenticated = compat.authenticated_endpoint(remote)
+        if compat.is_dtls(remote):
+            if authenticated != endpoint:
+                self._refusals.report(endpoint, client, "the DTLS identity belongs to another thing")
+                raise Forbidden("authenticated as another thing")
+            return
+        keys = None if self._keys is None else self._keys.keys().get(endpoint)
+        if keys is not None and keys.bootstrap is not None:
+            self._refusals.report(endpoint, client, "a thing with credentials bootstraps over DTLS only")
+            raise Forbidden("this thing bootstraps over DTLS only")
 
     def _report_refusal(self, endpoint: str, client: str, reason: str) -> None:
         log.warning("bootstrap refused for %r from %s: %s", endpoint[:64], client, reason)
@@ -186,7 +206,7 @@ class Bootstrapper:
             client=client,
             server_uri=config.server_uri,
             content_format=req.content_format,
-            plan=self.cache.plan(target, req.content_format),
+            plan=self.cache.plan(target, req.content_format, self._server_psk(endpoint)),
             loop_error=self._history.loop_error(endpoint, target.revision, now),
             started=now,
         )
@@ -214,7 +234,13 @@ class Bootstrapper:
 
     # -- the exchange and its outcome ------------------------------------------------------------------
 
+    def _server_psk(self, endpoint: str) -> PskCredential | None:
+        keys = None if self._keys is None else self._keys.keys().get(endpoint)
+        return None if keys is None else keys.server
+
     def _send(self, message: aiocoap.Message, blockwise: bool) -> asyncio.Future[aiocoap.Message]:
+        if self._dtls_requester is not None and compat.is_dtls(message.remote):
+            return self._dtls_requester.request(message, blockwise=blockwise)
         return self._requester.request(message, blockwise=blockwise)
 
     async def _run(self, ex: Exchange) -> None:

@@ -26,7 +26,8 @@ CF_LWM2M_TLV = 11542
 CF_LWM2M_TLV_LEGACY = 1542
 CF_LWM2M_JSON_LEGACY = 1543
 
-Value = str | int | float | bool
+Value = str | int | float | bool | bytes
+"""A resource value; bytes are Opaque (the identity and key of a PSK Security object instance)."""
 
 # TLV identifier types (bits 7-6 of the type byte)
 TLV_OBJECT_INSTANCE = 0b00
@@ -85,7 +86,9 @@ def _group_resources(
 
 def tlv_value_bytes(value: Value) -> bytes:
     """The TLV value bytes of a scalar: UTF-8 string, shortest signed big-endian integer
-    (1, 2, 4 or 8 bytes), 8-byte IEEE-754 float, 1-byte boolean."""
+    (1, 2, 4 or 8 bytes), 8-byte IEEE-754 float, 1-byte boolean, Opaque bytes as they are."""
+    if isinstance(value, bytes):
+        return value
     if isinstance(value, bool):
         return b"\x01" if value else b"\x00"
     if isinstance(value, int):
@@ -254,6 +257,8 @@ def tlv_instance_resources(entries: Sequence[TlvEntry]) -> dict[ResourceKey, byt
 
 
 def _senml_value(value: Value) -> tuple[str, Value]:
+    if isinstance(value, bytes):  # RFC 8428: base64url without padding
+        return "vd", base64.urlsafe_b64encode(value).rstrip(b"=").decode("ascii")
     if isinstance(value, bool):
         return "vb", value
     if isinstance(value, int | float):

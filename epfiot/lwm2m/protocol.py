@@ -25,9 +25,11 @@ from epfiot.lwm2m.codec import (
     encode_senml_resources,
     encode_tlv_resources,
 )
+from epfiot.psk import PskCredential
 from epfiot.registry import SECURITY_INSTANCE, ThingConfig
 from epfiot.registry.paths import format_path, parse_path
 
+SECURITY_MODE_PSK = 0
 SECURITY_MODE_NOSEC = 3
 
 SUPPORTED_FORMATS = (CF_LWM2M_TLV, CF_SENML_JSON)
@@ -129,10 +131,23 @@ class Operation:
 FINISH = Operation("POST", "/bs")
 
 
-def security_resources(config: ThingConfig) -> dict[ResourceKey, Value]:
-    """Security object instance /0/1: server URI, not a bootstrap server, NoSec, short id."""
+def security_resources(
+    config: ThingConfig, server_psk: PskCredential | None = None
+) -> dict[ResourceKey, Value]:
+    """Security object instance /0/1: server URI, not a bootstrap server, the security mode, short id;
+    with a PSK (mode 0, the server URI is then ``coaps://``) also the identity (resource 3, "Public Key or
+    Identity") and the key (resource 5, "Secret Key"), both Opaque."""
     assert config.server_uri is not None
-    return {0: config.server_uri, 1: False, 2: SECURITY_MODE_NOSEC, 10: config.short_server_id}
+    if server_psk is None:
+        return {0: config.server_uri, 1: False, 2: SECURITY_MODE_NOSEC, 10: config.short_server_id}
+    return {
+        0: config.server_uri,
+        1: False,
+        2: SECURITY_MODE_PSK,
+        3: server_psk.identity.encode("utf-8"),
+        5: server_psk.key,
+        10: config.short_server_id,
+    }
 
 
 def server_resources(config: ThingConfig) -> dict[ResourceKey, Value]:
@@ -146,21 +161,28 @@ def encode_instance(content_format: int, obj: int, inst: int, resources: dict[Re
     return encode_tlv_resources(resources)
 
 
-def plan_bootstrap(config: ThingConfig, content_format: int) -> list[Operation]:
-    """The operations of one bootstrap, in order, ending with Bootstrap-Finish."""
+def plan_bootstrap(
+    config: ThingConfig, content_format: int, server_psk: PskCredential | None = None
+) -> list[Operation]:
+    """The operations of one bootstrap, in order, ending with Bootstrap-Finish. ``server_psk`` is the
+    credential of the thing's LwM2M server (its server URI is then ``coaps://``)."""
     if config.server_uri is None:
         raise Forbidden("thing is waiting for its server")
+    if (server_psk is not None) != config.server_uri.startswith("coaps://"):
+        raise Forbidden("a coaps:// server needs a pre-shared key, and a key a coaps:// server")
     fmt = CF_SENML_JSON if content_format == CF_SENML_JSON else CF_LWM2M_TLV
 
     # object instances to write, in order: our two, then extra writes in order of first use
     instances: dict[tuple[int, int], dict[ResourceKey, Value]] = {
-        (0, SECURITY_INSTANCE): security_resources(config),
+        (0, SECURITY_INSTANCE): security_resources(config, server_psk),
         (1, SECURITY_INSTANCE): server_resources(config),
     }
     for write in config.writes:
         ids = parse_path(write.path, min_depth=3, max_depth=4)
         key: ResourceKey = ids[2] if len(ids) == 3 else (ids[2], ids[3])
         instances.setdefault((ids[0], ids[1]), {})[key] = write.value
+    if server_psk is not None:  # a write of /0/1/3 or /0/1/5 (allowed for NoSec) never replaces the key
+        instances[(0, SECURITY_INSTANCE)].update(security_resources(config, server_psk))
 
     ops = [Operation("DELETE", path) for path in config.deletes]
     for (obj, inst), resources in instances.items():

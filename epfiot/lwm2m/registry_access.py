@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from epfiot.lwm2m.protocol import Operation, plan_bootstrap
+from epfiot.psk import PskCredential
 from epfiot.registry import BootstrapTarget, Registry, RegistryError, StatusUpdate
 
 log = logging.getLogger("epfiot.lwm2m.server")
@@ -69,7 +70,7 @@ class TargetCache:
         self._registry = registry
         self._version: int | None = None
         self._targets: dict[str, BootstrapTarget | None] = {}
-        self._plans: dict[tuple[str, int, int], list[Operation]] = {}
+        self._plans: dict[tuple[str, int, int, str | None], list[Operation]] = {}
 
     def _check(self) -> None:
         version = self._registry.data_version()
@@ -86,9 +87,13 @@ class TargetCache:
             target = self._targets[name] = self._registry.bootstrap_target(name)
             return target
 
-    def plan(self, target: BootstrapTarget, content_format: int) -> list[Operation]:
-        key = (target.record.config.name, target.revision, content_format)
+    def plan(
+        self, target: BootstrapTarget, content_format: int, server_psk: PskCredential | None = None
+    ) -> list[Operation]:
+        # keys can change without the registry: a plan is cached for the server key it carries
+        digest = None if server_psk is None else server_psk.digest
+        key = (target.record.config.name, target.revision, content_format, digest)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = plan_bootstrap(target.record.config, content_format)
+            plan = self._plans[key] = plan_bootstrap(target.record.config, content_format, server_psk)
         return plan

@@ -17,6 +17,10 @@ Status updates are written in small batches (:mod:`epfiot.lwm2m.registry_access`
 stopped server left in ``bootstrapping`` become ``timeout``; on stop, the exchanges in progress may
 finish (up to ``stop_timeout``) while new Bootstrap-Requests get 5.03.
 
+CoAP over DTLS (``dtls_port``): a second aiocoap context (tinydtls_server) serves the same site; the PSK
+identity of a client's handshake names the thing it is (:mod:`epfiot.lwm2m.bootstrap` refuses any other
+endpoint), keys come from the registry's key file (:mod:`epfiot.psk`), read again when it changes.
+
 Binding: the socket is an IPv6 UDP socket with IPV6_V6ONLY off, so binding ``"::"`` also accepts IPv4
 (as v4-mapped addresses) where the OS allows dual-stack sockets; an IPv4 literal binds to that IPv4
 address only.
@@ -40,11 +44,13 @@ from epfiot.lwm2m.bootstrap import STOPPED_DURING_EXCHANGE, Bootstrapper, refusa
 from epfiot.lwm2m.protocol import ProtocolError
 from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW, RebootstrapRule
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
+from epfiot.psk import KeyFileCache, key_file_path
 from epfiot.registry import Registry, RegistryError
 
 log = logging.getLogger("epfiot.lwm2m.server")
 
 DEFAULT_PORT = 5683
+DEFAULT_DTLS_PORT = 5684
 DEFAULT_EXCHANGE_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_REBOOTSTRAP_COUNT = DEFAULT_COUNT
@@ -104,6 +110,8 @@ class BootstrapServer:
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        dtls_port: int | None = None,
+        dtls_bind: str | None = None,
     ) -> None:
         if exchange_timeout <= 0:
             raise ValueError("exchange_timeout must be positive")
@@ -124,6 +132,10 @@ class BootstrapServer:
         self._writer: StatusWriter | None = None
         self._bootstrapper: Bootstrapper | None = None
         self._ctx: Any = None
+        self.requested_dtls_port = dtls_port
+        self.dtls_bind = bind if dtls_bind is None else dtls_bind
+        self._dtls_ctx: Any = None
+        self._dtls_port: int | None = None
         self._port: int | None = None
         self._closed: asyncio.Event | None = None
         self._sweep: asyncio.TimerHandle | None = None
@@ -133,6 +145,13 @@ class BootstrapServer:
         if self._port is None:
             raise RuntimeError("bootstrap server not started")
         return self._port
+
+    @property
+    def dtls_port(self) -> int:
+        """The bound CoAP-over-DTLS port (``coaps``), after start() with a ``dtls_port``."""
+        if self._dtls_port is None:
+            raise RuntimeError("bootstrap server not listening on DTLS")
+        return self._dtls_port
 
     @property
     def running(self) -> bool:
@@ -148,6 +167,8 @@ class BootstrapServer:
             raise RuntimeError("bootstrap server already started")
         if self.requested_port != 0:
             compat.ensure_port_free(self.bind, self.requested_port)
+        keys = KeyFileCache(key_file_path(self.registry_path))
+        keys.keys()  # a key file that cannot be used stops the start, with its reason
         started = time.time()
         registry = Registry(self.registry_path, busy_timeout=0.1)
         try:
@@ -159,6 +180,12 @@ class BootstrapServer:
                 transports=["udp6"],
             )
         except BaseException:
+            registry.close()
+            raise
+        try:
+            dtls_ctx = await self._start_dtls(keys) if self.requested_dtls_port is not None else None
+        except BaseException:
+            await ctx.shutdown()
             registry.close()
             raise
         endpoint = compat.udp_endpoint(ctx)
@@ -174,6 +201,8 @@ class BootstrapServer:
             )
             self._port = self.requested_port
         else:
+            if dtls_ctx is not None:
+                await dtls_ctx.shutdown()
             await ctx.shutdown()
             registry.close()
             raise RuntimeError(
@@ -182,6 +211,8 @@ class BootstrapServer:
         self._registry = registry
         self._writer = StatusWriter(registry, self._flush_interval)
         self._bootstrapper = Bootstrapper(
+            keys=keys,
+            dtls_requester=None if dtls_ctx is None else compat.dtls_requester(dtls_ctx),
             cache=TargetCache(registry),
             writer=self._writer,
             requester=compat.Requester(ctx, endpoint),
@@ -192,6 +223,8 @@ class BootstrapServer:
         )
         # Set once the server can answer (aiocoap documents this for sites that need the context).
         ctx.serversite = _Site(self._bootstrapper)
+        if dtls_ctx is not None:
+            dtls_ctx.serversite = ctx.serversite
         if endpoint is not None:
             compat.screen_requests(endpoint, self._bootstrapper.screen)
         self._ctx = ctx
@@ -202,6 +235,23 @@ class BootstrapServer:
             self.exchange_timeout, self._sweep_orphans, started
         )
         log.info("LwM2M bootstrap server listening on %s port %d (udp)", self.bind, self._port)
+
+    async def _start_dtls(self, keys: KeyFileCache) -> Any:
+        assert self.requested_dtls_port is not None
+        compat.claims_follow_the_latest_handshake()
+        # aiocoap's DTLS server binds one address: "::" there would not accept IPv4 clients as udp6 does
+        ctx = await aiocoap.Context.create_server_context(
+            None,
+            bind=compat.dtls_bind(self.dtls_bind, self.requested_dtls_port),
+            loggername="epfiot.lwm2m.coaps",
+            transports=["tinydtls_server"],
+            server_credentials=compat.dtls_credentials(keys.bootstrap_key),
+        )
+        address = compat.dtls_udp_address(ctx)
+        self._dtls_port = int(address[1]) if address is not None else self.requested_dtls_port
+        self._dtls_ctx = ctx
+        log.info("LwM2M bootstrap server listening on %s port %d (coaps)", self.dtls_bind, self._dtls_port)
+        return ctx
 
     async def stop(self) -> None:
         """Stop serving: new Bootstrap-Requests are answered 5.03 Service Unavailable, the exchanges in
@@ -242,7 +292,10 @@ class BootstrapServer:
             self._sweep.cancel()
             self._sweep = None
         ctx, self._ctx = self._ctx, None
+        dtls_ctx, self._dtls_ctx = self._dtls_ctx, None
         try:
+            if dtls_ctx is not None:
+                await dtls_ctx.shutdown()
             await ctx.shutdown()
         finally:
             if self._writer is not None:
@@ -316,10 +369,13 @@ async def run_bootstrap_server(
     rebootstrap_window: float = DEFAULT_REBOOTSTRAP_WINDOW,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ready: Callable[[BootstrapServer], None] | None = None,
+    dtls_port: int | None = None,
+    dtls_bind: str | None = None,
 ) -> None:
     """Serve bootstrap requests until cancelled, then stop as :meth:`BootstrapServer.stop` does (letting
     the exchanges in progress finish). ``ready`` is called once the socket is bound (e.g. to print the
-    port when ``port`` is 0)."""
+    port when ``port`` is 0). ``dtls_port`` (5684 is ``DEFAULT_DTLS_PORT``) also serves CoAP over DTLS, on
+    ``dtls_bind`` (default ``bind``; it must be one address)."""
     server = BootstrapServer(
         registry_path,
         bind,
@@ -329,6 +385,8 @@ async def run_bootstrap_server(
         rebootstrap_count=rebootstrap_count,
         rebootstrap_window=rebootstrap_window,
         stop_timeout=stop_timeout,
+        dtls_port=dtls_port,
+        dtls_bind=dtls_bind,
     )
     await server.start()
     try:

@@ -16,7 +16,9 @@ def plan_things(ctx: Context) -> None:
         notes = () if uri else ("waiting for its server: VM " + str(spec.vm) + " has no address yet",)
         observed = ctx.things.get(spec.name)
         if observed is None:
-            created = (Change("server_uri", None, uri),)
+            created: tuple[Change, ...] = (Change("server_uri", None, uri),)
+            if spec.credentials_digest is not None:
+                created += (Change("credentials", None, spec.credentials_digest),)
             ctx.actions.append(_action(spec, Verb.CREATE, "declared, not registered", created, (s.UpsertThing(spec, uri),), notes))
             continue
         if observed.owner != spec.owner:
@@ -50,7 +52,7 @@ def server_uri(ctx: Context, spec: ThingSpec) -> str | None:
         host = addresses[0]
     if ipaddress.ip_address(host).version == 6:
         host = f"[{host}]"
-    return f"coap://{host}:{spec.port}"
+    return f"{'coap' if spec.server_security is None else 'coaps'}://{host}:{spec.port}"
 
 
 def plan_thing_pruning(ctx: Context) -> None:
@@ -74,6 +76,7 @@ def thing_changes(spec: ThingSpec, observed: ObservedThing, uri: str | None) -> 
         ("binding", observed.binding, spec.binding),
         ("deletes", list(observed.deletes), list(spec.deletes)),
         ("writes", [(w.path, w.value) for w in observed.writes], [(w.path, w.value) for w in spec.writes]),
+        ("credentials", observed.credentials_digest, spec.credentials_digest),  # digests: never a key
     ]
     return tuple(Change(f, before, after) for f, before, after in pairs if before != after)
 

@@ -172,8 +172,15 @@ def _validate_server_uri(name: str, uri: str) -> None:
         port = parts.port
     except ValueError as exc:
         raise InvalidThingConfig(f"thing {name}: server_uri {uri!r}: {exc}") from None
-    if parts.scheme != "coap" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise InvalidThingConfig(f"thing {name}: server_uri {uri!r} must look like coap://host:port (NoSec)")
+    if (
+        parts.scheme not in ("coap", "coaps")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+    ):
+        raise InvalidThingConfig(
+            f"thing {name}: server_uri {uri!r} must look like coap://host:port (NoSec) or coaps://host:port (PSK)"
+        )
     if port == 0:
         raise InvalidThingConfig(f"thing {name}: server_uri {uri!r} has port 0")
 

@@ -33,6 +33,9 @@ class WatchConfig:
     port: int
     log_format: Format
     verbose: bool
+    dtls_port: int | None = None  # no CoAP over DTLS
+    dtls_bind: str | None = None
+    dtls_note: str = "CoAP over DTLS off"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WatchConfig:
@@ -51,6 +54,9 @@ class WatchConfig:
                 raise UsageError(f"--{option.replace('_', '-')} must not be negative")
         if args.resync == 0:
             raise UsageError("--resync must be positive")
+        from epfiot.psk import dtls_listener
+
+        dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
         return cls(
             paths=tuple(paths),
             uri=str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"),
@@ -66,6 +72,9 @@ class WatchConfig:
             serve=args.serve,
             bind=args.bind,
             port=args.port,
+            dtls_port=dtls_port,
+            dtls_bind=dtls_bind,
+            dtls_note=dtls_note,
             log_format=args.log_format,
             verbose=bool(getattr(args, "verbose", False)),
         )

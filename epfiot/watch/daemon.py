@@ -253,13 +253,22 @@ class Watcher:
             self.log(kind, message, subject=subject, level=level, **extra)
             events.record(kind, subject, message, **fields)
 
-        server = BootstrapServer(self.config.state_dir / "registry.db", self.config.bind, self.config.port, on_event=on_event)
+        server = BootstrapServer(
+            self.config.state_dir / "registry.db",
+            self.config.bind,
+            self.config.port,
+            on_event=on_event,
+            dtls_port=self.config.dtls_port,
+            dtls_bind=self.config.dtls_bind,
+        )
         try:
             await server.start()
         except OSError as error:
             self.log("serve.failed", f"cannot serve LwM2M bootstrap on [{self.config.bind}]:{self.config.port}: {error}", level="error")
             return None
         self.log("serve.listening", f"LwM2M bootstrap server on [{self.config.bind}]:{server.port}", bind=self.config.bind, port=server.port)
+        dtls = self.config.dtls_note if self.config.dtls_port is None else f"CoAP over DTLS on [{self.config.dtls_bind}]:{server.dtls_port}"
+        self.log("serve.dtls", dtls)
         return server
 
 
