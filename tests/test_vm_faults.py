@@ -96,7 +96,7 @@ def test_a_guest_kvm_cannot_run_is_shown_faulted_and_recovered_only_with_allow_r
         if _wait_for_fault(host, name, 60) is None:
             pytest.skip("this host's KVM runs the guest: no internal error to observe")
         code, out = cli("get", "vms", "-o", "json")
-        assert [r["state"] for r in json.loads(out) if r["name"] == "guest"] == ["paused (internal-error)"], out
+        assert [r["state"] for r in json.loads(out) if (r["owner"], r["name"]) == (tenant, "guest")] == ["paused (internal-error)"], out
         code, out = cli("plan", "-f", str(stack(True)), "-o", "json")
         (action,) = json.loads(out)["actions"]
         assert (action["action"], action["reason"]) == ("update", "is paused (internal-error)"), out
