@@ -14,7 +14,6 @@ mapping was expected, a token in user_data ... Problems there name the field and
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +65,8 @@ def explain(violation: Violation, value: Any) -> list[tuple[PathKey, str]]:
         for key in value:
             if key in known:
                 continue
+            import difflib  # only a bad document needs suggestions
+
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known fields: {', '.join(known)})"
             out.append(((*path, key), f"unknown field {key!r}{hint}"))
@@ -86,6 +87,8 @@ def _message(keyword: str, expected: Any, value: Any, shown: str, path: PathKey)
         return f"expected {' or '.join(_TYPE_NAMES.get(str(t), str(t)) for t in types)}, got {shown}"
     if keyword == "enum":
         choices = [str(c) for c in expected]
+        import difflib
+
         close = difflib.get_close_matches(str(value), choices, n=1) if not _is_sensitive(path) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{shown} is not one of: {', '.join(choices)}{hint}"

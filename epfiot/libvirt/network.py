@@ -17,7 +17,6 @@ comes up with after a restart, and what set_dhcp_host keeps in step with the run
 from __future__ import annotations
 
 import ipaddress
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -295,6 +294,8 @@ _CONFIG = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
 
 
 def _host_xml(mac: str, ip: str, name: str | None) -> str:
+    import xml.etree.ElementTree as ET  # only a change writes XML: a no-op apply does not import it
+
     host = ET.Element("host", {"mac": mac, "ip": ip})
     if name:
         host.set("name", name)

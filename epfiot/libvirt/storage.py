@@ -15,7 +15,6 @@ overlay, and deleting a VM's volumes can never hit a base image.
 from __future__ import annotations
 
 import contextlib
-import xml.etree.ElementTree as ET
 from typing import Any
 
 import libvirt
@@ -85,6 +84,8 @@ def _require_pool(conn: Any, pool: str) -> Any:
 
 
 def pool_xml(name: str, path: str) -> str:
+    import xml.etree.ElementTree as ET  # only a change writes XML: a no-op apply does not import it
+
     pool = ET.Element("pool", {"type": "dir"})
     ET.SubElement(pool, "name").text = name
     target = ET.SubElement(pool, "target")
@@ -189,6 +190,8 @@ def _lookup_volume(pool: Any, name: str) -> Any | None:
 
 
 def overlay_xml(name: str, capacity: int, backing_path: str, backing_format: str) -> str:
+    import xml.etree.ElementTree as ET
+
     volume = ET.Element("volume")
     ET.SubElement(volume, "name").text = name
     ET.SubElement(volume, "capacity", {"unit": "bytes"}).text = str(capacity)
@@ -242,6 +245,8 @@ def create_overlay(conn: Any, pool: str, spec: VmSpec) -> None:
 
 
 def seed_xml(name: str, size: int) -> str:
+    import xml.etree.ElementTree as ET
+
     volume = ET.Element("volume")
     ET.SubElement(volume, "name").text = name
     ET.SubElement(volume, "capacity", {"unit": "bytes"}).text = str(size)

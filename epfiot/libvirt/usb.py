@@ -25,10 +25,9 @@ So, here:
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import libvirt
@@ -36,6 +35,9 @@ import libvirt
 from epfiot.errors import HostError
 from epfiot.libvirt.xmlmodel import XmlChild, XmlObject, text
 from epfiot.model import AttachedUsb, HostUsbDevice, UsbId
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 _PORT_PATH = re.compile(r"^\d+-\d+(\.\d+)*$")
 _PORT_NAME = re.compile(r"^usb_(\d+)_(\d+(?:_\d+)*)$")
@@ -207,6 +209,8 @@ def hostdev_element(device: HostUsbDevice, *, required: bool) -> ET.Element:
     for part in (device.id.vendor, device.id.product):
         if not _HEX4.match(part):
             raise ValueError(f"not a USB id: {device.id}")
+    import xml.etree.ElementTree as ET  # only a VM with USB devices needs it: a no-op apply does not
+
     hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "usb", "managed": "yes"})
     source = ET.SubElement(hostdev, "source", {} if required else {"startupPolicy": "optional"})
     ET.SubElement(source, "vendor", {"id": f"0x{device.id.vendor}"})
@@ -218,6 +222,8 @@ def hostdev_element(device: HostUsbDevice, *, required: bool) -> ET.Element:
 
 def hostdev_xml(device: HostUsbDevice, *, required: bool) -> str:
     """hostdev_element as text (ElementTree escapes every value)."""
+    import xml.etree.ElementTree as ET
+
     return ET.tostring(hostdev_element(device, required=required), encoding="unicode")
 
 
