@@ -95,7 +95,7 @@ def main() -> None:
     print(f"real daemon {URI}, {args.vms} tiny VMs, epfiot --parallel {args.parallel}")
     print(report("create (define + start)", epfiot_create, serial_create, 0.5, baseline_name="serial loop"))
     print(report("teardown (destroy + undefine)", epfiot_destroy, serial_destroy, 0.5, baseline_name="serial loop"))
-    print(report("no-op apply, whole process", noop, bare, 4.0, baseline_name="python -c 'import libvirt'"))
+    print(report("no-op apply, whole process", noop, bare, 3.0, baseline_name="python -c 'import libvirt'"))
 
 
 if __name__ == "__main__":

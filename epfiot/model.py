@@ -141,6 +141,8 @@ class Credentials:
 
 @dataclass(frozen=True)
 class VmSpec:
+    """A VM as a manifest declares it."""
+
     owner: str
     stack: str
     name: str
@@ -185,6 +187,8 @@ class VmSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
+    """A libvirt network as a manifest declares it."""
+
     owner: str
     stack: str
     name: str
@@ -217,6 +221,8 @@ class ResourceWriteSpec:
 
 @dataclass(frozen=True)
 class ThingSpec:
+    """An LwM2M thing as a manifest declares it: its endpoint, its server (a VM's or a URI), its writes."""
+
     owner: str
     stack: str
     name: str  # the LwM2M endpoint name, unique on the host
@@ -255,6 +261,8 @@ class StackSpec:
 
 @dataclass(frozen=True)
 class Desired:
+    """Everything the given manifests declare."""
+
     stacks: tuple[StackSpec, ...] = ()
     vms: tuple[VmSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
@@ -306,6 +314,8 @@ class AttachedUsb:
 
 @dataclass(frozen=True)
 class ObservedVm:
+    """A libvirt domain as read from the host, epfiot's or not."""
+
     libvirt_name: str
     uuid: str
     ownership: Ownership | None  # None: not managed by epfiot
@@ -346,6 +356,8 @@ class ObservedVm:
 
 @dataclass(frozen=True)
 class ObservedNetwork:
+    """A libvirt network as read from the host."""
+
     libvirt_name: str
     ownership: Ownership | None
     active: bool
@@ -359,6 +371,8 @@ class ObservedNetwork:
 
 @dataclass(frozen=True)
 class ObservedVolume:
+    """A volume of the image pool as read from the host."""
+
     pool: str
     name: str
     capacity_bytes: int = 0
@@ -384,6 +398,8 @@ class ObservedThing:
 
 @dataclass(frozen=True)
 class Observed:
+    """Everything read from the host in one observation."""
+
     vms: tuple[ObservedVm, ...] = ()
     networks: tuple[ObservedNetwork, ...] = ()
     usb: tuple[HostUsbDevice, ...] = ()

@@ -13,6 +13,8 @@ from epfiot.model import AttachedUsb, HostUsbDevice, NetworkSpec, ThingSpec, VmS
 
 @dataclass(frozen=True)
 class DefineVm:
+    """Define the domain of `spec` (a new one when uuid is None, else that domain's new definition)."""
+
     spec: VmSpec
     usb: tuple[tuple[HostUsbDevice, bool], ...]  # (device, required)
     uuid: str | None
@@ -24,6 +26,8 @@ class DefineVm:
 
 @dataclass(frozen=True)
 class StartVm:
+    """Start the domain (paused: started with its vCPUs stopped)."""
+
     name: str
     paused: bool = False
 
@@ -33,6 +37,8 @@ class StartVm:
 
 @dataclass(frozen=True)
 class ShutdownVm:
+    """Ask the guest to shut down; power it off after `timeout` seconds."""
+
     name: str
     timeout: float
 
@@ -42,6 +48,8 @@ class ShutdownVm:
 
 @dataclass(frozen=True)
 class DestroyVm:
+    """Power the domain off at once."""
+
     name: str
 
     def describe(self) -> str:
@@ -50,6 +58,8 @@ class DestroyVm:
 
 @dataclass(frozen=True)
 class SuspendVm:
+    """Pause the running domain."""
+
     name: str
 
     def describe(self) -> str:
@@ -58,6 +68,8 @@ class SuspendVm:
 
 @dataclass(frozen=True)
 class ResumeVm:
+    """Resume the paused domain."""
+
     name: str
 
     def describe(self) -> str:
@@ -66,6 +78,8 @@ class ResumeVm:
 
 @dataclass(frozen=True)
 class UndefineVm:
+    """Remove the domain's definition."""
+
     name: str
 
     def describe(self) -> str:
@@ -74,6 +88,8 @@ class UndefineVm:
 
 @dataclass(frozen=True)
 class SetVcpus:
+    """Set the vCPU count of the definition, or of the running instance (live)."""
+
     name: str
     count: int
     live: bool
@@ -84,6 +100,8 @@ class SetVcpus:
 
 @dataclass(frozen=True)
 class SetMemory:
+    """Set the memory of the definition, or of the running instance (live)."""
+
     name: str
     mib: int
     live: bool
@@ -94,6 +112,8 @@ class SetMemory:
 
 @dataclass(frozen=True)
 class AttachUsb:
+    """Pass a host USB device through to the domain."""
+
     name: str
     device: HostUsbDevice
     required: bool
@@ -107,6 +127,8 @@ class AttachUsb:
 
 @dataclass(frozen=True)
 class DetachUsb:
+    """Take a passed-through USB device from the domain."""
+
     name: str
     device: AttachedUsb
     live: bool
@@ -117,6 +139,8 @@ class DetachUsb:
 
 @dataclass(frozen=True)
 class WaitForAddress:
+    """Wait until the VM has an IPv4 address, for `timeout` seconds at most."""
+
     name: str
     timeout: float
 
@@ -126,6 +150,8 @@ class WaitForAddress:
 
 @dataclass(frozen=True)
 class CreateOverlay:
+    """Create the VM's disk: a qcow2 overlay backed by its image."""
+
     spec: VmSpec
 
     def describe(self) -> str:
@@ -134,6 +160,8 @@ class CreateOverlay:
 
 @dataclass(frozen=True)
 class WriteSeed:
+    """Write the VM's cloud-init seed volume."""
+
     spec: VmSpec
 
     def describe(self) -> str:
@@ -142,6 +170,8 @@ class WriteSeed:
 
 @dataclass(frozen=True)
 class DeleteVolume:
+    """Delete a volume (a VM's disk or seed)."""
+
     volume: str
 
     def describe(self) -> str:
@@ -150,6 +180,8 @@ class DeleteVolume:
 
 @dataclass(frozen=True)
 class DefineNetwork:
+    """Define the network of `spec` and start it."""
+
     spec: NetworkSpec
 
     def describe(self) -> str:
@@ -158,6 +190,8 @@ class DefineNetwork:
 
 @dataclass(frozen=True)
 class StartNetwork:
+    """Start the defined network."""
+
     name: str
 
     def describe(self) -> str:
@@ -166,6 +200,8 @@ class StartNetwork:
 
 @dataclass(frozen=True)
 class RemoveNetwork:
+    """Stop the network and remove its definition."""
+
     name: str
 
     def describe(self) -> str:
@@ -174,6 +210,8 @@ class RemoveNetwork:
 
 @dataclass(frozen=True)
 class SetDhcpHost:
+    """Reserve an address for a MAC in the network's DHCP."""
+
     network: str
     mac: str
     ip: str
@@ -185,6 +223,8 @@ class SetDhcpHost:
 
 @dataclass(frozen=True)
 class RemoveDhcpHost:
+    """Release a DHCP reservation of the network."""
+
     network: str
     mac: str
     ip: str
@@ -195,6 +235,8 @@ class RemoveDhcpHost:
 
 @dataclass(frozen=True)
 class UpsertThing:
+    """Register the thing's endpoint in the registry, or update it."""
+
     spec: ThingSpec
     server_uri: str | None
 
@@ -205,6 +247,8 @@ class UpsertThing:
 
 @dataclass(frozen=True)
 class DeleteThing:
+    """Remove the thing's endpoint from the registry."""
+
     name: str
 
     def describe(self) -> str:
