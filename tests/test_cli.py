@@ -249,3 +249,27 @@ def test_installed_script_runs() -> None:
     script = Path(sys.executable).parent / "epfiot"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.startswith("epfiot ")
+
+
+def test_detailed_exitcode_manifest_errors_are_1_and_2_without_the_flag(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n")
+    code, _, err = run("plan", "-f", str(bad), "--detailed-exitcode")
+    assert code == 1 and f"{bad}:6" in err, err
+    code, _, err = run("plan", "-f", str(bad))
+    assert code == 2 and f"{bad}:6" in err, err
+
+
+def test_detailed_exitcode_is_3_when_a_vm_only_waits_for_an_unplugged_device(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("usb: []\n")
+    stack = write_stack(tmp_path, "alice", vms=[vm("logger", devices=[{"usb": {"id": "0403:6001"}}])])
+    assert run("--policy", str(policy), "apply", "-f", str(stack))[0] == 0
+    code, out, _ = run("--policy", str(policy), "plan", "-f", str(stack), "--detailed-exitcode")
+    assert code == 3, out
+    assert "! vm alice/logger: wait (USB 0403:6001 is not plugged in" in out
+    assert "Plan: 0 to create, 0 to change, 0 to destroy, 0 unchanged, 1 waiting." in out
+    code, out, _ = run("--policy", str(policy), "plan", "-f", str(stack), "-o", "json")
+    assert code == 0 and json.loads(out)["summary"]["wait"] == 1
+    write_stack(tmp_path, "alice", vms=[vm("logger", devices=[{"usb": {"id": "0403:6001"}}]), vm("other")])
+    assert run("--policy", str(policy), "plan", "-f", str(stack), "--detailed-exitcode")[0] == 2  # changes and waits: 2

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", aliases=["diff"], help="show what apply would do")
     manifests(p)
-    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes, 1: errors")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes, 3: only waits (nothing to apply), 1: errors")
     p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
@@ -119,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(command.run(args))
     except EpfiotError as error:
         print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+        # plan --detailed-exitcode keeps 2 for "changes": any error is 1 there, as in terraform plan
+        return 1 if getattr(args, "detailed_exitcode", False) else error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
