@@ -99,3 +99,7 @@ class ConnectionFailed(HostError):
 
 class PlanError(EpfiotError):
     """The plan cannot be applied as a whole (conflicts, missing images, unmanaged name clashes)."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems

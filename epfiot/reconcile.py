@@ -268,4 +268,4 @@ def check(plan: Plan) -> None:
     if plan.problems:
         count = len(plan.problems)
         lines = [f"{count} problem{'s' if count != 1 else ''} in the plan; nothing was changed:"]
-        raise PlanError("\n".join(lines + [f"  {p}" for p in plan.problems]))
+        raise PlanError("\n".join(lines + [f"  {p}" for p in plan.problems]), plan.problems)

@@ -253,7 +253,7 @@ def test_installed_script_runs() -> None:
 
 def test_detailed_exitcode_manifest_errors_are_1_and_2_without_the_flag(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n")
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n    vcpu: 1\n")
     code, _, err = run("plan", "-f", str(bad), "--detailed-exitcode")
     assert code == 1 and f"{bad}:6" in err, err
     code, _, err = run("plan", "-f", str(bad))
@@ -273,3 +273,28 @@ def test_detailed_exitcode_is_3_when_a_vm_only_waits_for_an_unplugged_device(run
     assert code == 0 and json.loads(out)["summary"]["wait"] == 1
     write_stack(tmp_path, "alice", vms=[vm("logger", devices=[{"usb": {"id": "0403:6001"}}]), vm("other")])
     assert run("--policy", str(policy), "plan", "-f", str(stack), "--detailed-exitcode")[0] == 2  # changes and waits: 2
+
+
+def test_json_output_on_manifest_errors_gives_problems_with_file_line_and_path(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n    vcpu: 1\n")
+    for command in ("plan", "apply"):
+        code, out, err = run(command, "-f", str(bad), "-o", "json")
+        assert code == 2 and "error:" in err
+        (problem,) = json.loads(out)["problems"]
+        assert (problem["file"], problem["line"], problem["path"]) == (str(bad), 6, "vms[0].memory"), problem
+        assert problem["message"]
+
+
+def test_json_output_gives_plan_problems_as_objects(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    host.defineXML("<domain type='test'><name>alice.example1</name><memory>65536</memory><os><type>hvm</type></os></domain>")
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    code, out, _ = run("plan", "-f", str(stack), "-o", "json")
+    assert code == 1
+    (problem,) = json.loads(out)["problems"]
+    assert problem["file"] is None and "not managed by epfiot" in problem["message"], problem
+    code, out, _ = run("apply", "-f", str(stack), "-o", "json")
+    assert code == 1
+    assert json.loads(out) == {"problems": [problem]}
+    code, out, _ = run("--connect", "test:///nonexistent/path.xml", "get", "vms", "-o", "json")
+    assert code != 0 and json.loads(out)["problems"][0]["message"]

@@ -118,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = importlib.import_module(f"epfiot.cli.{COMMANDS[args.command]}")
         return int(command.run(args))
     except EpfiotError as error:
+        if getattr(args, "output", None) == "json":
+            from epfiot import render
+
+            print(render.to_json(render.error_as_dict(error)))
         print(f"error: {error}", file=sys.stderr)
         # plan --detailed-exitcode keeps 2 for "changes": any error is 1 there, as in terraform plan
         return 1 if getattr(args, "detailed_exitcode", False) else error.exit_code
