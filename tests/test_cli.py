@@ -298,3 +298,30 @@ def test_json_output_gives_plan_problems_as_objects(run, tmp_path: Path, host: l
     assert json.loads(out) == {"problems": [problem]}
     code, out, _ = run("--connect", "test:///nonexistent/path.xml", "get", "vms", "-o", "json")
     assert code != 0 and json.loads(out)["problems"][0]["message"]
+
+
+def test_global_options_are_taken_anywhere_on_the_line(tmp_path: Path) -> None:
+    from epfiot.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["plan", "-v", "-f", "x"])
+    assert args.verbose and args.files == ["x"]
+    args = parser.parse_args(["apply", "--virt-type", "qemu", "-f", "x"])
+    assert args.virt_type == "qemu"
+    assert parser.parse_args(["--connect", "test:///default", "get", "vms"]).connect == "test:///default"
+    assert parser.parse_args(["get", "vms", "--connect", "test:///default"]).connect == "test:///default"
+    # a value given before the command is not overwritten by the subcommand's default
+    args = parser.parse_args(["-v", "--image-pool", "mine", "--state-dir", "/s", "plan", "-f", "x"])
+    assert (args.verbose, args.image_pool, args.state_dir) == (True, "mine", Path("/s"))
+    args = parser.parse_args(["plan", "-f", "x"])
+    assert (args.verbose, args.connect, args.image_pool) == (False, None, "epfiot-images")
+
+
+def test_global_options_after_the_command_reach_it(run, tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    assert run("apply", "-f", str(stack))[0] == 0
+    code = main(["get", "vms", "--connect", URI, "--state-dir", str(tmp_path / "state"), "-o", "json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["name"] for r in rows] == ["example1"]
+    code = main(["plan", "-f", str(stack), "-v", "--connect", URI, "--state-dir", str(tmp_path / "state")])
+    assert code == 0 and "= vm alice/example1: noop" in capsys.readouterr().out
