@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from epfiot.errors import ManifestError, PlanError
 from epfiot.plan import Action, Change, Plan, Verb
+from epfiot.wording import counted
 
 if TYPE_CHECKING:
     from epfiot.reconcile import CreatePool
@@ -46,7 +47,7 @@ def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = 
             lines += [f"      {change_line(c)}" for c in action.changes]
             lines += [f"      note: {n}" for n in action.notes]
     if noops and not show_noops:
-        lines.append(f"  = {len(noops)} resources unchanged (--verbose lists them)")
+        lines.append(f"  = {counted(len(noops), 'resource')} unchanged (--verbose lists them)")
     if plan.problems:
         lines.append("")
         lines.append("Problems (nothing will be applied until they are fixed):")

@@ -325,3 +325,30 @@ def test_global_options_after_the_command_reach_it(run, tmp_path: Path, host: li
     assert code == 0 and [r["name"] for r in rows] == ["example1"]
     code = main(["plan", "-f", str(stack), "-v", "--connect", URI, "--state-dir", str(tmp_path / "state")])
     assert code == 0 and "= vm alice/example1: noop" in capsys.readouterr().out
+
+
+def test_version_command_and_option(run, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from epfiot import __version__
+
+    code, out, _ = run("version")
+    assert code == 0 and out.splitlines()[0] == f"epfiot {__version__}" and "libvirt-python " in out
+    code, out, _ = run("version", "-o", "json")
+    assert code == 0 and json.loads(out)["epfiot"] == __version__
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"epfiot {__version__}\n"
+
+
+def test_counts_in_the_output_agree_with_their_noun(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from epfiot.wording import counted
+
+    assert (counted(0, "action"), counted(1, "action"), counted(2, "action")) == ("0 actions", "1 action", "2 actions")
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    code, out, _ = run("apply", "-f", str(stack))
+    assert code == 0 and "\nApplying 1 action to test:///default ..." in out, out
+    write_stack(tmp_path, "alice", vms=[vm("example1"), vm("example2"), vm("example3")])
+    code, out, _ = run("apply", "-f", str(stack))
+    assert code == 0 and "\nApplying 2 actions to test:///default ..." in out, out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n    vcpu: 1\n")
+    assert "error: 1 problem in the manifests; nothing was changed" in run("plan", "-f", str(bad))[2]

@@ -24,6 +24,7 @@ COMMANDS = {
     "serve": "serve",
     "events": "events",
     "schema": "schema",
+    "version": "version",
 }
 
 
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     add_command("schema", help="print the manifest JSON Schema")
+
+    p = add_command("version", help="print the version of epfiot and of what it runs on")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return parser
 
 
