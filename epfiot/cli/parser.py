@@ -25,6 +25,7 @@ COMMANDS = {
     "events": "events",
     "schema": "schema",
     "version": "version",
+    "explain": "explain",
 }
 
 
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     add_command("schema", help="print the manifest JSON Schema")
+
+    p = add_command("explain", help="describe a manifest field, from the schema (e.g. vms.memory)")
+    p.add_argument("path", nargs="?", default="", help="field path: vms, vms.memory, things.server.uri ... (default: the document)")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     p = add_command("version", help="print the version of epfiot and of what it runs on")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
