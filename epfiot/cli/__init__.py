@@ -1,5 +1,5 @@
 """The command line: epfiot plan | apply | delete | get | watch | serve | events | schema | explain
-| version.
+| completion | version.
 
 Exit codes: 0 success; 1 failure; 2 usage or manifest errors. plan --detailed-exitcode, as terraform plan:
 0 no changes, 2 changes, 1 any error, and 3 when resources only wait (nothing to apply, the host differs).

@@ -26,6 +26,7 @@ COMMANDS = {
     "schema": "schema",
     "version": "version",
     "explain": "explain",
+    "completion": "completion",
 }
 
 
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("explain", help="describe a manifest field, from the schema (e.g. vms.memory)")
     p.add_argument("path", nargs="?", default="", help="field path: vms, vms.memory, things.server.uri ... (default: the document)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    p = add_command("completion", help="print a shell completion script: eval \"$(epfiot completion bash)\"")
+    p.add_argument("shell", choices=("bash", "zsh"))
 
     p = add_command("version", help="print the version of epfiot and of what it runs on")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
