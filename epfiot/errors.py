@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from epfiot.wording import counted
+
 RetryClass = Literal["temporary", "permanent", "failed"]
 
 
@@ -70,8 +72,7 @@ class ManifestError(EpfiotError):
 
     def __init__(self, problems: list[ManifestProblem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.path))
-        count = len(self.problems)
-        lines = [f"{count} problem{'s' if count != 1 else ''} in the manifests; nothing was changed:"]
+        lines = [f"{counted(len(self.problems), 'problem')} in the manifests; nothing was changed:"]
         lines += [f"  {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 
@@ -99,3 +100,7 @@ class ConnectionFailed(HostError):
 
 class PlanError(EpfiotError):
     """The plan cannot be applied as a whole (conflicts, missing images, unmanaged name clashes)."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems

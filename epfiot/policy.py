@@ -37,6 +37,7 @@ import yaml
 
 from epfiot.errors import UsageError
 from epfiot.model import NAME_PATTERN, NO_SOURCE, HostUsbDevice, Source, UsbId, UsbSelector
+from epfiot.wording import counted
 
 DEFAULT_POLICY_PATH = Path("/etc/epfiot/policy.yaml")
 POLICY_ENV = "EPFIOT_POLICY"
@@ -171,8 +172,7 @@ def parse_policy(text: str, filename: str = "<policy>") -> UsbPolicy:
                 if rule is not None:
                     rules.append(rule)
     if problems:
-        count = len(problems)
-        lines = [f"{count} problem{'s' if count != 1 else ''} in the USB policy; nothing was changed:"]
+        lines = [f"{counted(len(problems), 'problem')} in the USB policy; nothing was changed:"]
         raise PolicyError("\n".join(lines + [f"  {p}" for _, p in sorted(problems, key=lambda p: p[0])]))
     return UsbPolicy(tuple(rules), filename)
 

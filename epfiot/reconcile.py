@@ -36,6 +36,7 @@ from epfiot.model import (
 )
 from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, make_plan, plan_deletion
 from epfiot.psk import ThingKeys, key_file_path, read_key_file
+from epfiot.wording import counted
 
 if TYPE_CHECKING:
     from epfiot.policy import UsbPolicy
@@ -266,6 +267,5 @@ def plan_changes(desired: Desired, observed: Observed, options: Options, policy:
 
 def check(plan: Plan) -> None:
     if plan.problems:
-        count = len(plan.problems)
-        lines = [f"{count} problem{'s' if count != 1 else ''} in the plan; nothing was changed:"]
-        raise PlanError("\n".join(lines + [f"  {p}" for p in plan.problems]))
+        lines = [f"{counted(len(plan.problems), 'problem')} in the plan; nothing was changed:"]
+        raise PlanError("\n".join(lines + [f"  {p}" for p in plan.problems]), plan.problems)

@@ -6,7 +6,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from epfiot.errors import ManifestError, PlanError
 from epfiot.plan import Action, Change, Plan, Verb
+from epfiot.wording import counted
 
 if TYPE_CHECKING:
     from epfiot.reconcile import CreatePool
@@ -45,7 +47,7 @@ def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = 
             lines += [f"      {change_line(c)}" for c in action.changes]
             lines += [f"      note: {n}" for n in action.notes]
     if noops and not show_noops:
-        lines.append(f"  = {len(noops)} resources unchanged (--verbose lists them)")
+        lines.append(f"  = {counted(len(noops), 'resource')} unchanged (--verbose lists them)")
     if plan.problems:
         lines.append("")
         lines.append("Problems (nothing will be applied until they are fixed):")
@@ -86,9 +88,24 @@ def plan_as_dict(plan: Plan, *, pool: CreatePool | None = None, pool_created: bo
             }
             for a in plan.actions
         ],
-        "problems": list(plan.problems),
+        "problems": [problem_as_dict(p) for p in plan.problems],
         "summary": {verb.value: plan.count(verb) for verb in Verb},
     }
+
+
+def problem_as_dict(message: str, file: str | None = None, line: int | None = None, path: str | None = None) -> dict[str, Any]:
+    """One problem as JSON output gives it, whatever found it: where (None when it is no place in a file),
+    and what. Manifest problems have all four; plan and other errors only the message."""
+    return {"file": file, "line": line, "path": path, "message": message}
+
+
+def error_as_dict(error: Exception) -> dict[str, Any]:
+    """`-o json` output of a command that failed: {"problems": [...]}."""
+    if isinstance(error, ManifestError):
+        return {"problems": [problem_as_dict(p.message, p.file, p.line, p.path) for p in error.problems]}
+    if isinstance(error, PlanError) and error.problems:
+        return {"problems": [problem_as_dict(p) for p in error.problems]}
+    return {"problems": [problem_as_dict(str(error))]}
 
 
 def pool_as_dict(pool: CreatePool, *, done: bool) -> dict[str, Any]:

@@ -249,3 +249,106 @@ def test_installed_script_runs() -> None:
     script = Path(sys.executable).parent / "epfiot"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.startswith("epfiot ")
+
+
+def test_detailed_exitcode_manifest_errors_are_1_and_2_without_the_flag(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n    vcpu: 1\n")
+    code, _, err = run("plan", "-f", str(bad), "--detailed-exitcode")
+    assert code == 1 and f"{bad}:6" in err, err
+    code, _, err = run("plan", "-f", str(bad))
+    assert code == 2 and f"{bad}:6" in err, err
+
+
+def test_detailed_exitcode_is_3_when_a_vm_only_waits_for_an_unplugged_device(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("usb: []\n")
+    stack = write_stack(tmp_path, "alice", vms=[vm("logger", devices=[{"usb": {"id": "0403:6001"}}])])
+    assert run("--policy", str(policy), "apply", "-f", str(stack))[0] == 0
+    code, out, _ = run("--policy", str(policy), "plan", "-f", str(stack), "--detailed-exitcode")
+    assert code == 3, out
+    assert "! vm alice/logger: wait (USB 0403:6001 is not plugged in" in out
+    assert "Plan: 0 to create, 0 to change, 0 to destroy, 0 unchanged, 1 waiting." in out
+    code, out, _ = run("--policy", str(policy), "plan", "-f", str(stack), "-o", "json")
+    assert code == 0 and json.loads(out)["summary"]["wait"] == 1
+    write_stack(tmp_path, "alice", vms=[vm("logger", devices=[{"usb": {"id": "0403:6001"}}]), vm("other")])
+    assert run("--policy", str(policy), "plan", "-f", str(stack), "--detailed-exitcode")[0] == 2  # changes and waits: 2
+
+
+def test_json_output_on_manifest_errors_gives_problems_with_file_line_and_path(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n    vcpu: 1\n")
+    for command in ("plan", "apply"):
+        code, out, err = run(command, "-f", str(bad), "-o", "json")
+        assert code == 2 and "error:" in err
+        (problem,) = json.loads(out)["problems"]
+        assert (problem["file"], problem["line"], problem["path"]) == (str(bad), 6, "vms[0].memory"), problem
+        assert problem["message"]
+
+
+def test_json_output_gives_plan_problems_as_objects(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]
+    host.defineXML("<domain type='test'><name>alice.example1</name><memory>65536</memory><os><type>hvm</type></os></domain>")
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    code, out, _ = run("plan", "-f", str(stack), "-o", "json")
+    assert code == 1
+    (problem,) = json.loads(out)["problems"]
+    assert problem["file"] is None and "not managed by epfiot" in problem["message"], problem
+    code, out, _ = run("apply", "-f", str(stack), "-o", "json")
+    assert code == 1
+    assert json.loads(out) == {"problems": [problem]}
+    code, out, _ = run("--connect", "test:///nonexistent/path.xml", "get", "vms", "-o", "json")
+    assert code != 0 and json.loads(out)["problems"][0]["message"]
+
+
+def test_global_options_are_taken_anywhere_on_the_line(tmp_path: Path) -> None:
+    from epfiot.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["plan", "-v", "-f", "x"])
+    assert args.verbose and args.files == ["x"]
+    args = parser.parse_args(["apply", "--virt-type", "qemu", "-f", "x"])
+    assert args.virt_type == "qemu"
+    assert parser.parse_args(["--connect", "test:///default", "get", "vms"]).connect == "test:///default"
+    assert parser.parse_args(["get", "vms", "--connect", "test:///default"]).connect == "test:///default"
+    # a value given before the command is not overwritten by the subcommand's default
+    args = parser.parse_args(["-v", "--image-pool", "mine", "--state-dir", "/s", "plan", "-f", "x"])
+    assert (args.verbose, args.image_pool, args.state_dir) == (True, "mine", Path("/s"))
+    args = parser.parse_args(["plan", "-f", "x"])
+    assert (args.verbose, args.connect, args.image_pool) == (False, None, "epfiot-images")
+
+
+def test_global_options_after_the_command_reach_it(run, tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    assert run("apply", "-f", str(stack))[0] == 0
+    code = main(["get", "vms", "--connect", URI, "--state-dir", str(tmp_path / "state"), "-o", "json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["name"] for r in rows] == ["example1"]
+    code = main(["plan", "-f", str(stack), "-v", "--connect", URI, "--state-dir", str(tmp_path / "state")])
+    assert code == 0 and "= vm alice/example1: noop" in capsys.readouterr().out
+
+
+def test_version_command_and_option(run, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from epfiot import __version__
+
+    code, out, _ = run("version")
+    assert code == 0 and out.splitlines()[0] == f"epfiot {__version__}" and "libvirt-python " in out
+    code, out, _ = run("version", "-o", "json")
+    assert code == 0 and json.loads(out)["epfiot"] == __version__
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"epfiot {__version__}\n"
+
+
+def test_counts_in_the_output_agree_with_their_noun(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from epfiot.wording import counted
+
+    assert (counted(0, "action"), counted(1, "action"), counted(2, "action")) == ("0 actions", "1 action", "2 actions")
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1")])
+    code, out, _ = run("apply", "-f", str(stack))
+    assert code == 0 and "\nApplying 1 action to test:///default ..." in out, out
+    write_stack(tmp_path, "alice", vms=[vm("example1"), vm("example2"), vm("example3")])
+    code, out, _ = run("apply", "-f", str(stack))
+    assert code == 0 and "\nApplying 2 actions to test:///default ..." in out, out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n    vcpu: 1\n")
+    assert "error: 1 problem in the manifests; nothing was changed" in run("plan", "-f", str(bad))[2]

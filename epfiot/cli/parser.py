@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from epfiot import __version__
 from epfiot.errors import EpfiotError
@@ -23,7 +24,29 @@ COMMANDS = {
     "serve": "serve",
     "events": "events",
     "schema": "schema",
+    "version": "version",
+    "explain": "explain",
+    "completion": "completion",
 }
+
+
+def add_global_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """The options of every command; `default`: argparse.SUPPRESS for a subcommand's copy (see build_parser)."""
+    image_pool = os.environ.get("EPFIOT_IMAGE_POOL", "epfiot-images")
+    image_dir = os.environ.get("EPFIOT_IMAGE_DIR", "/var/lib/epfiot/images")
+
+    group = parser.add_argument_group("global options", "before or after the command")
+
+    def own(value: object) -> object:  # the main parser's default; a subcommand's copy has none
+        return value if default is None else default
+
+    group.add_argument("-c", "--connect", metavar="URI", default=default, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    group.add_argument("--state-dir", type=Path, default=default, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
+    group.add_argument("--policy", type=Path, default=default, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
+    group.add_argument("--image-pool", default=own(image_pool), help=f"storage pool of base images and VM disks (default: {image_pool})")
+    group.add_argument("--image-dir", default=own(image_dir), help=f"directory of the image pool when apply creates it (default: {image_dir})")
+    group.add_argument("--virt-type", choices=("kvm", "qemu"), default=default, help="domain type for new VMs (default: $EPFIOT_VIRT_TYPE, else kvm when the host offers it, else qemu)")
+    group.add_argument("-v", "--verbose", action="store_true", default=own(False), help="list unchanged resources too")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,14 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Declarative manager for an edge host: libvirt VMs, USB devices and LwM2M things.",
     )
     parser.add_argument("--version", action="version", version=f"epfiot {__version__}")
-    parser.add_argument("-c", "--connect", metavar="URI", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
-    parser.add_argument("--state-dir", type=Path, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
-    parser.add_argument("--policy", type=Path, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
-    parser.add_argument("--image-pool", default=os.environ.get("EPFIOT_IMAGE_POOL", "epfiot-images"), help="storage pool of base images and VM disks (default: %(default)s)")
-    parser.add_argument("--image-dir", default=os.environ.get("EPFIOT_IMAGE_DIR", "/var/lib/epfiot/images"), help="directory of the image pool when apply creates it (default: %(default)s)")
-    parser.add_argument("--virt-type", choices=("kvm", "qemu"), default=None, help="domain type for new VMs (default: $EPFIOT_VIRT_TYPE, else kvm when the host offers it, else qemu)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="list unchanged resources too")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_global_options(parser)
+    # kubectl takes its global options anywhere on the line: each subcommand has them too, with no default
+    # of its own, so that one given before the command is not overwritten by the subcommand's default.
+    everywhere = argparse.ArgumentParser(add_help=False)
+    add_global_options(everywhere, default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[everywhere], **kwargs)
 
     def manifests(p: argparse.ArgumentParser) -> None:
         p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
@@ -49,35 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--keep-disks", action="store_true", help="keep the disks of destroyed VMs")
         p.add_argument("--parallel", type=int, default=8, metavar="N", help="independent actions run at once (default: %(default)s)")
 
-    p = sub.add_parser("plan", aliases=["diff"], help="show what apply would do")
+    p = add_command("plan", aliases=["diff"], help="show what apply would do")
     manifests(p)
-    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes, 1: errors")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes, 3: only waits (nothing to apply), 1: errors")
     p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-disks", action="store_true", help="plan pruning that keeps disks")
 
-    p = sub.add_parser("apply", help="make the host match the manifests")
+    p = add_command("apply", help="make the host match the manifests")
     manifests(p)
     changes(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
     p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
-    p = sub.add_parser("delete", help="destroy what manifests declare, or one VM")
+    p = add_command("delete", help="destroy what manifests declare, or one VM")
     p.add_argument("-f", "--filename", dest="files", action="append", metavar="PATH")
     p.add_argument("what", nargs="*", metavar="vm OWNER/NAME", help="e.g.: vm charlie/example1")
     changes(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
 
-    p = sub.add_parser("get", help="list VMs, USB devices, images, networks, things")
+    p = add_command("get", help="list VMs, USB devices, images, networks, things")
     p.add_argument("resource", choices=("vms", "vm", "usb", "images", "networks", "things"))
     p.add_argument("name", nargs="?", help="only this one (NAME or OWNER/NAME)")
     p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
     p.add_argument("--fields", help="comma-separated fields to show, e.g. name,state,memory_mib,vcpu")
     p.add_argument("--owner", help="only this tenant's resources")
 
-    p = sub.add_parser("watch", help="reconcile on every manifest change, libvirt event and resync tick")
+    p = add_command("watch", help="reconcile on every manifest change, libvirt event and resync tick")
     manifests(p)
     p.add_argument("--resync", type=float, default=60.0, metavar="SECONDS", help="periodic full reconcile (default: %(default)s)")
     p.add_argument("--debounce", type=float, default=0.2, metavar="SECONDS", help="act once the files have been quiet this long (default: %(default)s)")
@@ -91,18 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW
 
-    p = sub.add_parser("serve", help="run the LwM2M bootstrap server")
+    p = add_command("serve", help="run the LwM2M bootstrap server")
     p.add_argument("--bind", default="::", help="address (default: %(default)s: IPv6 and IPv4)")
     p.add_argument("--port", type=int, default=5683, help="UDP port (default: %(default)s)")
     dtls_options(p)
     p.add_argument("--rebootstrap-count", type=int, default=DEFAULT_COUNT, metavar="N", help="bootstraps of one thing within the window that make a loop, marked failed (default: %(default)s; see docs/things.md)")
     p.add_argument("--rebootstrap-window", type=float, default=DEFAULT_WINDOW, metavar="SECONDS", help="the window of --rebootstrap-count; 0 turns loop detection off (default: %(default)s)")
 
-    p = sub.add_parser("events", help="what epfiot did, and what it saw")
+    p = add_command("events", help="what epfiot did, and what it saw")
     p.add_argument("--since", help="e.g. 10m, 2h, 1d (default: everything)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
-    sub.add_parser("schema", help="print the manifest JSON Schema")
+    add_command("schema", help="print the manifest JSON Schema")
+
+    p = add_command("explain", help="describe a manifest field, from the schema (e.g. vms.memory)")
+    p.add_argument("path", nargs="?", default="", help="field path: vms, vms.memory, things.server.uri ... (default: the document)")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    p = add_command("completion", help="print a shell completion script: eval \"$(epfiot completion bash)\"")
+    p.add_argument("shell", choices=("bash", "zsh"))
+
+    p = add_command("version", help="print the version of epfiot and of what it runs on")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return parser
 
 
@@ -118,8 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = importlib.import_module(f"epfiot.cli.{COMMANDS[args.command]}")
         return int(command.run(args))
     except EpfiotError as error:
+        if getattr(args, "output", None) == "json":
+            from epfiot import render
+
+            print(render.to_json(render.error_as_dict(error)))
         print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+        # plan --detailed-exitcode keeps 2 for "changes": any error is 1 there, as in terraform plan
+        return 1 if getattr(args, "detailed_exitcode", False) else error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

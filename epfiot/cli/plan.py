@@ -6,9 +6,12 @@ import argparse
 
 from epfiot.cli.common import load, options_from, pool_from, session
 
+WAITING = 3  # plan --detailed-exitcode: nothing to apply, but some resource waits for the host to change
+
 
 def run(args: argparse.Namespace) -> int:
     from epfiot import render
+    from epfiot.plan import Verb
     from epfiot.reconcile import Request, run_once
 
     desired = load(args)
@@ -23,5 +26,9 @@ def run(args: argparse.Namespace) -> int:
     if plan.problems:
         return 1
     if args.detailed_exitcode:
-        return 2 if plan.has_changes or result.pool is not None else 0
+        if plan.changes or result.pool is not None:
+            return 2
+        # Waits alone (a required device unplugged, a restart not allowed): apply would change nothing,
+        # yet the host differs; neither "no changes" nor "run apply" is true.
+        return WAITING if plan.count(Verb.WAIT) else 0
     return 0

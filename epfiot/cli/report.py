@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from epfiot import render
 from epfiot.eventlog import EventLog, EventRecorder
+from epfiot.wording import counted
 
 if TYPE_CHECKING:
     from epfiot.apply import Outcome
@@ -43,7 +44,7 @@ class Terminal(EventRecorder):
             print(render.render_plan(plan, verbose=self.verbose, pool=pool), file=self.out, flush=True)
         if applying:
             self.total = len(plan.changes) - len(result.held)
-            print(f"\nApplying {self.total} actions to {self.uri} ...", file=self.out, flush=True)
+            print(f"\nApplying {counted(self.total, 'action')} to {self.uri} ...", file=self.out, flush=True)
             self.live = self.out.isatty() and self.total > 1
 
     def action_started(self, action: Action) -> None:

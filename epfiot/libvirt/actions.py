@@ -151,7 +151,7 @@ def undefine(conn: Any, name: str) -> None:
 
 def set_vcpus(conn: Any, name: str, count: int, *, live: bool) -> None:
     dom = _domain(conn, name, "set vcpus of")
-    with host_errors(f"set {count} vcpus {'live ' if live else ''}on {name}"):
+    with host_errors(f"set the vcpus {'live ' if live else ''}of {name} to {count}"):
         dom.setVcpusFlags(count, _LIVE if live else _CONFIG)
 
 

@@ -46,6 +46,7 @@ from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW, RebootstrapR
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
 from epfiot.psk import KeyFileCache, key_file_path
 from epfiot.registry import Registry, RegistryError
+from epfiot.wording import counted
 
 log = logging.getLogger("epfiot.lwm2m.server")
 
@@ -274,14 +275,14 @@ class BootstrapServer:
         deadline = time.monotonic() + self.stop_timeout
         if running := [t for t in bootstrapper.tasks if not t.done()]:
             log.warning(
-                "stopping: waiting up to %g s for %d bootstrap(s) in progress",
+                "stopping: waiting up to %g s for %s in progress",
                 self.stop_timeout,
-                len(running),
+                counted(len(running), "bootstrap"),
             )
         while running:  # again: an exchange accepted just before stopping may start after the first look
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.warning("stopping: cancelling %d bootstrap(s) still in progress", len(running))
+                log.warning("stopping: cancelling %s still in progress", counted(len(running), "bootstrap"))
                 return
             await asyncio.wait(running, timeout=remaining)
             running = [t for t in bootstrapper.tasks if not t.done()]

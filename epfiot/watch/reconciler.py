@@ -18,6 +18,7 @@ from epfiot.model import Desired, StackSpec
 from epfiot.watch.config import WatchConfig, manifest_files
 from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
 from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty, with_scopes
+from epfiot.wording import counted
 
 if TYPE_CHECKING:
     from epfiot.apply import Outcome
@@ -130,7 +131,7 @@ class Reconciler:
             if problems != self._shown_problems:
                 self._shown_problems = problems
                 kept = "the last valid manifests stay in force" if self.desired else "waiting for valid manifests"
-                self.log("manifest.invalid", f"{len(problems)} problem(s); nothing changes, {kept}", level="error", count=len(problems))
+                self.log("manifest.invalid", f"{counted(len(problems), 'problem')}; nothing changes, {kept}", level="error", count=len(problems))
                 for problem in error.problems:
                     text = f"{problem.path}: {problem.message}" if problem.path else problem.message
                     self.log("manifest.problem", text, subject=f"{problem.file}:{problem.line}", level="error", file=problem.file, line=problem.line, path=problem.path)
@@ -155,7 +156,7 @@ class Reconciler:
         gone = self.gate.update(desired_keys(desired), now)
         self.log(
             "manifest.loaded",
-            f"{len(desired.stacks)} stacks, {len(desired.vms)} vms, {len(desired.networks)} networks, {len(desired.things)} things"
+            f"{counted(len(desired.stacks), 'stack')}, {counted(len(desired.vms), 'vm')}, {counted(len(desired.networks), 'network')}, {counted(len(desired.things), 'thing')}"
             + (" (initial)" if first else ""),
             stacks=len(desired.stacks),
             vms=len(desired.vms),
@@ -251,7 +252,7 @@ class Reconciler:
         if not result.outcomes:
             if result.held:
                 held = ", ".join(a.address for a in result.held)
-                self.log("reconcile.done", f"{len(result.held)} failed action(s) waiting to be retried: {held} ({elapsed:.2f}s)", level="debug", reasons=sorted(reasons), changes=0)
+                self.log("reconcile.done", f"{counted(len(result.held), 'failed action')} waiting to be retried: {held} ({elapsed:.2f}s)", level="debug", reasons=sorted(reasons), changes=0)
                 return "requeued"
             self.converged = desired
             self.log("reconcile.done", f"in sync ({elapsed:.2f}s)", level="info" if reasons & {"start", "manifest", "reconnect"} else "debug", reasons=sorted(reasons), changes=0)
@@ -341,7 +342,7 @@ class Reconciler:
     def _plan_problems(self, plan: Plan) -> None:
         if plan.problems != self._shown_plan_problems:
             self._shown_plan_problems = plan.problems
-            self.log("plan.invalid", f"{len(plan.problems)} problem(s) in the plan; nothing is changed", level="error")
+            self.log("plan.invalid", f"{counted(len(plan.problems), 'problem')} in the plan; nothing is changed", level="error")
             for problem in plan.problems:
                 self.log("plan.problem", problem, level="error")
             self.events.record("plan.invalid", "watch", "; ".join(plan.problems)[:4000], problems=list(plan.problems))
