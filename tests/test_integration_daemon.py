@@ -86,7 +86,7 @@ def test_lifecycle_create_change_stop_start_prune(run: Run, tenant: str, tmp_pat
     assert code == 0, out
     assert "restart required" in out
     code, out, _ = run("plan", "-f", str(path), "--detailed-exitcode")
-    assert code == 2 and "restart pending" in out
+    assert code == 3 and "restart pending" in out  # only waits: exit 3 (README)
     code, out, _ = run("get", "vms", f"{tenant}/example1", "-o", "wide")
     assert "yes" in out.splitlines()[1]  # pending_restart
 

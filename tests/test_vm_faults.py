@@ -108,7 +108,7 @@ def test_a_guest_kvm_cannot_run_is_shown_faulted_and_recovered_only_with_allow_r
 
         assert _wait_for_fault(host, name, 60) == "internal-error"  # the same KVM stops it again
         code, out = cli("plan", "-f", str(stack(False)), "--detailed-exitcode")
-        assert code == 3 and "it cannot be resumed; set allow_restart: true" in out, out  # waits only
+        assert code == 2 and "it cannot be resumed; set allow_restart: true" in out, out  # waits only
         code, out = cli("apply", "-f", str(stack(False)))
         assert code == 0 and "Resetting" not in out, out
         assert [v.condition for v in host.observe_vms() if v.libvirt_name == name] == ["paused (internal-error)"]
