@@ -189,4 +189,5 @@ def thing_config(spec: ThingSpec, server_uri: str | None) -> ThingConfig:
         binding=spec.binding,
         deletes=spec.deletes,
         writes=tuple(ResourceWrite(w.path, w.value) for w in spec.writes),
+        manifest=spec.source.manifest,
     )

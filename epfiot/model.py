@@ -76,6 +76,7 @@ class Source:
 
     file: str
     line: int
+    manifest: str = field(default="", compare=False)  # the file relative to its root (ManifestOrigin); "" for stdin
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
@@ -260,6 +261,16 @@ class StackSpec:
 
 
 @dataclass(frozen=True)
+class ManifestOrigin:
+    """Where a load's manifests came from: the roots (a directory given, the directory of a file given, the base
+    directory of stdin) and every file read. A resource records its declaring file relative to its root, so
+    that `-f dir` and `-f dir/a.yaml` record a.yaml alike."""
+
+    roots: tuple[str, ...] = ()  # absolute directories
+    files: frozenset[str] = frozenset()  # absolute paths of the files read
+
+
+@dataclass(frozen=True)
 class Desired:
     """Everything the given manifests declare."""
 
@@ -267,6 +278,7 @@ class Desired:
     vms: tuple[VmSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
     things: tuple[ThingSpec, ...] = ()
+    origin: ManifestOrigin = field(default_factory=ManifestOrigin)
 
     def scopes(self) -> frozenset[tuple[str, str]]:
         return frozenset((s.owner, s.name) for s in self.stacks)
@@ -285,6 +297,7 @@ class Ownership:
     spec_hash: str = ""
     seed_digest: str = ""  # digest of the cloud-init seed: detects credential changes without secrets
     shutdown_timeout: float | None = None  # kept so that pruning a VM, whose manifest is gone, honours it
+    manifest: str = ""  # the declaring file, relative to its root ("": stdin, or applied before it was recorded)
 
 
 @dataclass(frozen=True)
@@ -394,6 +407,7 @@ class ObservedThing:
     writes: tuple[ResourceWriteSpec, ...]
     status: str = "pending"
     credentials_digest: str | None = None  # of the keys in the registry's key file
+    manifest: str = ""  # as Ownership.manifest
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from epfiot.apply import ActionReporter, Outcome, execute
+from epfiot.desired.sources import unread_manifests
 from epfiot.errors import PlanError
 from epfiot.host import Host
 from epfiot.model import (
@@ -243,6 +244,7 @@ def observed_thing(record: ThingRecord, keys: ThingKeys | None = None) -> Observ
         writes=tuple(ResourceWriteSpec(w.path, w.value) for w in c.writes),
         status=record.status,
         credentials_digest=None if keys is None else credentials_digest(keys.bootstrap, keys.server),
+        manifest=c.manifest,
     )
 
 
@@ -262,7 +264,19 @@ def plan_changes(desired: Desired, observed: Observed, options: Options, policy:
         from epfiot import cloudinit  # only stacks with credentials need it (and its imports)
 
         digests = {vm.libvirt_name: cloudinit.seed_digest(vm) for vm in desired.vms if vm.credentials}
-    return make_plan(desired, observed, options, usb=resolve_usb(desired, observed, policy), seed_digests=digests)
+    usb = resolve_usb(desired, observed, policy)
+    return make_plan(desired, observed, options, usb=usb, seed_digests=digests, unread_manifests=unread(desired, observed))
+
+
+def unread(desired: Desired, observed: Observed) -> frozenset[str]:
+    """The declaring files recorded in the managed resources of the desired scopes that exist below a root of
+    this load but were not read by it."""
+    scopes = desired.scopes()
+    ownerships = [v.ownership for v in observed.vms] + [n.ownership for n in observed.networks]
+    recorded = {o.manifest for o in ownerships if o is not None and (o.owner, o.stack) in scopes}
+    recorded |= {t.manifest for t in observed.things if (t.owner, t.stack) in scopes}
+    origin = desired.origin
+    return unread_manifests(origin.roots, origin.files, recorded) if recorded - {""} else frozenset()
 
 
 def check(plan: Plan) -> None:

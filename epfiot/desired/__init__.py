@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -30,7 +31,7 @@ from epfiot.desired.schema import SCHEMA_PATH, schema
 from epfiot.desired.semantics import build_desired
 from epfiot.desired.sources import SourceText, read_sources
 from epfiot.errors import ManifestProblem
-from epfiot.model import Desired
+from epfiot.model import Desired, ManifestOrigin
 
 __all__ = ["SCHEMA_PATH", "format_path", "load_manifest_text", "load_manifests", "schema"]
 
@@ -68,6 +69,10 @@ def load_manifest_text(
 
 def _load(sources: Iterable[SourceText], env: Mapping[str, str] | None, problems: list[ManifestProblem]) -> Desired:
     budget = ExpansionBudget()  # one for the whole load: many files or documents do not multiply it
-    documents = [doc for source in sources for doc in parse_documents(source, budget, problems)]
+    texts = list(sources)
+    documents = [doc for source in texts for doc in parse_documents(source, budget, problems)]
     checked = [check_document(doc, problems) for doc in documents]
-    return build_desired(checked, os.environ if env is None else env, budget, problems)
+    desired = build_desired(checked, os.environ if env is None else env, budget, problems)
+    roots = tuple(dict.fromkeys(str(t.root) for t in texts if t.root is not None))
+    files = frozenset(str((t.root / t.manifest).resolve()) for t in texts if t.root is not None and t.manifest)
+    return replace(desired, origin=ManifestOrigin(roots, files))

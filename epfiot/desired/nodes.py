@@ -73,6 +73,7 @@ class Document:
     data: Any
     lines: dict[PathKey, int]  # line of every mapping key and list item, by field path
     flagged: set[PathKey] = field(default_factory=set)  # fields with a YAML problem (reported already)
+    manifest: str = ""  # the file relative to its root (SourceText.manifest)
 
     def line(self, path: Sequence[str | int]) -> int:
         """The line of `path`, or of the nearest enclosing field that has one."""
@@ -99,7 +100,7 @@ class Where:
 
     @property
     def source(self) -> Source:
-        return Source(self.doc.file, self.doc.line(self.path))
+        return Source(self.doc.file, self.doc.line(self.path), self.doc.manifest)
 
 
 def parse_documents(source: SourceText, budget: ExpansionBudget, problems: list[ManifestProblem]) -> list[Document]:
@@ -130,7 +131,7 @@ def parse_documents(source: SourceText, budget: ExpansionBudget, problems: list[
                 message = f"nested more than {MAX_DEPTH} levels deep"
                 problems.append(ManifestProblem(file, deep.node.start_mark.line + 1, "", message))
                 continue
-            documents.append(Document(file, source.directory, start, data, composer.lines, composer.flagged))
+            documents.append(Document(file, source.directory, start, data, composer.lines, composer.flagged, source.manifest))
     except yaml.YAMLError as e:
         line, reason = yaml_error(e, text)
         problems.append(ManifestProblem(file, line, "", f"invalid YAML: {reason}"))

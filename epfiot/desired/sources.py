@@ -5,13 +5,17 @@ skipped) or "-" for standard input (read once, however often it is named). A fil
 through a directory, is read once. Text must be UTF-8: a byte that is not is reported at its line, and no
 undecodable text ever reaches the YAML parser.
 
+Each text also carries its root, against which the file it came from is recorded in the resources it declares:
+the directory given for `dir`, the file's own directory for `dir/a.yaml` (so both record `a.yaml`), the base
+directory for stdin (whose resources record no file).
+
 Problems about a path as a whole (missing, unreadable, an empty directory) have line 0: they concern no line.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -29,6 +33,8 @@ class SourceText:
     name: str  # what messages and sources show
     text: str
     directory: Path
+    root: Path | None = None  # absolute; None for text given in memory
+    manifest: str = ""  # the file relative to `root`, with "/" separators; "" for stdin
 
 
 def read_sources(
@@ -41,9 +47,10 @@ def read_sources(
                 seen.add("-")
                 text = _read_stream(stdin if stdin is not None else sys.stdin, problems)
                 if text is not None:
-                    yield SourceText(STDIN_NAME, text, stdin_dir)
+                    yield SourceText(STDIN_NAME, text, stdin_dir, root=stdin_dir.absolute())
             continue
         path = Path(given)
+        root = path.absolute() if path.is_dir() else path.absolute().parent
         if path.is_dir():
             files = sorted(
                 p for p in path.rglob("*")
@@ -69,7 +76,21 @@ def read_sources(
                 continue
             text = decode(data, str(file), problems)
             if text is not None:
-                yield SourceText(str(file), text, file.resolve().parent)
+                manifest = file.relative_to(path).as_posix() if file != path else path.name
+                yield SourceText(str(file), text, file.resolve().parent, root=root, manifest=manifest)
+
+
+def unread_manifests(roots: Sequence[str], files: frozenset[str], recorded: Iterable[str]) -> frozenset[str]:
+    """Those `recorded` manifest files (relative to a root) that exist below one of `roots` and are not among
+    the `files` read: what they declare is kept, not pruned."""
+    unread = set()
+    for manifest in set(recorded) - {""}:
+        for root in roots:
+            path = Path(root, manifest)
+            if path.is_file() and str(path.resolve()) not in files:
+                unread.add(manifest)
+                break
+    return frozenset(unread)
 
 
 def decode(data: bytes, name: str, problems: list[ManifestProblem]) -> str | None:

@@ -1,7 +1,7 @@
 """What domains and networks share: epfiot's ownership element in <metadata>, and the XML templates.
 
 The element is `<epfiot:resource xmlns:epfiot="https://epfiot.dev/xmlns/resource/1" owner= stack= name=
-spec-hash= seed-digest= shutdown-timeout=/>`. An object without a complete one is not epfiot's and is never touched.
+spec-hash= seed-digest= shutdown-timeout= manifest=/>`; manifest is the file that declared it, relative to its root. An object without a complete one is not epfiot's and is never touched.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Resource(XmlObject):
     spec_hash = text("@spec-hash")
     seed_digest = text("@seed-digest")
     shutdown_timeout = text("@shutdown-timeout")
+    manifest = text("@manifest")
 
     @property
     def ownership(self) -> Ownership | None:
@@ -45,6 +46,7 @@ class Resource(XmlObject):
             spec_hash=self.spec_hash or "",
             seed_digest=self.seed_digest or "",
             shutdown_timeout=timeout,
+            manifest=self.manifest or "",
         )
 
 

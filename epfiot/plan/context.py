@@ -4,7 +4,7 @@ planned, the problems met. The planning modules (networks, vms, things) read and
 from __future__ import annotations
 
 from epfiot.model import Desired, Observed, Ownership, VmSpec, libvirt_name
-from epfiot.plan.actions import Action, Options, UsbResolution
+from epfiot.plan.actions import Action, Kind, Options, Phase, UsbResolution, Verb
 
 
 class Context:
@@ -15,12 +15,14 @@ class Context:
         options: Options,
         usb: UsbResolution,
         seed_digests: dict[str, str],
+        unread_manifests: frozenset[str] = frozenset(),
     ) -> None:
         self.desired = desired
         self.observed = observed
         self.options = options
         self.usb = usb
         self.seed_digests = seed_digests
+        self.unread_manifests = unread_manifests  # recorded declaring files that exist but were not given
         self.scopes = desired.scopes()
         self.vms = {v.libvirt_name: v for v in observed.vms}
         self.desired_vms = {v.libvirt_name: v for v in desired.vms}
@@ -34,6 +36,15 @@ class Context:
 
     def in_scope(self, ownership: Ownership | None) -> bool:
         return ownership is not None and (ownership.owner, ownership.stack) in self.scopes
+
+    def kept_unread(self, kind: Kind, owner: str, stack: str, name: str, manifest: str, phase: Phase) -> bool:
+        """Keeps (True) a resource no longer declared whose declaring file still exists but was not given to
+        this apply: `-f dir/a.yaml` does not remove what dir/sub/b.yaml declares."""
+        if manifest not in self.unread_manifests:
+            return False
+        reason = f"declared in {manifest}, which this apply was not given: kept"
+        self.actions.append(Action(kind, owner, stack, name, Verb.NOOP, reason, phase))
+        return True
 
     def claimed_elsewhere(self, kind: str, name: str, ownership: Ownership | None, spec_stack: str, where: object) -> bool:
         """Records why a declared object cannot take over the libvirt object of its name, if it cannot (True):

@@ -57,6 +57,8 @@ def plan_network_pruning(ctx: Context, pruned_vms: set[str], only: set[str] | No
         )
         users += sorted(v.libvirt_name for v in ctx.desired.vms if network_of(v) == net.libvirt_name)
         owner, stack, name = ownership.owner, ownership.stack, ownership.name
+        if only is None and ctx.kept_unread(Kind.NETWORK, owner, stack, name, ownership.manifest, Phase.REMOVE_NETWORKS):
+            continue
         if users:
             reason = f"no longer declared, but still used by {', '.join(sorted(set(users)))}: not removed"
             ctx.actions.append(Action(Kind.NETWORK, owner, stack, name, Verb.WAIT, reason, Phase.REMOVE_NETWORKS))

@@ -20,13 +20,15 @@ def make_plan(
     *,
     usb: UsbResolution | None = None,
     seed_digests: dict[str, str] | None = None,
+    unread_manifests: frozenset[str] = frozenset(),
 ) -> Plan:
     """Plan the changes that bring the scopes (owner, stack) of `desired` to `desired`.
 
     `usb` is the resolution of the VMs' device selectors against observed.usb (epfiot.usb does it);
-    `seed_digests` maps VM libvirt names to the digest of their cloud-init seed (epfiot.cloudinit).
+    `seed_digests` maps VM libvirt names to the digest of their cloud-init seed (epfiot.cloudinit);
+    `unread_manifests` are the recorded declaring files that exist but were not given (what they declare stays).
     """
-    ctx = Context(desired, observed, options, usb or UsbResolution(), seed_digests or {})
+    ctx = Context(desired, observed, options, usb or UsbResolution(), seed_digests or {}, unread_manifests)
     # Networks first: a VM's reservation is made again on a network this plan re-creates. Pruned VMs
     # next: they release the addresses and networks that declared VMs may take.
     replaced_networks = plan_networks(ctx)

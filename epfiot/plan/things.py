@@ -58,7 +58,9 @@ def server_uri(ctx: Context, spec: ThingSpec) -> str | None:
 def plan_thing_pruning(ctx: Context) -> None:
     desired = {t.name for t in ctx.desired.things}
     for thing in sorted(ctx.observed.things, key=lambda t: t.name):
-        if (thing.owner, thing.stack) in ctx.scopes and thing.name not in desired:
+        if (thing.owner, thing.stack) not in ctx.scopes or thing.name in desired:
+            continue
+        if not ctx.kept_unread(Kind.THING, thing.owner, thing.stack, thing.name, thing.manifest, Phase.UNREGISTER_THINGS):
             unregister_thing(ctx, thing, "no longer declared")
 
 

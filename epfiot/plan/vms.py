@@ -121,6 +121,10 @@ def plan_vm_pruning(ctx: Context) -> set[str]:
             continue
         if not describes(vm.libvirt_name, vm.ownership) or not ctx.in_scope(vm.ownership):
             continue
+        o = vm.ownership
+        assert o is not None
+        if ctx.kept_unread(Kind.VM, o.owner, o.stack, o.name, o.manifest, Phase.DESTROY_VMS):
+            continue
         destroy_vm(ctx, vm, "no longer declared")
         pruned.add(vm.libvirt_name)
     return pruned

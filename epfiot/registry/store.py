@@ -43,7 +43,7 @@ from epfiot.registry.things import (
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE things (
@@ -68,11 +68,12 @@ CREATE TABLE things (
 CREATE INDEX things_owner ON things(owner, name);
 """
 
-_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1}
+# v2: the file that declared each thing, relative to its root ("": declared before it was recorded, or on stdin)
+_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: "ALTER TABLE things ADD COLUMN manifest TEXT NOT NULL DEFAULT ''"}
 
 _COLUMNS = (
     "name, owner, stack, vm, server_uri, lifetime, binding, short_server_id, deletes, writes, "
-    "revision, status, updated_at, bootstrapped_at, client_address, written_server_uri, error"
+    "revision, status, updated_at, bootstrapped_at, client_address, written_server_uri, error, manifest"
 )
 
 _UPDATE_STATUS_SQL = (
@@ -121,6 +122,7 @@ def _row_to_record(row: tuple[Any, ...]) -> tuple[ThingRecord, int]:
         client_address,
         written_server_uri,
         error,
+        manifest,
     ) = row
     config = _stored(
         ThingConfig,
@@ -134,6 +136,7 @@ def _row_to_record(row: tuple[Any, ...]) -> tuple[ThingRecord, int]:
         short_server_id=ssid,
         deletes=tuple(json.loads(deletes)),
         writes=_decode_writes(writes),
+        manifest=manifest,
     )
     if server_uri is None:
         status = STATUS_WAITING
@@ -278,9 +281,9 @@ class Registry:
         if row is None:
             self._db.execute(
                 "INSERT INTO things (owner, stack, vm, server_uri, lifetime, binding, short_server_id, "
-                "deletes, writes, name, revision, status, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                (*values, config.name, status, now),
+                "deletes, writes, name, revision, status, updated_at, manifest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                (*values, config.name, status, now, config.manifest),
             )
             return
         existing, _revision = _row_to_record(row)
@@ -289,6 +292,8 @@ class Registry:
                 f"thing {config.name!r} is already defined by {existing.config.owner!r}; "
                 "endpoint names are unique per host"
             )
+        if existing.config.manifest != config.manifest:  # not a change of the thing: no new revision
+            self._db.execute("UPDATE things SET manifest = ? WHERE name = ?", (config.manifest, config.name))
         if existing.config == config:
             return
         self._db.execute(

@@ -105,6 +105,9 @@ class ThingConfig:
     short_server_id: int = 1
     deletes: tuple[str, ...] = ("/0", "/1")
     writes: tuple[ResourceWrite, ...] = ()
+    # The declaring file, relative to its root: what pruning asks about, never part of what is bootstrapped
+    # (a thing moved to another file is not written again).
+    manifest: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # tolerate lists from callers; store tuples so configs compare and hash by value
