@@ -45,6 +45,7 @@ def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = 
         lines.append(f"  {SYMBOL[action.verb]} {action_title(action)}: {action.verb} ({action.reason})")
         if action.verb is not Verb.NOOP:
             lines += [f"      {change_line(c)}" for c in action.changes]
+            lines += [f"      deletes volume {v}" for v in action.deleted_volumes]
             lines += [f"      note: {n}" for n in action.notes]
     if noops and not show_noops:
         lines.append(f"  = {counted(len(noops), 'resource')} unchanged (--verbose lists them)")

@@ -72,6 +72,11 @@ class Action(NamedTuple):
     def changes_something(self) -> bool:
         return self.verb in (Verb.CREATE, Verb.UPDATE, Verb.DESTROY)
 
+    @property
+    def deleted_volumes(self) -> tuple[str, ...]:
+        """The volumes (disks, seeds) this action deletes: what a destroy loses for good."""
+        return tuple(step.volume for step in self.steps if isinstance(step, s.DeleteVolume))
+
 
 @dataclass(frozen=True)
 class Plan:
