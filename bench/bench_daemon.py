@@ -89,7 +89,7 @@ def main() -> None:
         bare = statistics.median(run([sys.executable, "-c", "import libvirt"]) for _ in range(args.repeat))
 
         started = time.perf_counter()
-        assert cli.main([*common, "delete", "-f", str(stack), "--force", "--parallel", str(args.parallel)]) == 0
+        assert cli.main([*common, "delete", "-f", str(stack), "--force", "-y", "--parallel", str(args.parallel)]) == 0
         epfiot_destroy = time.perf_counter() - started
 
     print(f"real daemon {URI}, {args.vms} tiny VMs, epfiot --parallel {args.parallel}")

@@ -84,7 +84,7 @@ def with_epfiot(stack: Path, state: Path, key: Path) -> tuple[float, dict[str, o
     }
     conn.close()
     took = until_ssh(key, started)
-    epfiot(state, "delete", "-f", str(stack), "--force")
+    epfiot(state, "delete", "-f", str(stack), "--force", "-y")
     return took, recorded
 
 

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from epfiot.errors import EpfiotError
 from epfiot.plan import Action, Plan, Verb
+from epfiot.wording import counted
 
 
 class NotApproved(EpfiotError):
@@ -24,9 +25,9 @@ def destroys(plan: Plan) -> tuple[Action, ...]:
 def what_is_lost(actions: tuple[Action, ...]) -> str:
     """'2 resources (vm alice/old, thing alice/t) and 1 volume (alice.old.epfiot-disk.qcow2)'."""
     volumes = [v for a in actions for v in a.deleted_volumes]
-    text = f"{_count(len(actions), 'resource')} ({', '.join(f'{a.kind} {a.owner}/{a.name}' for a in actions)})"
+    text = f"{counted(len(actions), 'resource')} ({', '.join(f'{a.kind} {a.owner}/{a.name}' for a in actions)})"
     if volumes:
-        text += f" and {_count(len(volumes), 'volume')} ({', '.join(volumes)})"
+        text += f" and {counted(len(volumes), 'volume')} ({', '.join(volumes)})"
     return text
 
 
@@ -39,7 +40,7 @@ def approve(plan: Plan, *, auto_approve: bool, stdin: TextIO, out: TextIO) -> No
     if not _is_terminal(stdin):
         raise NotApproved(
             f"this plan destroys {what}; standard input is not a terminal, so nobody can confirm it. "
-            "Pass -y (--auto-approve) to apply it anyway. Nothing was changed."
+            "Pass -y (--auto-approve) to apply it anyway. Nothing of it was applied."
         )
     print(f"\nThis plan destroys {what}.", file=out)
     print("Do you want to apply it? Only 'yes' is accepted: ", end="", file=out, flush=True)
@@ -47,7 +48,7 @@ def approve(plan: Plan, *, auto_approve: bool, stdin: TextIO, out: TextIO) -> No
     if answer.strip() != "yes":
         if not answer.endswith("\n"):
             print(file=out)
-        raise NotApproved("not confirmed; nothing was changed")
+        raise NotApproved("not confirmed; nothing of the plan was applied")
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -55,7 +56,3 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError, OSError):  # closed, or an object without a file behind it
         return False
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' if n != 1 else ''}"

@@ -135,6 +135,9 @@ class Request:
     parallel: int = 8
     skip: Callable[[Action], bool] | None = None  # changes not to run this time (watch: waiting to retry)
     reporter: Reporter = field(default_factory=Silent)
+    # Asked once the plan is reported, before any of it is applied; raises to stop the run with nothing
+    # applied (epfiot.approval: a plan that destroys anything needs a yes). None: never asked (watch).
+    approve: Callable[[Plan], None] | None = None
 
 
 def run_once(request: Request) -> Result:
@@ -168,6 +171,8 @@ def _run(request: Request) -> Result:
     if held:
         held_ids = {id(a) for a in held}
         plan = Plan(tuple(a for a in plan.actions if id(a) not in held_ids), plan.problems)
+    if request.approve is not None:
+        request.approve(plan)
     outcomes, observed, remaining = _apply(request, plan, held)
     return replace(planned, observed=observed, outcomes=outcomes, remaining=remaining)
 

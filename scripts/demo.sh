@@ -40,6 +40,6 @@ cat <<EOT
 Log in (the guest's network is in the libvirt daemon's network namespace, hence scripts/in-netns.sh):
   ${in_netns}ssh alice@$address          password: $ALICE_PASSWORD  (kept in .state/demo-password)
 The thing prueba bootstraps from \`epfiot serve\` and is sent coap://$address:5683, the LwM2M server in the VM.
-Remove it all: ALICE_PASSWORD=... .venv/bin/epfiot delete -f $spec   (then \`make stop\` stops the daemon)
+Remove it all: ALICE_PASSWORD=... .venv/bin/epfiot delete -f $spec   (it asks first; then \`make stop\` stops the daemon)
 demo: done in $(($(date +%s) - t0)) s
 EOT

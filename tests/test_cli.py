@@ -159,7 +159,7 @@ def test_prune_destroys_only_the_tenants_own_removed_vms(run, tmp_path: Path, ho
     assert {"alice.example1", "alice.example2", "bob.example1"} <= domain_names(host)
 
     write_stack(alice, "alice", vms=[vm("example2")])
-    code, out, _ = run("apply", "-f", str(alice), "--force")
+    code, out, _ = run("apply", "-f", str(alice), "--force", "-y")
     assert code == 0, out
     assert "- vm alice/example1: destroy (no longer declared)" in out
     names = domain_names(host)
@@ -184,13 +184,13 @@ def test_delete_one_vm_and_delete_by_manifest(run, tmp_path: Path, host: libvirt
     stack = write_stack(tmp_path, "alice", vms=[vm("example1"), vm("example2")])
     assert run("apply", "-f", str(stack))[0] == 0
 
-    code, out, _ = run("delete", "vm", "alice/example1", "--force")
+    code, out, _ = run("delete", "vm", "alice/example1", "--force", "-y")
     assert code == 0, out
     assert "alice.example1" not in domain_names(host)
     code, _, err = run("delete", "vm", "alice/example1")
     assert code == 1 and "not found" in err
 
-    assert run("delete", "-f", str(stack), "--force")[0] == 0
+    assert run("delete", "-f", str(stack), "--force", "-y")[0] == 0
     assert not {n for n in domain_names(host) if n.startswith("alice.")}
 
 

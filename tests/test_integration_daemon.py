@@ -108,7 +108,7 @@ def test_lifecycle_create_change_stop_start_prune(run: Run, tenant: str, tmp_pat
     # Prune: example2 leaves the manifest. It is shut down gracefully within the timeout its definition
     # recorded (2 s), then forced (no guest OS answers ACPI here), and undefined.
     write_stack(tmp_path, tenant, vms=[vm("example1", vcpu=2, max_vcpu=3, memory="128MiB", max_memory="128MiB", allow_restart=True)])
-    code, out, _ = run("apply", "-f", str(path))
+    code, out, _ = run("apply", "-f", str(path), "-y")
     assert "shut down (graceful, forced after 2s)" in run("events", "-o", "json")[1]
     assert code == 0, out
     assert set(managed(conn, tenant)) == {f"{tenant}.example1"}
@@ -137,7 +137,7 @@ def test_unmanaged_domain_with_the_same_name_is_left_alone(run: Run, tenant: str
     assert not conn.lookupByName(f"{tenant}.example1").isActive()
     # and an empty stack of that tenant prunes nothing it does not own
     empty = write_stack(tmp_path, tenant, vms=[])
-    assert run("apply", "-f", str(empty), "--force")[0] == 0
+    assert run("apply", "-f", str(empty), "--force", "-y")[0] == 0
     assert f"{tenant}.example1" in managed(conn, tenant)
 
 
@@ -150,7 +150,7 @@ def test_two_tenants_with_the_same_vm_name(run: Run, tenant: str, tmp_path: Path
         assert conn.lookupByName(f"{tenant}.example1").isActive()
         assert conn.lookupByName(f"{other}.example1").isActive()
         write_stack(tmp_path, tenant, vms=[])
-        assert run("apply", "-f", str(a), "--force")[0] == 0
+        assert run("apply", "-f", str(a), "--force", "-y")[0] == 0
         assert f"{tenant}.example1" not in managed(conn, tenant)
         assert conn.lookupByName(f"{other}.example1").isActive()
     finally:

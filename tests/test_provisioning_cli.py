@@ -126,7 +126,7 @@ def test_network_address_disk_and_seed(
 
     # Pruning the VMs deletes the overlay and the seed; the base image stays.
     write_stack(stack_dir, tenant, networks=[{"name": "lan", "mode": "route", "cidr": str(cidr)}], vms=[])
-    code, out = cli("apply", "-f", str(path), "--force")
+    code, out = cli("apply", "-f", str(path), "--force", "-y")
     assert code == 0, out
     pool.refresh()
     assert sorted(v.name() for v in pool.listAllVolumes()) == ["base.qcow2"]

@@ -98,7 +98,7 @@ def test_a_resource_whose_file_is_gone_is_pruned(run, tmp_path: Path, host: libv
     assert run("apply", "-f", str(root))[0] == 0
     b.rename(b.with_name("c.yaml.renamed"))
 
-    code, out, err = run("apply", "-f", str(a), "--force")
+    code, out, err = run("apply", "-f", str(a), "--force", "-y")
     assert code == 0, out + err
     assert "- vm alice/b1: destroy (no longer declared)" in out
     assert "- thing alice/tb: destroy (no longer declared)" in out

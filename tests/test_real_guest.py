@@ -338,7 +338,7 @@ def test_pruning_deletes_the_overlay_and_the_seed_but_not_the_base_image(guest: 
     data.update(vms=[], things=[], networks=[])
     stack = guest.directory / "stack.yaml"
     stack.write_text(yaml.safe_dump(data, sort_keys=False))
-    guest.epfiot("apply", "-f", str(stack), "--force")
+    guest.epfiot("apply", "-f", str(stack), "--force", "-y")
     volumes = guest.volumes()
     assert not owned & volumes and IMAGE in volumes
     with pytest.raises(libvirt.libvirtError):

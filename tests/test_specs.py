@@ -69,7 +69,7 @@ def test_spec_on_the_real_daemon(
     assert run("plan", "-f", str(stack), "--detailed-exitcode") == 2
     assert run("apply", "-f", str(stack)) == 0
     assert run("plan", "-f", str(stack), "--detailed-exitcode") == 0
-    assert run("delete", "-f", str(stack), "--force") == 0
+    assert run("delete", "-f", str(stack), "--force", "-y") == 0
 
 
 @pytest.mark.parametrize("spec", USB_SPECS, ids=lambda p: p.name)

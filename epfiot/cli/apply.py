@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
 def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> int:
     """One reconcile run (epfiot.reconcile.run_once) with terminal output; the exit code."""
     from epfiot import render
+    from epfiot.approval import approve
     from epfiot.cli.report import Terminal
     from epfiot.eventlog import EventLog
     from epfiot.reconcile import HostLock, Request, check, run_once
@@ -43,6 +45,7 @@ def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> 
             lock=HostLock(ses.state_dir, uri(args)),
             parallel=args.parallel,
             reporter=reporter,
+            approve=functools.partial(approve, auto_approve=args.auto_approve, stdin=sys.stdin, out=out),
         )
         try:
             result = run_once(request)

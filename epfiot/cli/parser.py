@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="power VMs off at once instead of a graceful shutdown")
         p.add_argument("--keep-disks", action="store_true", help="keep the disks of destroyed VMs")
         p.add_argument("--parallel", type=int, default=8, metavar="N", help="independent actions run at once (default: %(default)s)")
+        p.add_argument("-y", "--auto-approve", action="store_true", help="apply a plan that destroys anything without asking (needed without a terminal)")
 
     p = add_command("plan", aliases=["diff"], help="show what apply would do")
     manifests(p)

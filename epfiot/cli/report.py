@@ -27,7 +27,7 @@ class Terminal(EventRecorder):
         self.out, self.uri, self.show_plan, self.verbose = out, uri, show_plan, verbose
         self.total = self.done = 0
         self.running: dict[str, float] = {}
-        self.live = False
+        self.live = self.announced = False
         self.lock = threading.Lock()
 
     def lock_wait(self, message: str) -> None:
@@ -44,12 +44,14 @@ class Terminal(EventRecorder):
             print(render.render_plan(plan, verbose=self.verbose, pool=pool), file=self.out, flush=True)
         if applying:
             self.total = len(plan.changes) - len(result.held)
-            print(f"\nApplying {counted(self.total, 'action')} to {self.uri} ...", file=self.out, flush=True)
             self.live = self.out.isatty() and self.total > 1
 
     def action_started(self, action: Action) -> None:
         super().action_started(action)
         with self.lock:
+            if not self.announced:  # at the first action, not with the plan: a confirmation may come between
+                self.announced = True
+                print(f"\nApplying {counted(self.total, 'action')} to {self.uri} ...", file=self.out, flush=True)
             self.running[render.action_title(action)] = time.monotonic()
             self._status()
 
