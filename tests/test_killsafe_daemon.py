@@ -47,10 +47,14 @@ def test_apply_killed_between_steps_leaves_nothing_behind(
     overlay, seed = overlay_volume_name(tenant, "vm1"), seed_volume_name(tenant, "vm1")
     cidr = ipaddress.IPv4Network(free_subnet(conn))
     lan = {"name": "lan", "mode": "route", "cidr": str(cidr)}
+    # Two versions of one stack file: the same name in two directories. (Two files of one directory would be
+    # two files of the stack: applying one of them keeps what the other declares.)
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
     with_vm = write_stack(
-        tmp_path,
+        tmp_path / "with",
         tenant,
-        filename="with.yaml",
+        filename="stack.yaml",
         networks=[lan],
         vms=[
             vm(
@@ -62,7 +66,7 @@ def test_apply_killed_between_steps_leaves_nothing_behind(
             )
         ],
     )
-    without_vm = write_stack(tmp_path, tenant, filename="without.yaml", networks=[lan])
+    without_vm = write_stack(tmp_path / "without", tenant, filename="stack.yaml", networks=[lan])
     env = {**os.environ, "EPFIOT_VIRT_TYPE": "qemu", "EPFIOT_TEST_PASSWORD": PASSWORD}
     argv = [sys.executable, "-m", "epfiot", "--connect", system_uri, "--state-dir", str(tmp_path / "state")]
     argv += ["--image-pool", pool_name]
@@ -77,7 +81,7 @@ def test_apply_killed_between_steps_leaves_nothing_behind(
 
     def apply_killed_when(path: Path, probe: Probe) -> bool:
         """Apply `path`, SIGKILLed as soon as `probe` holds; True when it was killed while running."""
-        proc = epfiot("apply", "-f", str(path))
+        proc = epfiot("apply", "-f", str(path), "-y")
         deadline = time.monotonic() + DEADLINE
         while proc.poll() is None and not probe(conn):
             assert time.monotonic() < deadline, "the apply neither finished nor reached the point"
@@ -111,7 +115,7 @@ def test_apply_killed_between_steps_leaves_nothing_behind(
         return found + [f"reservation {mac}" for mac in reservations(conn)]
 
     def converges_to(path: Path) -> None:
-        code, out = run("apply", "-f", str(path))
+        code, out = run("apply", "-f", str(path), "-y")
         assert code == 0, out
         if path == without_vm:
             assert leftovers() == []
