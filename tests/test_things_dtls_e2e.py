@@ -98,7 +98,7 @@ def test_a_secured_thing_from_manifest_to_dtls_bootstrap(
     # no longer declared: the thing and its keys go
     write_stack(tmp_path, "charlie", networks=[{"name": "iot", "mode": "route", "cidr": "10.141.0.0/24"}],
                 vms=[vm("example2", network="iot")], things=[])  # fmt: skip
-    assert cli(state, capsys, "apply", "-f", str(path))[0] == 0
+    assert cli(state, capsys, "apply", "-f", str(path), "-y")[0] == 0
     assert read_key_file(keys) == {}
 
 
