@@ -22,6 +22,7 @@ name=debian-12.qcow2
 pool=${EPFIOT_IMAGE_POOL:-epfiot-images}
 pool_dir_default=${EPFIOT_IMAGE_DIR:-/var/lib/epfiot/images}
 cache=${EPFIOT_IMAGE_CACHE:-build/images}
+recipes=${EPFIOT_IMAGE_RECIPES:-/var/lib/epfiot/image-recipes}  # the recipe each installed image was built from
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 uri=qemu:///system
 aiocoap_version=0.4.17
@@ -43,12 +44,31 @@ for tool in mmdebstrap extlinux mkfs.ext4 sfdisk qemu-img; do
   command -v "$tool" >/dev/null || die "$tool is missing: run scripts/setup.sh (it installs the image tools)"
 done
 
+# The image pool: the same dir pool that `epfiot apply` creates when it needs one (used as it is if it
+# exists, wherever its directory is).
+virsh -c "$uri" uri >/dev/null 2>&1 || die "no libvirt daemon answers at $uri (make daemon starts one)"
+if ! virsh -c "$uri" pool-info "$pool" >/dev/null 2>&1; then
+  virsh -q -c "$uri" pool-define-as "$pool" dir --target "$pool_dir_default" >/dev/null
+  virsh -q -c "$uri" pool-build "$pool" >/dev/null
+  say "defined the image pool $pool ($pool_dir_default)"
+fi
+[[ $(virsh -c "$uri" pool-info "$pool") =~ State:\ *running ]] || virsh -q -c "$uri" pool-start "$pool" >/dev/null
+virsh -q -c "$uri" pool-autostart "$pool" >/dev/null
+pool_dir=$(virsh -c "$uri" pool-dumpxml "$pool" | sed -n 's:.*<path>\(.*\)</path>.*:\1:p' | head -n 1)
+target=$pool_dir/$name
+mkdir -p "$pool_dir"
+
 # The recipe is this script, the files it copies and the versions it names: when none changed, the image
 # in the cache is the one this recipe makes.
 recipe=$( (cat image/build.sh image/lwm2m-server.py image/files/*; echo "${packages[*]} $aiocoap_version $mirror") \
   | sha256sum | cut -c1-16)
 out=$cache/$name
-mkdir -p "$cache"
+mkdir -p "$cache" "$recipes"
+# Builds are not byte-for-byte reproducible: what the pool holds is known by the recipe it was built from.
+if ((!force)) && [[ -f $target && $(cat "$recipes/$name" 2>/dev/null) == "$recipe" ]]; then
+  say "$target is up to date (recipe $recipe): \`image: $name\` in a manifest uses it"
+  exit 0
+fi
 if ((force)) || [[ ! -f $out || $(cat "$out.recipe" 2>/dev/null) != "$recipe" ]]; then
   work=$(mktemp -d "${TMPDIR:-/var/tmp}/epfiot-image.XXXXXX")
   mnt=$work/mnt
@@ -119,19 +139,6 @@ else
   say "$out is up to date (recipe $recipe)"
 fi
 
-# Into the pool: the same dir pool that `epfiot apply` creates when it needs one (used as it is if it
-# exists, wherever its directory is).
-virsh -c "$uri" uri >/dev/null 2>&1 || die "no libvirt daemon answers at $uri (make daemon starts one)"
-if ! virsh -c "$uri" pool-info "$pool" >/dev/null 2>&1; then
-  virsh -q -c "$uri" pool-define-as "$pool" dir --target "$pool_dir_default" >/dev/null
-  virsh -q -c "$uri" pool-build "$pool" >/dev/null
-  say "defined the image pool $pool ($pool_dir_default)"
-fi
-[[ $(virsh -c "$uri" pool-info "$pool") =~ State:\ *running ]] || virsh -q -c "$uri" pool-start "$pool" >/dev/null
-virsh -q -c "$uri" pool-autostart "$pool" >/dev/null
-pool_dir=$(virsh -c "$uri" pool-dumpxml "$pool" | sed -n 's:.*<path>\(.*\)</path>.*:\1:p' | head -n 1)
-target=$pool_dir/$name
-mkdir -p "$pool_dir"
 if cmp -s "$out" "$target"; then
   say "$target is this image already"
 else
@@ -148,5 +155,6 @@ else
   mv "$target.new" "$target"
   say "installed as $target"
 fi
+echo "$recipe" >"$recipes/$name"
 virsh -q -c "$uri" pool-refresh "$pool" >/dev/null
 say "done: \`image: $name\` in a manifest uses it"

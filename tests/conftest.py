@@ -14,11 +14,12 @@ Test-driver hosts with USB node devices (and the sysfs files real hosts have) co
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import libvirt
 import pytest
+
+from tests.leftovers import remove_tenant
 
 SYSTEM_URI = "qemu:///system"
 
@@ -49,56 +50,6 @@ def tenant(request: pytest.FixtureRequest) -> Iterator[str]:
     yield name
     if "system_uri" in request.fixturenames:  # the test (or one of its fixtures) used the real daemon
         remove_tenant(SYSTEM_URI, name)
-
-
-_GONE = {
-    libvirt.VIR_ERR_NO_DOMAIN,
-    libvirt.VIR_ERR_NO_NETWORK,
-    libvirt.VIR_ERR_NO_STORAGE_POOL,
-    libvirt.VIR_ERR_NO_STORAGE_VOL,
-    libvirt.VIR_ERR_OPERATION_INVALID,  # e.g. destroying a domain that has just stopped
-}
-
-
-def _quietly(call: Callable[..., Any], *args: Any) -> None:
-    """Run one clean-up call; an object that went away meanwhile is fine, anything else is raised."""
-    try:
-        call(*args)
-    except libvirt.libvirtError as error:
-        if error.get_error_code() not in _GONE:
-            raise
-
-
-def remove_tenant(uri: str, tenant: str) -> None:
-    """Remove every domain, network and volume named "<tenant>.*" or "<tenant>b.*" at `uri`."""
-    prefixes = (f"{tenant}.", f"{tenant}b.")
-    undefine = (
-        libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-        | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-        | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-    )
-    conn = libvirt.open(uri)
-    try:
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(prefixes):
-                _quietly(dom.destroy)
-                _quietly(dom.undefineFlags, undefine)  # a transient domain is gone once destroyed
-        for net in conn.listAllNetworks():
-            if net.name().startswith(prefixes):
-                _quietly(net.destroy)
-                _quietly(net.undefine)
-        for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-            try:
-                pool.refresh()
-                volumes = pool.listAllVolumes()
-            except libvirt.libvirtError:
-                continue  # another test's pool whose directory is gone: not this tenant's to clean
-            for vol in volumes:
-                if vol.name().startswith(prefixes):
-                    _quietly(vol.delete)
-    finally:
-        conn.close()
 
 
 # --- test-driver host files --------------------------------------------------------------------------------

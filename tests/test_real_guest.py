@@ -32,7 +32,7 @@ import libvirt
 import pycdlib
 import pytest
 import yaml
-from conftest import remove_tenant
+from tests.leftovers import remove_tenant
 
 from tests.lwm2m_client import Lwm2mTestClient
 
