@@ -32,8 +32,8 @@ import libvirt
 import pycdlib
 import pytest
 import yaml
-from tests.leftovers import remove_tenant
 
+from tests.leftovers import remove_tenant
 from tests.lwm2m_client import Lwm2mTestClient
 
 pytestmark = [pytest.mark.daemon, pytest.mark.guest]

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from epfiot.desired.nodes import Document, PathKey, format_path
-from epfiot.desired.schema import Violation, violations
+from epfiot.desired.schema import SCHEMA_PATH, Violation, violations
 from epfiot.errors import ManifestProblem
 
 _SENSITIVE_KEYS = frozenset({"credentials", "password", "user_data"})
@@ -42,11 +43,11 @@ class CheckedDocument:
     errors: set[PathKey] = field(default_factory=set)
 
 
-def check_document(doc: Document, problems: list[ManifestProblem]) -> CheckedDocument:
-    """Checks `doc` against the schema, adding a problem for each violation, except about fields whose YAML
+def check_document(doc: Document, problems: list[ManifestProblem], schema_path: Path = SCHEMA_PATH) -> CheckedDocument:
+    """Checks `doc` against the schema (the manifest's unless told otherwise), adding a problem for each violation, except about fields whose YAML
     had a problem already (a multi-line name, a value of an unsupported tag): one mistake, one message."""
     checked = CheckedDocument(doc)
-    for violation in violations(doc.data):
+    for violation in violations(doc.data, schema_path):
         checked.errors.add(violation.path)
         for where, message in explain(violation, _value_at(doc.data, violation.path)):
             if where not in doc.flagged:

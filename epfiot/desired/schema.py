@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from jsonschema_rs import Draft202012Validator
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "stack.schema.json"
+HOST_SCHEMA_PATH = SCHEMA_PATH.with_name("host.schema.json")  # the host configuration (epfiot.hostconfig)
 
 PathKey = tuple[str | int, ...]
 
@@ -45,24 +46,25 @@ class Limit:
     message: str  # completes "<value> is ..."
 
 
-@lru_cache(maxsize=1)
-def schema() -> dict[str, Any]:
-    """The manifest JSON Schema (schemas/stack.schema.json)."""
-    data: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+@lru_cache(maxsize=2)
+def schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """A JSON Schema of epfiot's: the manifest's (schemas/stack.schema.json) unless told otherwise."""
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
 
 
-@lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
+@lru_cache(maxsize=2)
+def _validator(path: Path) -> Draft202012Validator:
     import jsonschema_rs  # imported on first use: commands that load no manifest do not pay for it
 
-    return jsonschema_rs.Draft202012Validator(schema())
+    return jsonschema_rs.Draft202012Validator(schema(path))
 
 
-def violations(data: Any) -> Iterator[Violation]:
-    """Every violation of the schema by `data` (plain JSON-like data: dict, list, str, int, float, bool, None)."""
-    root = schema()
-    for error in _validator().iter_errors(data):
+def violations(data: Any, path: Path = SCHEMA_PATH) -> Iterator[Violation]:
+    """Every violation of the schema at `path` by `data` (plain JSON-like data: dict, list, str, int, float,
+    bool, None)."""
+    root = schema(path)
+    for error in _validator(path).iter_errors(data):
         # schema_path is where the keyword is in the schema file, references already followed
         # (["$defs", "vm", "properties", "vcpu", "minimum"]): the rule is the object holding it.
         *where, keyword = error.schema_path
