@@ -27,6 +27,7 @@ thing to store: there is no dictionary to try against it. They are compared in c
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import hmac
@@ -127,10 +128,8 @@ class HostConfig:
         except KeyError:
             return None
         groups = {g.gr_name for g in grp.getgrall() if user.pw_name in g.gr_mem}
-        try:
+        with contextlib.suppress(KeyError):  # a primary group without an entry: no group name to match
             groups.add(grp.getgrgid(user.pw_gid).gr_name)
-        except KeyError:
-            pass
         if user.pw_name in self.admin_users or groups & self.admin_groups:
             return Caller(user.pw_name)
         for tenant in self.tenants.values():
