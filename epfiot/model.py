@@ -257,7 +257,8 @@ class StackSpec:
 
     owner: str
     name: str
-    source: Source = field(default=NO_SOURCE, compare=False)
+    source: Source = field(default=NO_SOURCE, compare=False)  # the `stack:` line
+    owner_line: int = field(default=0, compare=False)  # the `owner:` line (authorization problems point there)
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,22 @@ def test_no_file_at_the_default_path_is_no_configuration_but_a_named_one_must_ex
     monkeypatch.setenv("EPFIOT_HOST_CONFIG", os.fspath(tmp_path / "host.yaml"))
     (tmp_path / "host.yaml").write_text(EXAMPLE)
     assert set(load_host_config().tenants) == {"alice", "bob"}
+
+
+def test_a_tenant_may_name_only_itself_as_owner_and_sees_only_its_own() -> None:
+    from epfiot.authz import NotAllowed, foreign_owners, require, visible
+    from epfiot.desired import load_manifest_text
+    from epfiot.hostconfig import Caller
+
+    desired = load_manifest_text("version: 1\nstack: s\nowner: bob\nvms: []\n", "a.yaml")
+    alice, bob = Caller("alice", "alice"), Caller("bob", "bob")
+    (problem,) = foreign_owners(desired, alice)
+    assert (problem.file, problem.line, problem.path) == ("a.yaml", 3, "owner")
+    assert "you act as tenant 'alice'" in problem.message
+    assert foreign_owners(desired, bob) == [] and foreign_owners(desired, ADMIN) == []
+    rows = [("alice", 1), ("bob", 2), (None, 3)]
+    assert visible(alice, rows, lambda r: r[0]) == [("alice", 1)]
+    assert visible(ADMIN, rows, lambda r: r[0]) == rows
+    require(alice, "alice", "vm alice/x")
+    with pytest.raises(NotAllowed, match=r"^vm bob/x does not exist$"):
+        require(alice, "bob", "vm bob/x")

@@ -57,7 +57,7 @@ def build_desired(
         if () in spoiled:
             continue
         owner, stack = doc.data["owner"], doc.data["stack"]
-        stacks.append(StackSpec(owner, stack, Source(doc.file, doc.line(("stack",)))))
+        stacks.append(StackSpec(owner, stack, Source(doc.file, doc.line(("stack",))), doc.line(("owner",))))
         for kind in KINDS:
             if (kind,) in spoiled:
                 continue

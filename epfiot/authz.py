@@ -1,0 +1,58 @@
+"""Authorization: what a Caller (epfiot.hostconfig) may see and change. One layer for every way in: the CLI
+run by root, `epfiot watch` applying a tenant's manifest directories, the Unix-socket API and the HTTP API.
+
+The rules:
+- The administrator sees and changes everything.
+- A tenant's manifests may name only that tenant as `owner:`; a document naming another owner is a
+  manifest problem at its file and line, and nothing of the load is applied (a broken manifest is rejected
+  whole). Since a plan prunes only inside the (owner, stack) scopes its manifests declare, a tenant's plan
+  then never touches another tenant's resources.
+- A tenant sees only its own resources in lists, events and plans; asking for another tenant's resource by
+  name gets the same answer as for one that does not exist, so nothing is learned of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from epfiot.errors import EpfiotError, ManifestProblem
+from epfiot.hostconfig import Caller
+from epfiot.model import Desired
+
+T = TypeVar("T")
+
+
+class NotAllowed(EpfiotError):
+    """The caller may not do this (an unknown user, a tenant asking for what is not its own)."""
+
+    exit_code = 1
+
+
+def foreign_owners(desired: Desired, caller: Caller) -> list[ManifestProblem]:
+    """A problem for every stack of `desired` that `caller` may not touch."""
+    return [
+        ManifestProblem(
+            stack.source.file,
+            stack.owner_line or stack.source.line,
+            "owner",
+            f"{stack.owner!r} is not yours: you act as tenant {caller.tenant!r}, so owner: must be {caller.tenant!r}",
+        )
+        for stack in desired.stacks
+        if not caller.may_touch(stack.owner)
+    ]
+
+
+def visible(caller: Caller, items: Iterable[T], owner: Callable[[T], str | None]) -> list[T]:
+    """The items `caller` may see: all for the administrator; for a tenant, those `owner` says are its own
+    (an item with no owner, such as an unmanaged domain, is the administrator's only)."""
+    if caller.is_admin:
+        return list(items)
+    return [item for item in items if owner(item) == caller.tenant]
+
+
+def require(caller: Caller, owner: str, what: str) -> None:
+    """Raises NotAllowed unless `caller` may touch `owner`'s resources; the message is the one for a missing
+    resource (`what`: "vm bob/x"), so a tenant cannot tell another's from one that does not exist."""
+    if not caller.may_touch(owner):
+        raise NotAllowed(f"{what} does not exist")
