@@ -15,6 +15,8 @@ packages=(
   mmdebstrap extlinux syslinux-common e2fsprogs fdisk       # image/build.sh: the Debian base image
   openssh-client iproute2                                    # the tests log in to real guests, in a netns
   autoconf automake libtool                                  # to build DTLSSocket (tinydtls) for CoAP over DTLS
+  nftables                                                   # the firewall that keeps tenants' networks apart
+  chromium chromium-driver                                   # the console's page, tested in a real browser
 )
 missing=()
 for p in "${packages[@]}"; do
