@@ -9,13 +9,15 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+HOST_STATE_DIR = Path("/var/lib/epfiot")
+
 
 def default_state_dir() -> Path:
     """--state-dir, else $EPFIOT_STATE_DIR, else /var/lib/epfiot for root, else the XDG state directory."""
     if env := os.environ.get("EPFIOT_STATE_DIR"):
         return Path(env)
     if os.geteuid() == 0:
-        return Path("/var/lib/epfiot")
+        return HOST_STATE_DIR
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(xdg) / "epfiot"
 

@@ -64,7 +64,7 @@ def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> 
     failed = result.failed
     done = [o for o in result.outcomes if o.ok]
     if json_output:
-        data = {"plan": render.plan_as_dict(plan, pool=result.pool, pool_created=result.pool_created), "outcomes": [_outcome_dict(o) for o in result.outcomes]}
+        data = {"plan": render.plan_as_dict(plan, pool=result.pool, pool_created=result.pool_created), "outcomes": [outcome_dict(o) for o in result.outcomes]}
         print(render.to_json(data | ({"remaining": [a.address for a in result.remaining]} if result.remaining else {})))
     else:
         created = sum(1 for o in done if o.action.verb == "create")
@@ -84,6 +84,6 @@ def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> 
     return 1 if failed or result.remaining else 0
 
 
-def _outcome_dict(outcome: Outcome) -> dict[str, object]:
+def outcome_dict(outcome: Outcome) -> dict[str, object]:
     a = outcome.action
     return {"kind": a.kind.value, "owner": a.owner, "name": a.name, "action": a.verb.value, "ok": outcome.ok, "seconds": round(outcome.seconds, 3), "error": outcome.message, "retry": outcome.retry}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import os
 import sys
 from collections.abc import Iterator
@@ -28,6 +29,11 @@ class Session:
     state_dir: Path
 
 
+# The session of a command run by the service for an API caller (epfiot.api.commands): the service's own
+# host connection and registry, which the command uses and does not close.
+SERVICE_SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar("service_session", default=None)
+
+
 def state_dir(args: argparse.Namespace) -> Path:
     from epfiot.state import default_state_dir
 
@@ -41,6 +47,9 @@ def uri(args: argparse.Namespace) -> str:
 @contextlib.contextmanager
 def session(args: argparse.Namespace, desired: Desired) -> Iterator[Session]:
     """The host, and the registry and USB policy when the manifests need them (start-up time counts)."""
+    if (given := SERVICE_SESSION.get()) is not None:
+        yield given
+        return
     from epfiot.libvirt.host import LibvirtHost
     from epfiot.state import ensure_state_dir
 
@@ -62,6 +71,9 @@ def session(args: argparse.Namespace, desired: Desired) -> Iterator[Session]:
 
 @contextlib.contextmanager
 def host_only(args: argparse.Namespace) -> Iterator[Host]:
+    if (given := SERVICE_SESSION.get()) is not None:
+        yield given.host
+        return
     from epfiot.libvirt.host import LibvirtHost
 
     host = LibvirtHost.open(uri(args), image_pool=args.image_pool, virt_type=args.virt_type)

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from epfiot.cli.common import load, options_from, pool_from, session
+
+if TYPE_CHECKING:
+    from epfiot.model import Desired
 
 WAITING = 3  # plan --detailed-exitcode: nothing to apply, but some resource waits for the host to change
 
 
 def run(args: argparse.Namespace) -> int:
+    return show(args, load(args))
+
+
+def show(args: argparse.Namespace, desired: Desired) -> int:
+    """The plan of `desired`, printed; the exit code."""
     from epfiot import render
     from epfiot.plan import Verb
     from epfiot.reconcile import Request, run_once
 
-    desired = load(args)
     with session(args, desired) as ses:
         request = Request(ses.host, desired, options_from(args), ses.registry, ses.policy, dry_run=True, pool=pool_from(args))
         result = run_once(request)

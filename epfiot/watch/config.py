@@ -36,6 +36,9 @@ class WatchConfig:
     dtls_port: int | None = None  # no CoAP over DTLS
     dtls_bind: str | None = None
     dtls_note: str = "CoAP over DTLS off"
+    api_socket: Path | None = None  # the API on a Unix socket (epfiot.api); None: not served
+    http: tuple[str, int] | None = None  # the API over HTTP, with bearer tokens; None: not served
+    host_config: Path | None = None  # None: $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WatchConfig:
@@ -57,10 +60,11 @@ class WatchConfig:
         from epfiot.psk import dtls_listener
 
         dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
+        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
         return cls(
             paths=tuple(paths),
             uri=str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"),
-            state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
+            state_dir=state_dir,
             image_pool=args.image_pool,
             image_dir=args.image_dir,
             virt_type=args.virt_type,
@@ -77,6 +81,9 @@ class WatchConfig:
             dtls_note=dtls_note,
             log_format=args.log_format,
             verbose=bool(getattr(args, "verbose", False)),
+            api_socket=api_socket(args, state_dir),
+            http=http_listener(args),
+            host_config=getattr(args, "host_config", None),
         )
 
     @property
@@ -89,6 +96,37 @@ class WatchConfig:
             if not any(is_under(root, r) for r in roots):
                 roots = [r for r in roots if not is_under(r, root)] + [root]
         return tuple(roots)
+
+
+def api_socket(args: argparse.Namespace, state_dir: Path) -> Path | None:
+    """--api-socket PATH; by default /run/epfiot/api.sock for the host's own state directory (a watch with
+    a state directory of its own is another instance: it serves the API only where it is told to)."""
+    from epfiot.api.app import DEFAULT_SOCKET
+    from epfiot.state import HOST_STATE_DIR
+
+    if not getattr(args, "api", True):
+        return None
+    if getattr(args, "api_socket", None):
+        return Path(args.api_socket)
+    return DEFAULT_SOCKET if state_dir == HOST_STATE_DIR else None
+
+
+def http_listener(args: argparse.Namespace) -> tuple[str, int] | None:
+    from epfiot.api.app import is_loopback, parse_address
+
+    text = getattr(args, "http", None)
+    if not text:
+        return None
+    try:
+        host, port = parse_address(text)
+    except ValueError as e:
+        raise UsageError(f"--http: {e}") from None
+    if not is_loopback(host) and not getattr(args, "http_remote", False):
+        raise UsageError(
+            f"--http {text}: not a loopback address; the API would be reachable from other machines, with bearer"
+            " tokens over plain HTTP. Put a TLS proxy in front of it and pass --http-allow-remote to mean it"
+        )
+    return host, port
 
 
 def manifest_files(root: Path) -> Iterable[Path]:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from epfiot.errors import HostError
+from epfiot.errors import EpfiotError, HostError
 from epfiot.logs import Log
 from epfiot.watch.config import WatchConfig, is_manifest_path
 from epfiot.watch.reconciler import Reconciler
@@ -42,6 +42,7 @@ class Watcher:
         self.events_conn: Any = None
         self.events_lost = asyncio.Event()
         self.reconciler: Reconciler | None = None
+        self.metrics: Any = None  # epfiot.api.metrics.Metrics, when the API is served
 
     # --- triggers -----------------------------------------------------------------------------------------
 
@@ -187,12 +188,23 @@ class Watcher:
         ensure_event_loop()  # before any libvirt connection: keepalive and close callbacks need it
         reconciler = self.reconciler = Reconciler(self.config, self.log, events, policy)
         server: Any = None
+        api: Any = None
+        if self.config.api_socket is not None or self.config.http is not None:
+            from epfiot.api.metrics import Metrics
+
+            self.metrics = Metrics()
+            reconciler.observe_with(self.metrics)
         if self.config.serve:
             server = await self._start_server(events)
-            if server is None:
-                await loop.run_in_executor(self.worker, reconciler.close)
-                self.worker.shutdown()
-                return 1
+        if (server is not None or not self.config.serve) and self.metrics is not None:
+            api = await self._start_api(reconciler)
+            if api is None and server is not None:
+                await server.stop()
+                server = None
+        if (self.config.serve and server is None) or (self.metrics is not None and api is None):
+            await loop.run_in_executor(self.worker, reconciler.close)
+            self.worker.shutdown()
+            return 1
         paths = ", ".join(str(p) for p in self.config.paths)
         self.log(
             "watch.started",
@@ -227,6 +239,9 @@ class Watcher:
                     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                         await asyncio.wait_for(asyncio.shield(task), 2.0)
                     task.cancel()
+            if api is not None:
+                with contextlib.suppress(Exception):
+                    await api.stop()
             if server is not None:
                 with contextlib.suppress(Exception):
                     await server.stop()
@@ -247,6 +262,8 @@ class Watcher:
         Registry(self.config.state_dir / "registry.db").close()  # created with its schema before serving
 
         def on_event(kind: str, fields: dict[str, object]) -> None:
+            if self.metrics is not None and kind != "bootstrap.started":
+                self.metrics.bootstrap(kind.partition(".")[2])
             subject, message = describe_bootstrap(kind, fields)
             level = "warning" if kind.endswith(("failed", "refused")) else "info"
             extra = {k: v for k, v in fields.items() if k not in ("message", "subject", "level", "event")}
@@ -272,6 +289,34 @@ class Watcher:
         return server
 
 
+    async def _start_api(self, reconciler: Reconciler) -> Any:
+        """The API (epfiot.api) on the Unix socket and over HTTP; None (logged) if it cannot listen."""
+        from epfiot.api.app import ApiServer, build_app
+        from epfiot.api.auth import HostConfigSource
+        from epfiot.api.backend import WorkerBackend
+
+        config = self.config
+        backend = WorkerBackend(self.worker, reconciler.live, lambda: reconciler.ready, lambda: reconciler.last_run)
+        try:
+            hosts = HostConfigSource(config.host_config)
+        except EpfiotError as error:
+            self.log("api.failed", f"cannot serve the API: {error}", level="error")
+            return None
+        api = ApiServer(build_app(backend, hosts, metrics=self.metrics), socket_path=config.api_socket, http=config.http)
+        try:
+            await api.start()
+        except OSError as error:
+            self.log("api.failed", f"cannot serve the API: {error}", level="error")
+            return None
+        if config.api_socket is not None:
+            self.log("api.listening", f"API on unix:{config.api_socket}", socket=str(config.api_socket))
+        if config.http is not None:
+            host, _ = config.http
+            shown = f"[{host}]" if ":" in host else host
+            self.log("api.listening", f"API on http://{shown}:{api.http_port}", address=host, port=api.http_port)
+        return api
+
+
 def run_watch(args: argparse.Namespace) -> int:
     """epfiot watch: runs until SIGTERM or SIGINT; exit code 0 after a clean stop."""
     from epfiot.eventlog import EventLog
@@ -280,7 +325,7 @@ def run_watch(args: argparse.Namespace) -> int:
 
     config = WatchConfig.from_args(args)
     log = Log(sys.stderr, config.log_format, verbose=config.verbose)
-    handler = log.bridge_logging("epfiot", "aiocoap", level=10 if config.verbose else 30)
+    handler = log.bridge_logging("epfiot", "aiocoap", "aiohttp", level=10 if config.verbose else 30)
     ensure_state_dir(config.state_dir)
     policy = load_policy(config.policy)
     events = EventLog.in_state_dir(config.state_dir)
@@ -288,7 +333,7 @@ def run_watch(args: argparse.Namespace) -> int:
         return asyncio.run(Watcher(config, log).run(events, policy))
     finally:
         events.close()
-        for name in ("epfiot", "aiocoap"):
+        for name in ("epfiot", "aiocoap", "aiohttp"):
             import logging
 
             logging.getLogger(name).removeHandler(handler)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from epfiot.errors import EpfiotError, HostError, ManifestError
 from epfiot.eventlog import EventLog, EventRecorder
@@ -21,6 +21,7 @@ from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty, with_s
 from epfiot.wording import counted
 
 if TYPE_CHECKING:
+    from epfiot.api.backend import Live
     from epfiot.apply import Outcome
     from epfiot.host import Host
     from epfiot.plan import Action, Plan
@@ -30,6 +31,16 @@ if TYPE_CHECKING:
 
 # The reasons that read the manifests again.
 LOAD_REASONS = frozenset({"start", "manifest", "resync"})
+
+
+class Observer(Protocol):
+    """What the service's metrics (epfiot.api.metrics) learn of each reconcile."""
+
+    def reconciled(self, seconds: float, outcome: str, at: float) -> None: ...
+    def action(self, kind: str, verb: str, ok: bool) -> None: ...
+    def drift_corrected(self, kind: str) -> None: ...
+    def vm_states(self, states: Iterable[str]) -> None: ...
+    def thing_statuses(self, statuses: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class WatchReporter(EventRecorder):
         super().__init__(events, "watch")
         self.log = log
         self.on_planned = on_planned
+        self.observer: Observer | None = None
 
     def lock_wait(self, message: str) -> None:
         self.log("lock.wait", message, level="warning")
@@ -78,6 +90,8 @@ class WatchReporter(EventRecorder):
     def action_finished(self, outcome: Outcome) -> None:
         super().action_finished(outcome)
         action = outcome.action
+        if self.observer is not None:
+            self.observer.action(action.kind.value, action.verb.value, outcome.ok)
         if outcome.ok:
             self.log("action.done", f"{action.verb} done ({outcome.seconds:.2f}s)", subject=action.address, action=str(action.verb), seconds=round(outcome.seconds, 3))
         else:
@@ -119,6 +133,28 @@ class Reconciler:
         self._shown_plan_problems: tuple[str, ...] = ()
         self._shown_waits: tuple[str, ...] = ()
         self._unavailable = False
+        self.observer: Observer | None = None
+        self.last_run: dict[str, Any] | None = None  # what the last reconcile planned and did (GET /api/v1/plan)
+        self._result: tuple[Result, float] | None = None
+
+    def observe_with(self, observer: Observer) -> None:
+        self.observer = self.reporter.observer = observer
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        """The first reconcile is done and libvirt answered the last one."""
+        if self.last_run is None:
+            return False, "the first reconcile has not finished"
+        if self.host is None or self._unavailable:
+            return False, f"libvirt at {self.config.uri} is not reachable"
+        return True, "reconciled, libvirt reachable"
+
+    def live(self) -> Live:
+        """The host connection and registry, for an API operation (in the worker thread)."""
+        from epfiot.api.backend import Live
+
+        host = self._open()
+        return Live(host, self.registry, self.config.state_dir, self.events, self.policy, self.config)
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -208,7 +244,32 @@ class Reconciler:
             self.events.record("reconcile.failed", "watch", f"unexpected error: {error!r}")
             self.drop_host()
             outcome = "failed"
+        self._record(reasons, outcome)
         return RunReport(outcome, self.gate.due(), self.managed, self.requeue.due())
+
+    def _record(self, reasons: frozenset[str], outcome: str) -> None:
+        taken, self._result = self._result, None
+        if taken is None:
+            return
+        from epfiot import render
+        from epfiot.cli.apply import outcome_dict
+
+        result, seconds = taken
+        at = time.time()
+        self.last_run = {
+            "at": at,
+            "reasons": sorted(reasons),
+            "outcome": outcome,
+            "seconds": round(seconds, 3),
+            "plan": render.plan_as_dict(result.plan, pool=result.pool, pool_created=result.pool_created),
+            "outcomes": [outcome_dict(o) for o in result.outcomes],
+        }
+        if self.observer is None:
+            return
+        self.observer.reconciled(seconds, outcome, at)
+        self.observer.vm_states(v.condition for v in result.observed.vms if v.ownership is not None)
+        if self.registry is not None:
+            self.observer.thing_statuses(r.status for r in self.registry.things())
 
     def _open(self) -> Host:
         if self.host is None:
@@ -247,6 +308,7 @@ class Reconciler:
         )
         result = run_once(request)
         elapsed = time.monotonic() - started
+        self._result = (result, elapsed)
         if result.plan.problems:
             return "failed"
         if not result.outcomes:
@@ -322,6 +384,8 @@ class Reconciler:
             prune=run.prune,
         )
         for action in run.drift:
+            if self.observer is not None:
+                self.observer.drift_corrected(action.kind.value)
             self.log("drift", action.reason, subject=action.address, level="warning")
             self.events.record("drift", action.address, action.reason, source="watch")
 

@@ -1,0 +1,122 @@
+"""POST /api/v1/plan, /apply, /delete and DELETE /api/v1/vms/{owner}/{name}: epfiot.api.commands over HTTP.
+
+The body is a manifest (YAML or JSON; Content-Type anything but the next one), or, with Content-Type
+application/vnd.epfiot.sources+json, {"files": [{name, text, root, manifest}], "env": {...}}: several files
+with the names the CLI gives them (what `epfiot` sends through the socket). Options are query parameters:
+prune, dry_run, force, keep_disks, auto_approve, parallel, detailed_exitcode.
+
+The answer is what `-o json` prints, with the CLI's exit code in the Epfiot-Exit-Code header: 200 when it is
+0 (or 2/3 of plan's detailed exit codes), 422 for manifest problems ({"problems": [...]}), 409 for any other
+failure (a plan with problems, a destroy not approved, a failed action). With Accept:
+application/vnd.epfiot.cli+json the answer is {"exit_code", "stdout", "stderr"} of the text output instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from epfiot.api.auth import CALLER, error
+from epfiot.api.commands import Manifests, Options, Ran, run, sources_from
+from epfiot.desired.sources import SourceText
+
+SOURCES_TYPE = "application/vnd.epfiot.sources+json"
+CLI_TYPE = "application/vnd.epfiot.cli+json"
+EXIT_HEADER = "Epfiot-Exit-Code"
+BOOLEANS = ("prune", "dry_run", "force", "keep_disks", "auto_approve", "detailed_exitcode", "verbose")
+
+
+class BadRequest(Exception):
+    pass
+
+
+def options_of(request: web.Request, output: str) -> Options:
+    values: dict[str, Any] = {"output": output}
+    for name in BOOLEANS:
+        if name in request.query:
+            text = request.query[name].lower()
+            if text not in ("true", "false", "1", "0", "yes", "no", ""):
+                raise BadRequest(f"{name}={request.query[name]!r}: use true or false")
+            values[name] = text in ("true", "1", "yes", "")
+    if "parallel" in request.query:
+        try:
+            values["parallel"] = int(request.query["parallel"])
+        except ValueError:
+            raise BadRequest("parallel must be a whole number") from None
+    return Options(**values)
+
+
+async def manifests_of(request: web.Request) -> Manifests:
+    text = await request.text()
+    if request.content_type == SOURCES_TYPE:
+        try:
+            data = json.loads(text)
+            files = data["files"]
+            env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
+            return Manifests(sources_from(files), env)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BadRequest(f"not a sources document ({SOURCES_TYPE}): {e}") from None
+    from pathlib import Path
+
+    return Manifests((SourceText("<request>", text, Path("/nonexistent")),), {})
+
+
+def answer(request: web.Request, ran: Ran) -> web.Response:
+    headers = {EXIT_HEADER: str(ran.exit_code)}
+    if request.headers.get("Accept") == CLI_TYPE:
+        body = {"exit_code": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr}
+        return web.json_response(body, headers=headers, content_type=CLI_TYPE)
+    if ran.manifest_error:
+        status = 422
+    elif ran.exit_code == 0 or (request.query.get("detailed_exitcode") is not None and ran.exit_code in (2, 3)):
+        status = 200
+    else:
+        status = 409
+    text = ran.stdout.strip() or json.dumps({"problems": [{"file": None, "line": None, "path": None, "message": ran.stderr.strip()}]})
+    return web.Response(text=text, status=status, headers=headers, content_type="application/json")
+
+
+def changing(command: str) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        from epfiot.api.app import BACKEND
+
+        output = "text" if request.headers.get("Accept") == CLI_TYPE else "json"
+        try:
+            options = options_of(request, output)
+            manifests = await manifests_of(request)
+        except BadRequest as e:
+            return error(400, str(e))
+        caller = request[CALLER]
+        ran = await request.app[BACKEND].call(lambda live: run(live, caller, command, manifests, options))
+        return answer(request, ran)
+
+    handler.__name__ = f"post_{command}"
+    return handler
+
+
+async def delete_vm(request: web.Request) -> web.Response:
+    from epfiot.api.app import BACKEND
+
+    output = "text" if request.headers.get("Accept") == CLI_TYPE else "json"
+    try:
+        options = options_of(request, output)
+    except BadRequest as e:
+        return error(400, str(e))
+    caller = request[CALLER]
+    vm = (request.match_info["owner"], request.match_info["name"])
+    ran = await request.app[BACKEND].call(lambda live: run(live, caller, "delete", None, options, vm))
+    response = answer(request, ran)
+    if response.status == 409 and "not found" in ran.stderr:
+        response.set_status(404)
+    return response
+
+
+def setup(app: web.Application) -> None:
+    from epfiot.api.routes import PREFIX
+
+    for command in ("plan", "apply", "delete"):
+        app.router.add_post(f"{PREFIX}/{command}", changing(command))
+    app.router.add_delete(PREFIX + "/vms/{owner}/{name}", delete_vm)

@@ -1,0 +1,143 @@
+"""plan, apply and delete for an API caller: the CLI's own code (epfiot.cli.plan, .apply), run in the
+worker thread on the service's host connection, its output captured. So the API answers exactly what
+`-o json` prints, and the CLI of a user without libvirt access prints, through the socket, exactly what
+it would print itself, with the same exit code.
+
+Manifests come as texts (the caller's files, read by the caller): a tenant's may name only itself as
+owner (epfiot.authz). Their {env: NAME} passwords are looked up in the environment the caller sent, never
+in the service's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from epfiot import authz
+from epfiot.api.backend import Live
+from epfiot.desired.sources import SourceText
+from epfiot.errors import EpfiotError, ManifestError
+from epfiot.hostconfig import Caller
+from epfiot.model import Desired
+
+
+@dataclass(frozen=True)
+class Manifests:
+    """What a caller sent: the texts of its manifest files, and the environment of its passwords."""
+
+    sources: tuple[SourceText, ...]
+    env: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Options:
+    output: str = "json"  # "json" | "text"
+    prune: bool = True
+    dry_run: bool = False
+    force: bool = False
+    keep_disks: bool = False
+    auto_approve: bool = False
+    detailed_exitcode: bool = False
+    parallel: int = 8
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class Ran:
+    exit_code: int
+    stdout: str
+    stderr: str
+    manifest_error: bool = False
+
+
+def load(caller: Caller, manifests: Manifests) -> Desired:
+    from epfiot.desired import _load
+
+    problems: list = []  # type: ignore[type-arg]
+    desired = _load(manifests.sources, manifests.env, problems)
+    if foreign := authz.foreign_owners(desired, caller):
+        raise ManifestError(foreign)
+    return desired
+
+
+def args_for(live: Live, options: Options) -> argparse.Namespace:
+    config = live.config
+    return argparse.Namespace(
+        connect=config.uri, state_dir=str(live.state_dir), policy=config.policy, image_pool=config.image_pool,
+        image_dir=config.image_dir, virt_type=config.virt_type, output=options.output, prune=options.prune,
+        dry_run=options.dry_run, force=options.force, keep_disks=options.keep_disks, auto_approve=options.auto_approve,
+        detailed_exitcode=options.detailed_exitcode, parallel=max(1, options.parallel), verbose=options.verbose,
+        files=[],
+    )
+
+
+def run(live: Live, caller: Caller, command: str, manifests: Manifests | None, options: Options, vm: tuple[str, str] | None = None) -> Ran:
+    """`command` ("plan", "apply", "delete") for `caller`, as the CLI runs it; in the worker thread."""
+    from epfiot import render
+    from epfiot.cli.common import SERVICE_SESSION, Session
+
+    args = args_for(live, options)
+    out, err = io.StringIO(), io.StringIO()
+    token = SERVICE_SESSION.set(Session(live.host, live.registry, live.policy, live.state_dir))
+    manifest_error = False
+    try:
+        # Nobody is at a terminal here: a plan that destroys needs auto_approve, as for a script.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _no_stdin():
+            try:
+                code = _dispatch(args, caller, command, manifests, vm)
+            except EpfiotError as error:
+                manifest_error = isinstance(error, ManifestError)
+                if options.output == "json":
+                    print(render.to_json(render.error_as_dict(error)))
+                print(f"error: {error}", file=sys.stderr)
+                code = 1 if options.detailed_exitcode else error.exit_code
+    finally:
+        SERVICE_SESSION.reset(token)
+    return Ran(code, out.getvalue(), err.getvalue(), manifest_error)
+
+
+def _dispatch(args: argparse.Namespace, caller: Caller, command: str, manifests: Manifests | None, vm: tuple[str, str] | None) -> int:
+    from epfiot.cli import apply, plan
+
+    if vm is not None:
+        return _delete_vm(args, caller, *vm)
+    assert manifests is not None
+    desired = load(caller, manifests)
+    if command == "plan":
+        return plan.show(args, desired)
+    return apply.reconcile(args, desired, deletion=command == "delete")
+
+
+def _delete_vm(args: argparse.Namespace, caller: Caller, owner: str, name: str) -> int:
+    from epfiot.cli import delete
+
+    if not caller.may_touch(owner):  # the very answer for a VM that does not exist (epfiot.authz)
+        raise EpfiotError(f"vm {owner}/{name}: not found; nothing to delete")
+    args.what, args.files = ["vm", f"{owner}/{name}"], None
+    return delete.run(args)
+
+
+@contextlib.contextmanager
+def _no_stdin() -> Iterator[None]:
+    saved = sys.stdin
+    sys.stdin = io.StringIO("")
+    try:
+        yield None
+    finally:
+        sys.stdin = saved
+
+
+def sources_from(files: Sequence[Mapping[str, object]]) -> tuple[SourceText, ...]:
+    """Sources from the JSON of a request: [{name, text, root?, manifest?}]."""
+    sources = []
+    for f in files:
+        root = Path(str(f["root"])) if f.get("root") else None
+        name = str(f.get("name") or "<api>")
+        directory = Path(name).parent if root is not None else Path("/nonexistent")
+        sources.append(SourceText(name, str(f["text"]), directory, root=root, manifest=str(f.get("manifest") or "")))
+    return tuple(sources)

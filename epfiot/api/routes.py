@@ -1,0 +1,215 @@
+"""The endpoints of /api/v1 (described in openapi.json, next to this module), /metrics and the health checks.
+
+Lists take `fields=a,b` (only those keys; an unknown one is a 400 that lists the known ones). A resource
+of another tenant is a 404 exactly like a missing one (epfiot.authz).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from epfiot import render
+from epfiot.api import ops
+from epfiot.api.auth import CALLER, error
+from epfiot.api.backend import Live
+from epfiot.hostconfig import Caller
+
+PREFIX = "/api/v1"
+LISTS = ("vms", "usb", "networks", "images", "things")
+
+
+@cache
+def openapi() -> dict[str, Any]:
+    text = resources.files("epfiot.api").joinpath("openapi.json").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def known_fields(schema: str) -> tuple[str, ...]:
+    """The keys of one item of a list, as openapi.json documents them."""
+    return tuple(openapi()["components"]["schemas"][schema]["properties"])
+
+
+SCHEMAS = {"vms": "Vm", "usb": "UsbDevice", "networks": "Network", "images": "Image", "things": "Thing", "events": "Event"}
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(text=render.to_json(data), status=status, content_type="application/json")
+
+
+def not_found(message: str) -> web.Response:
+    return error(404, message)
+
+
+def select(request: web.Request, resource: str, rows: list[dict[str, Any]]) -> web.Response:
+    fields = request.query.get("fields")
+    if fields is None:
+        return json_response(rows)
+    wanted = [f.strip() for f in fields.split(",") if f.strip()]
+    known = known_fields(SCHEMAS[resource])
+    if unknown := [f for f in wanted if f not in known]:
+        return error(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return json_response(render.select_fields(rows, wanted))
+
+
+def caller(request: web.Request) -> Caller:
+    return request[CALLER]
+
+
+def lister(resource: str) -> Callable[[web.Request], Any]:
+    operation = ops.READS[resource]
+
+    async def handler(request: web.Request) -> web.Response:
+        from epfiot.api.app import BACKEND
+
+        who = caller(request)
+        rows = await request.app[BACKEND].call(lambda live: operation(live, who))
+        return select(request, resource, rows)
+
+    handler.__name__ = f"list_{resource}"
+    return handler
+
+
+async def get_vm(request: web.Request) -> web.Response:
+    from epfiot.api.app import BACKEND
+
+    who = caller(request)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    missing = f"vm {owner}/{name} does not exist"
+    if not who.may_touch(owner):
+        return not_found(missing)  # the same answer as for a VM that does not exist
+    rows = await request.app[BACKEND].call(lambda live: ops.vms(live, who))
+    found = [r for r in rows if r["owner"] == owner and r["name"] == name]
+    if not found:
+        return not_found(missing)
+    response = select(request, "vms", found)
+    if response.status == 200:
+        assert response.text is not None
+        return json_response(json.loads(response.text)[0])
+    return response
+
+
+async def list_events(request: web.Request) -> web.Response:
+    from epfiot.api.app import BACKEND
+    from epfiot.cli.events import parse_duration
+    from epfiot.errors import UsageError
+
+    who = caller(request)
+    since: float | None = None
+    if text := request.query.get("since"):
+        try:
+            since = parse_duration(text)
+        except UsageError as e:
+            return error(400, str(e))
+    kind = request.query.get("kind") or None
+
+    def read(live: Live) -> list[dict[str, Any]]:
+        return ops.events(live, who, since, kind)
+
+    return select(request, "events", await request.app[BACKEND].call(read))
+
+
+async def last_plan(request: web.Request) -> web.Response:
+    from epfiot.api.app import BACKEND
+
+    who = caller(request)
+    last = request.app[BACKEND].last_run()
+    if last is None:
+        return json_response({"at": None, "reasons": [], "outcome": None, "plan": None, "outcomes": []})
+    if not who.is_admin:
+        last = scoped_run(last, who)
+    return json_response(last)
+
+
+def scoped_run(last: dict[str, Any], who: Caller) -> dict[str, Any]:
+    """The last run as one tenant may see it: its own actions and outcomes; the summary counts those."""
+    plan = last.get("plan")
+    scoped = dict(last)
+    if plan is not None:
+        actions = [a for a in plan["actions"] if who.may_touch(a["owner"])]
+        summary = {verb: sum(1 for a in actions if a["action"] == verb) for verb in plan["summary"]}
+        scoped["plan"] = {"actions": actions, "problems": [], "summary": summary}
+    scoped["outcomes"] = [o for o in last.get("outcomes", []) if who.may_touch(o["owner"])]
+    return scoped
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(openapi())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    from epfiot.api.app import BACKEND
+
+    ready, why = request.app[BACKEND].ready()
+    return json_response({"status": "ready" if ready else "not ready", "reason": why}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from epfiot.api.app import METRICS
+    from epfiot.api.metrics import CONTENT_TYPE
+
+    if not caller(request).is_admin:
+        return error(403, "metrics are for the administrator")
+    response = web.Response(body=request.app[METRICS].exposition())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """Counts every answer by route and status, and answers errors as JSON problems: libvirt out of reach is
+    a 503, another epfiot error a 409, a bug a 500 (its traceback goes to the service's log, not the client)."""
+    from epfiot.api.app import METRICS
+    from epfiot.errors import EpfiotError, HostError
+
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        if e.status >= 400 and e.status != 405:
+            status = e.status
+            return error(e.status, e.reason)
+        raise
+    except HostError as e:
+        status = 503
+        return error(503, str(e))
+    except EpfiotError as e:
+        status = 409
+        return error(409, str(e))
+    except Exception:
+        logging.getLogger("epfiot.api").exception("%s %s failed", request.method, request.path)
+        return error(500, "internal error (a bug in epfiot); the service's log says where")
+    finally:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        request.app[METRICS].api_requests.labels(route, str(status)).inc()
+
+
+def setup(app: web.Application) -> None:
+    from epfiot.api import changes
+
+    app.middlewares.append(count_requests)
+    r = app.router
+    for resource in LISTS:
+        r.add_get(f"{PREFIX}/{resource}", lister(resource))
+    r.add_get(PREFIX + "/vms/{owner}/{name}", get_vm)
+    r.add_get(f"{PREFIX}/events", list_events)
+    r.add_get(f"{PREFIX}/plan", last_plan)
+    r.add_get(f"{PREFIX}/openapi.json", openapi_document)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    changes.setup(app)
