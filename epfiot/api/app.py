@@ -26,7 +26,6 @@ BACKEND = web.AppKey("backend", Backend)
 METRICS = web.AppKey("metrics", Metrics)
 HOSTS = web.AppKey("hosts", HostConfigSource)
 
-DEFAULT_SOCKET = Path("/run/epfiot/api.sock")
 MAX_BODY = 1024 * 1024  # a manifest body; larger ones are 413
 
 

@@ -20,11 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from epfiot.api.auth import CALLER, error
+from epfiot.api.client import CLI_TYPE, SOURCES_TYPE
 from epfiot.api.commands import Manifests, Options, Ran, run, sources_from
 from epfiot.desired.sources import SourceText
 
-SOURCES_TYPE = "application/vnd.epfiot.sources+json"
-CLI_TYPE = "application/vnd.epfiot.cli+json"
 EXIT_HEADER = "Epfiot-Exit-Code"
 BOOLEANS = ("prune", "dry_run", "force", "keep_disks", "auto_approve", "detailed_exitcode", "verbose")
 
@@ -47,6 +46,16 @@ def options_of(request: web.Request, output: str) -> Options:
         except ValueError:
             raise BadRequest("parallel must be a whole number") from None
     return Options(**values)
+
+
+def output_of(request: web.Request) -> str:
+    """JSON, unless the CLI asks for what it prints (then its -o: text or json)."""
+    if request.headers.get("Accept") != CLI_TYPE:
+        return "json"
+    output = request.query.get("output", "text")
+    if output not in ("text", "json"):
+        raise BadRequest(f"output={output!r}: use text or json")
+    return output
 
 
 async def manifests_of(request: web.Request) -> Manifests:
@@ -83,8 +92,8 @@ def changing(command: str) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.Response:
         from epfiot.api.app import BACKEND
 
-        output = "text" if request.headers.get("Accept") == CLI_TYPE else "json"
         try:
+            output = output_of(request)
             options = options_of(request, output)
             manifests = await manifests_of(request)
         except BadRequest as e:
@@ -100,8 +109,8 @@ def changing(command: str) -> Callable[[web.Request], Any]:
 async def delete_vm(request: web.Request) -> web.Response:
     from epfiot.api.app import BACKEND
 
-    output = "text" if request.headers.get("Accept") == CLI_TYPE else "json"
     try:
+        output = output_of(request)
         options = options_of(request, output)
     except BadRequest as e:
         return error(400, str(e))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from epfiot.cli.common import state_dir
 from epfiot.errors import UsageError
@@ -20,7 +21,6 @@ def parse_duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from epfiot import render
     from epfiot.eventlog import EventLog
 
     since = parse_duration(args.since) if args.since else None
@@ -33,10 +33,18 @@ def run(args: argparse.Namespace) -> int:
         events = log.since(since)
     finally:
         log.close()
+    return present(args, [e.as_dict() for e in events])
+
+
+def present(args: argparse.Namespace, events: list[dict[str, Any]]) -> int:
+    from epfiot import render
+
     if args.output == "json":
-        print(render.to_json([e.as_dict() for e in events]))
+        print(render.to_json(events))
+    elif not events:
+        print("No events yet.")
     else:
         for e in events:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-            print(f"{stamp}  {e.kind:<18} {e.subject}: {e.message}")
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e["at"])))
+            print(f"{stamp}  {e['kind']:<18} {e['subject']}: {e['message']}")
     return 0

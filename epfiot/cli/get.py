@@ -9,23 +9,36 @@ from epfiot.cli.common import host_only, open_registry, state_dir
 from epfiot.errors import EpfiotError, UsageError
 
 
+def _owner_and_name(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    if args.name and "/" in args.name:
+        owner, _, name = args.name.partition("/")
+        return owner, name
+    return args.owner, args.name or None
+
+
+def columns_of(resource: str, output: str) -> Sequence[str]:
+    from epfiot import views
+
+    wide = output == "wide"
+    return {
+        "vms": views.VM_WIDE_COLUMNS if wide else views.VM_COLUMNS,
+        "things": views.THING_WIDE_COLUMNS if wide else views.THING_COLUMNS,
+        "usb": views.USB_COLUMNS,
+        "networks": views.NETWORK_COLUMNS,
+        "images": views.IMAGE_COLUMNS,
+    }[resource]
+
+
 def run(args: argparse.Namespace) -> int:
-    from epfiot import render, views
+    from epfiot import views
 
     resource = "vms" if args.resource == "vm" else args.resource
-    columns: Sequence[str]
-    owner, name = args.owner, None
-    if args.name:
-        if "/" in args.name:
-            owner, _, name = args.name.partition("/")
-        else:
-            name = args.name
+    owner, _ = _owner_and_name(args)
     if resource == "things":
         registry = open_registry(state_dir(args), create=False)
         rows = views.thing_rows(registry.things() if registry else [], owner=owner)
         if registry:
             registry.close()
-        columns = views.THING_WIDE_COLUMNS if args.output == "wide" else views.THING_COLUMNS
     else:
         with host_only(args) as host:
             if resource == "vms":
@@ -33,16 +46,13 @@ def run(args: argparse.Namespace) -> int:
                 running = [v.libvirt_name for v in observed.vms if v.managed and v.active]
                 observed = host.observe(addresses_of=running) if running else observed
                 rows = views.vm_rows(observed, owner=owner)
-                columns = views.VM_WIDE_COLUMNS if args.output == "wide" else views.VM_COLUMNS
             elif resource == "usb":
                 from epfiot.usb import held_by
 
                 observed = host.observe()
                 rows = views.usb_rows(observed.usb, held_by(observed.vms, observed.usb))
-                columns = views.USB_COLUMNS
             elif resource == "networks":
                 rows = views.network_rows(host.observe(), owner=owner)
-                columns = views.NETWORK_COLUMNS
             else:
                 from epfiot.model import is_epfiot_volume
 
@@ -52,7 +62,17 @@ def run(args: argparse.Namespace) -> int:
                     for v in observed.volumes
                     if not is_epfiot_volume(v.name)
                 ]
-                columns = views.IMAGE_COLUMNS
+    return present(args, resource, rows)
+
+
+def present(args: argparse.Namespace, resource: str, rows: list[dict[str, object]]) -> int:
+    """Print `rows` (all of the resource: the owner and name given are applied here) as asked; the exit code."""
+    from epfiot import render
+
+    owner, name = _owner_and_name(args)
+    if owner is not None and resource != "usb" and resource != "images":
+        rows = [r for r in rows if r.get("owner") == owner]
+    columns = columns_of(resource, args.output)
     if name is not None:
         rows = [r for r in rows if r.get("name") == name]
         if not rows:

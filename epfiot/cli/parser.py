@@ -27,7 +27,10 @@ COMMANDS = {
     "version": "version",
     "explain": "explain",
     "completion": "completion",
+    "token": "token",
 }
+# The commands that a user who is not root runs through the service's API socket (epfiot.api.client).
+REMOTE_COMMANDS = frozenset({"plan", "diff", "apply", "delete", "get", "events"})
 
 
 def add_global_options(parser: argparse.ArgumentParser, default: object = None) -> None:
@@ -137,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="", help="field path: vms, vms.memory, things.server.uri ... (default: the document)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
+    p = add_command("token", help="API tokens: epfiot token create TENANT (or --admin)")
+    tokens = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    t = tokens.add_parser("create", help="print a new token once, and the hash to put into the host configuration")
+    t.add_argument("tenant", nargs="?", help="the tenant the token acts as")
+    t.add_argument("--admin", action="store_true", help="a token of the administrator")
+    t.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
     p = add_command("completion", help="print a shell completion script: eval \"$(epfiot completion bash)\"")
     p.add_argument("shell", choices=("bash", "zsh"))
 
@@ -154,6 +164,11 @@ def dtls_options(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in REMOTE_COMMANDS and os.geteuid() != 0:
+            from epfiot.api import client
+
+            if client.should_use(args):  # no libvirt of one's own: the service acts for this user
+                return client.run(args)
         command = importlib.import_module(f"epfiot.cli.{COMMANDS[args.command]}")
         return int(command.run(args))
     except EpfiotError as error:

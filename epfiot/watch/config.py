@@ -101,7 +101,7 @@ class WatchConfig:
 def api_socket(args: argparse.Namespace, state_dir: Path) -> Path | None:
     """--api-socket PATH; by default /run/epfiot/api.sock for the host's own state directory (a watch with
     a state directory of its own is another instance: it serves the API only where it is told to)."""
-    from epfiot.api.app import DEFAULT_SOCKET
+    from epfiot.api.client import DEFAULT_SOCKET
     from epfiot.state import HOST_STATE_DIR
 
     if not getattr(args, "api", True):

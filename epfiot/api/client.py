@@ -1,0 +1,152 @@
+"""The CLI's side of the API socket: a user who is not root has no libvirt access of their own, so
+`epfiot plan|apply|delete|get|events` ask the service (`epfiot watch`) through its Unix socket, where the
+kernel tells it who they are. The output and the exit code are those of the command run directly.
+
+Used when the effective user is not root, the socket exists ($EPFIOT_API_SOCKET, else /run/epfiot/api.sock)
+and neither --connect nor --state-dir names a host or state of the user's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from epfiot.errors import EpfiotError
+
+SOCKET_ENV = "EPFIOT_API_SOCKET"
+DEFAULT_SOCKET = Path("/run/epfiot/api.sock")
+SOURCES_TYPE = "application/vnd.epfiot.sources+json"  # several manifest files, with their names and roots
+CLI_TYPE = "application/vnd.epfiot.cli+json"  # the answer the CLI prints: exit_code, stdout, stderr
+
+
+class ServiceError(EpfiotError):
+    """The service could not be asked, or refused."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def socket_path() -> Path:
+    return Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET)
+
+
+def should_use(args: argparse.Namespace) -> bool:
+    if os.geteuid() == 0:
+        return False
+    if getattr(args, "connect", None) or getattr(args, "state_dir", None):
+        return False
+    return socket_path().is_socket()
+
+
+def request(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    where = socket_path()
+    conn = _UnixConnection(str(where), timeout=3600.0)  # an apply may take long: graceful shutdowns
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        status, answer_headers = response.status, {k.lower(): v for k, v in response.getheaders()}
+    except OSError as e:
+        raise ServiceError(f"cannot reach the epfiot service at {where}: {e.strerror or e}") from None
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(data) if data else None
+    except ValueError:
+        parsed = None
+    if status in (401, 403):
+        raise ServiceError(f"the epfiot service at {where} refuses user {_user()}: not a user of any tenant")
+    return status, answer_headers, parsed
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _problem(data: Any) -> str:
+    try:
+        return "; ".join(p["message"] for p in data["problems"])
+    except (TypeError, KeyError):
+        return "unexpected answer"
+
+
+def fetch(path: str, query: dict[str, str] | None = None) -> Any:
+    """GET a list; a 4xx answer becomes the error the command would raise."""
+    status, _, data = request("GET", path + (f"?{urlencode(query)}" if query else ""))
+    if status != 200:
+        raise ServiceError(_problem(data))
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "get":
+        from epfiot.cli import get
+
+        resource = "vms" if args.resource == "vm" else args.resource
+        return get.present(args, resource, fetch(f"/api/v1/{resource}"))
+    if args.command == "events":
+        from epfiot.cli import events
+
+        return events.present(args, fetch("/api/v1/events", {"since": args.since} if args.since else None))
+    return _change(args)
+
+
+def _change(args: argparse.Namespace) -> int:
+    command = "plan" if args.command == "diff" else args.command
+    query = {"output": getattr(args, "output", "text")}
+    for name in ("prune", "dry_run", "force", "keep_disks", "auto_approve", "detailed_exitcode", "verbose"):
+        if hasattr(args, name):
+            query[name] = "true" if getattr(args, name) else "false"
+    if hasattr(args, "parallel"):
+        query["parallel"] = str(args.parallel)
+    headers = {"Accept": CLI_TYPE}
+    if command == "delete" and not args.files:
+        if len(args.what) != 2 or args.what[0] != "vm" or "/" not in args.what[1]:
+            from epfiot.errors import UsageError
+
+            raise UsageError("usage: epfiot delete -f PATH...  |  epfiot delete vm OWNER/NAME")
+        owner, _, name = args.what[1].partition("/")
+        path, method, body = f"/api/v1/vms/{quote(owner)}/{quote(name)}", "DELETE", None
+    else:
+        path, method = f"/api/v1/{command}", "POST"
+        body = json.dumps({"files": _sources(args.files), "env": dict(os.environ)}).encode()
+        headers["Content-Type"] = SOURCES_TYPE
+    _, _, data = request(method, f"{path}?{urlencode(query)}", body, headers)
+    if not isinstance(data, dict) or "exit_code" not in data:
+        raise ServiceError(_problem(data))
+    sys.stdout.write(data["stdout"])
+    sys.stderr.write(data["stderr"])
+    return int(data["exit_code"])
+
+
+def _sources(paths: list[str]) -> list[dict[str, Any]]:
+    """The manifest files, read here, as the user who runs the command (what they may read is theirs to send)."""
+    from epfiot.desired.sources import read_sources
+    from epfiot.errors import ManifestError, ManifestProblem
+
+    problems: list[ManifestProblem] = []
+    texts = list(read_sources(paths, sys.stdin, Path.cwd(), problems))
+    if problems:
+        raise ManifestError(problems)
+    return [{"name": t.name, "text": t.text, "root": str(t.root) if t.root else None, "manifest": t.manifest} for t in texts]
