@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from epfiot.cli.common import state_dir
+from epfiot.cli.common import service
 from epfiot.errors import UsageError
 
 
@@ -21,22 +21,17 @@ def parse_duration(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from epfiot import render
-    from epfiot.eventlog import EventLog
 
     since = parse_duration(args.since) if args.since else None
-    path = state_dir(args) / "events.db"
-    if not path.exists():
-        print("[]" if args.output == "json" else "No events yet.")
+    svc, caller = service(args)
+    events = svc.events(caller, since)
+    if not events and args.output != "json":
+        print("No events yet.")
         return 0
-    log = EventLog(path)
-    try:
-        events = log.since(since)
-    finally:
-        log.close()
     if args.output == "json":
-        print(render.to_json([e.as_dict() for e in events]))
+        print(render.to_json(events))
     else:
         for e in events:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-            print(f"{stamp}  {e.kind:<18} {e.subject}: {e.message}")
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e["at"])))  # type: ignore[arg-type]
+            print(f"{stamp}  {e['kind']:<18} {e['subject']}: {e['message']}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from epfiot.cli.common import host_only, open_registry, state_dir
+from epfiot.cli.common import service
 from epfiot.errors import EpfiotError, UsageError
 
 
@@ -20,39 +20,23 @@ def run(args: argparse.Namespace) -> int:
             owner, _, name = args.name.partition("/")
         else:
             name = args.name
+    svc, caller = service(args)
+    wide = args.output == "wide"
     if resource == "things":
-        registry = open_registry(state_dir(args), create=False)
-        rows = views.thing_rows(registry.things() if registry else [], owner=owner)
-        if registry:
-            registry.close()
-        columns = views.THING_WIDE_COLUMNS if args.output == "wide" else views.THING_COLUMNS
+        rows = svc.things(caller, owner)
+        columns = views.THING_WIDE_COLUMNS if wide else views.THING_COLUMNS
+    elif resource == "vms":
+        rows = svc.vms(caller, owner)
+        columns = views.VM_WIDE_COLUMNS if wide else views.VM_COLUMNS
+    elif resource == "usb":
+        rows = svc.usb(caller)
+        columns = views.USB_COLUMNS
+    elif resource == "networks":
+        rows = svc.networks(caller, owner)
+        columns = views.NETWORK_COLUMNS
     else:
-        with host_only(args) as host:
-            if resource == "vms":
-                observed = host.observe()
-                running = [v.libvirt_name for v in observed.vms if v.managed and v.active]
-                observed = host.observe(addresses_of=running) if running else observed
-                rows = views.vm_rows(observed, owner=owner)
-                columns = views.VM_WIDE_COLUMNS if args.output == "wide" else views.VM_COLUMNS
-            elif resource == "usb":
-                from epfiot.usb import held_by
-
-                observed = host.observe()
-                rows = views.usb_rows(observed.usb, held_by(observed.vms, observed.usb))
-                columns = views.USB_COLUMNS
-            elif resource == "networks":
-                rows = views.network_rows(host.observe(), owner=owner)
-                columns = views.NETWORK_COLUMNS
-            else:
-                from epfiot.model import is_epfiot_volume
-
-                observed = host.observe()
-                rows = [
-                    {"name": v.name, "pool": v.pool, "capacity_mib": v.capacity_bytes // (1024 * 1024)}
-                    for v in observed.volumes
-                    if not is_epfiot_volume(v.name)
-                ]
-                columns = views.IMAGE_COLUMNS
+        rows = svc.images(caller)
+        columns = views.IMAGE_COLUMNS
     if name is not None:
         rows = [r for r in rows if r.get("name") == name]
         if not rows:

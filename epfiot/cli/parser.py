@@ -41,6 +41,7 @@ def add_global_options(parser: argparse.ArgumentParser, default: object = None) 
         return value if default is None else default
 
     group.add_argument("-c", "--connect", metavar="URI", default=default, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    group.add_argument("--host-config", type=Path, default=default, help="the host configuration: tenants, state directory, image pool, USB policy (default: $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present; none: one administrator)")
     group.add_argument("--state-dir", type=Path, default=default, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
     group.add_argument("--policy", type=Path, default=default, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
     group.add_argument("--image-pool", default=own(image_pool), help=f"storage pool of base images and VM disks (default: {image_pool})")

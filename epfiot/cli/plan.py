@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from epfiot.cli.common import load, options_from, pool_from, session
+from epfiot.cli.common import manifests_from, options_from, service
 
 WAITING = 3  # plan --detailed-exitcode: nothing to apply, but some resource waits for the host to change
 
@@ -12,12 +12,9 @@ WAITING = 3  # plan --detailed-exitcode: nothing to apply, but some resource wai
 def run(args: argparse.Namespace) -> int:
     from epfiot import render
     from epfiot.plan import Verb
-    from epfiot.reconcile import Request, run_once
 
-    desired = load(args)
-    with session(args, desired) as ses:
-        request = Request(ses.host, desired, options_from(args), ses.registry, ses.policy, dry_run=True, pool=pool_from(args))
-        result = run_once(request)
+    svc, caller = service(args)
+    result = svc.plan_run(caller, manifests_from(args), options_from(args))
     plan = result.plan
     if args.output == "json":
         print(render.to_json(render.plan_as_dict(plan, pool=result.pool)))
