@@ -385,7 +385,7 @@ class Service:
         ensure_state_dir(self.state_dir)
         return Registry(path)
 
-    def _policy(self) -> UsbPolicy:
+    def policy(self) -> UsbPolicy:
         """The host's USB policy. With a host configuration it is the host's alone: its usb_policy, else
         /etc/epfiot/policy.yaml if present; $EPFIOT_POLICY is not asked (a tenant could set it)."""
         from epfiot.policy import DEFAULT_POLICY_PATH, UsbPolicy, load_policy
@@ -402,7 +402,7 @@ class Service:
         ensure_state_dir(self.state_dir)
         policy = None
         if any(vm.devices for vm in desired.vms):
-            policy = self._policy()
+            policy = self.policy()
         registry = self._registry(create=bool(desired.things))
         try:
             with self._host() as host:

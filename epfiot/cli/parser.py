@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[everywhere], **kwargs)
 
-    def manifests(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
+    def manifests(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+        p.add_argument("-f", "--filename", dest="files", action="append", required=required, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
 
     def changes(p: argparse.ArgumentParser) -> None:
         p.add_argument("--force", action="store_true", help="power VMs off at once instead of a graceful shutdown")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", help="only this tenant's resources")
 
     p = add_command("watch", help="reconcile on every manifest change, libvirt event and resync tick")
-    manifests(p)
+    manifests(p, required=False)  # with a host configuration, the tenants' manifest directories
     p.add_argument("--resync", type=float, default=60.0, metavar="SECONDS", help="periodic full reconcile (default: %(default)s)")
     p.add_argument("--debounce", type=float, default=0.2, metavar="SECONDS", help="act once the files have been quiet this long (default: %(default)s)")
     p.add_argument("--prune-after", type=float, default=5.0, metavar="SECONDS", help="prune only removals that have lasted this long (default: %(default)s; see docs/watch.md)")
