@@ -338,7 +338,7 @@ class Service:
         with self._host() as host:
             vm = next((v for v in host.observe().vms if v.libvirt_name == f"{owner}.{name}"), None)
         if vm is None or (vm.ownership is None and not caller.is_admin):
-            raise NotFound(f"{what} does not exist; nothing to delete")
+            raise NotFound(f"{what} does not exist")
         if vm.ownership is None:
             raise EpfiotError(f"{what}: not managed by epfiot; nothing to delete")
         stack = StackSpec(owner=owner, name=vm.ownership.stack)
