@@ -188,7 +188,7 @@ def test_delete_one_vm_and_delete_by_manifest(run, tmp_path: Path, host: libvirt
     assert code == 0, out
     assert "alice.example1" not in domain_names(host)
     code, _, err = run("delete", "vm", "alice/example1")
-    assert code == 1 and "not found" in err
+    assert code == 1 and "vm alice/example1 does not exist" in err
 
     assert run("delete", "-f", str(stack), "--force", "-y")[0] == 0
     assert not {n for n in domain_names(host) if n.startswith("alice.")}

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from epfiot.eventlog import EventLog
     from epfiot.host import Host
+    from epfiot.hostconfig import HostConfig
     from epfiot.policy import UsbPolicy
     from epfiot.registry import Registry
+    from epfiot.service import Service
     from epfiot.watch.config import WatchConfig
 
 T = TypeVar("T")
@@ -36,6 +38,17 @@ class Live:
     events: EventLog
     policy: UsbPolicy | None
     config: WatchConfig
+
+
+def service_for(live: Live, config: HostConfig) -> Service:
+    """The caller-scoped operations (epfiot.service) on the live host connection."""
+    from epfiot.service import Service
+
+    c = live.config
+    return Service.from_host_config(
+        config, uri=c.uri, state_dir=live.state_dir, image_pool=c.image_pool, image_dir=c.image_dir,
+        virt_type=c.virt_type, policy_path=c.policy, host=live.host,
+    )
 
 
 class Backend(Protocol):

@@ -80,6 +80,8 @@ def answer(request: web.Request, ran: Ran) -> web.Response:
         return web.json_response(body, headers=headers, content_type=CLI_TYPE)
     if ran.manifest_error:
         status = 422
+    elif ran.not_found:
+        status = 404
     elif ran.exit_code == 0 or (request.query.get("detailed_exitcode") is not None and ran.exit_code in (2, 3)):
         status = 200
     else:
@@ -90,7 +92,7 @@ def answer(request: web.Request, ran: Ran) -> web.Response:
 
 def changing(command: str) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.Response:
-        from epfiot.api.app import BACKEND
+        from epfiot.api.app import BACKEND, HOSTS
 
         try:
             output = output_of(request)
@@ -98,8 +100,8 @@ def changing(command: str) -> Callable[[web.Request], Any]:
             manifests = await manifests_of(request)
         except BadRequest as e:
             return error(400, str(e))
-        caller = request[CALLER]
-        ran = await request.app[BACKEND].call(lambda live: run(live, caller, command, manifests, options))
+        caller, config = request[CALLER], request.app[HOSTS].get()
+        ran = await request.app[BACKEND].call(lambda live: run(live, config, caller, command, manifests, options))
         return answer(request, ran)
 
     handler.__name__ = f"post_{command}"
@@ -107,20 +109,17 @@ def changing(command: str) -> Callable[[web.Request], Any]:
 
 
 async def delete_vm(request: web.Request) -> web.Response:
-    from epfiot.api.app import BACKEND
+    from epfiot.api.app import BACKEND, HOSTS
 
     try:
         output = output_of(request)
         options = options_of(request, output)
     except BadRequest as e:
         return error(400, str(e))
-    caller = request[CALLER]
+    caller, config = request[CALLER], request.app[HOSTS].get()
     vm = (request.match_info["owner"], request.match_info["name"])
-    ran = await request.app[BACKEND].call(lambda live: run(live, caller, "delete", None, options, vm))
-    response = answer(request, ran)
-    if response.status == 409 and "not found" in ran.stderr:
-        response.set_status(404)
-    return response
+    ran = await request.app[BACKEND].call(lambda live: run(live, config, caller, "delete", None, options, vm))
+    return answer(request, ran)
 
 
 def setup(app: web.Application) -> None:

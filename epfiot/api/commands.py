@@ -17,13 +17,17 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from epfiot import authz
 from epfiot.api.backend import Live
 from epfiot.desired.sources import SourceText
 from epfiot.errors import EpfiotError, ManifestError
-from epfiot.hostconfig import Caller
+from epfiot.hostconfig import Caller, HostConfig
 from epfiot.model import Desired
+
+if TYPE_CHECKING:
+    from epfiot.service import Service
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Ran:
     stdout: str
     stderr: str
     manifest_error: bool = False
+    not_found: bool = False
 
 
 def load(caller: Caller, manifests: Manifests) -> Desired:
@@ -76,50 +81,40 @@ def args_for(live: Live, options: Options) -> argparse.Namespace:
     )
 
 
-def run(live: Live, caller: Caller, command: str, manifests: Manifests | None, options: Options, vm: tuple[str, str] | None = None) -> Ran:
+def run(live: Live, config: HostConfig, caller: Caller, command: str, manifests: Manifests | None, options: Options, vm: tuple[str, str] | None = None) -> Ran:
     """`command` ("plan", "apply", "delete") for `caller`, as the CLI runs it; in the worker thread."""
     from epfiot import render
-    from epfiot.cli.common import SERVICE_SESSION, Session
+    from epfiot.api.backend import service_for
+    from epfiot.service import NotFound
 
     args = args_for(live, options)
+    scoped = (service_for(live, config), caller)
     out, err = io.StringIO(), io.StringIO()
-    token = SERVICE_SESSION.set(Session(live.host, live.registry, live.policy, live.state_dir))
-    manifest_error = False
-    try:
-        # Nobody is at a terminal here: a plan that destroys needs auto_approve, as for a script.
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _no_stdin():
-            try:
-                code = _dispatch(args, caller, command, manifests, vm)
-            except EpfiotError as error:
-                manifest_error = isinstance(error, ManifestError)
-                if options.output == "json":
-                    print(render.to_json(render.error_as_dict(error)))
-                print(f"error: {error}", file=sys.stderr)
-                code = 1 if options.detailed_exitcode else error.exit_code
-    finally:
-        SERVICE_SESSION.reset(token)
-    return Ran(code, out.getvalue(), err.getvalue(), manifest_error)
+    manifest_error = not_found = False
+    # Nobody is at a terminal here: a plan that destroys needs auto_approve, as for a script.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _no_stdin():
+        try:
+            code = _dispatch(args, scoped, command, manifests, vm)
+        except EpfiotError as error:
+            manifest_error, not_found = isinstance(error, ManifestError), isinstance(error, NotFound)
+            if options.output == "json":
+                print(render.to_json(render.error_as_dict(error)))
+            print(f"error: {error}", file=sys.stderr)
+            code = 1 if options.detailed_exitcode else error.exit_code
+    return Ran(code, out.getvalue(), err.getvalue(), manifest_error, not_found)
 
 
-def _dispatch(args: argparse.Namespace, caller: Caller, command: str, manifests: Manifests | None, vm: tuple[str, str] | None) -> int:
+def _dispatch(args: argparse.Namespace, scoped: tuple[Service, Caller], command: str, manifests: Manifests | None, vm: tuple[str, str] | None) -> int:
     from epfiot.cli import apply, plan
 
+    svc, caller = scoped
     if vm is not None:
-        return _delete_vm(args, caller, *vm)
+        return apply.reconcile(args, svc.vm_deletion(caller, *vm), deletion=True, scoped=scoped)
     assert manifests is not None
     desired = load(caller, manifests)
     if command == "plan":
-        return plan.show(args, desired)
-    return apply.reconcile(args, desired, deletion=command == "delete")
-
-
-def _delete_vm(args: argparse.Namespace, caller: Caller, owner: str, name: str) -> int:
-    from epfiot.cli import delete
-
-    if not caller.may_touch(owner):  # the very answer for a VM that does not exist (epfiot.authz)
-        raise EpfiotError(f"vm {owner}/{name}: not found; nothing to delete")
-    args.what, args.files = ["vm", f"{owner}/{name}"], None
-    return delete.run(args)
+        return plan.show(args, desired, scoped)
+    return apply.reconcile(args, desired, deletion=command == "delete", scoped=scoped)
 
 
 @contextlib.contextmanager

@@ -11,15 +11,18 @@ import logging
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from epfiot import render
 from epfiot.api import ops
 from epfiot.api.auth import CALLER, error
-from epfiot.api.backend import Live
+from epfiot.api.backend import service_for
 from epfiot.hostconfig import Caller
+from epfiot.service import Service
+
+T = TypeVar("T")
 
 PREFIX = "/api/v1"
 LISTS = ("vms", "usb", "networks", "images", "things")
@@ -59,6 +62,14 @@ def select(request: web.Request, resource: str, rows: list[dict[str, Any]]) -> w
     return json_response(render.select_fields(rows, wanted))
 
 
+async def on_service(request: web.Request, operation: Callable[[Service], T]) -> T:
+    """`operation` on the service of the live host, in the worker thread (epfiot.api.backend)."""
+    from epfiot.api.app import BACKEND, HOSTS
+
+    config = request.app[HOSTS].get()
+    return await request.app[BACKEND].call(lambda live: operation(service_for(live, config)))
+
+
 def caller(request: web.Request) -> Caller:
     return request[CALLER]
 
@@ -67,10 +78,9 @@ def lister(resource: str) -> Callable[[web.Request], Any]:
     operation = ops.READS[resource]
 
     async def handler(request: web.Request) -> web.Response:
-        from epfiot.api.app import BACKEND
 
         who = caller(request)
-        rows = await request.app[BACKEND].call(lambda live: operation(live, who))
+        rows = await on_service(request, lambda svc: operation(svc, who))
         return select(request, resource, rows)
 
     handler.__name__ = f"list_{resource}"
@@ -78,18 +88,11 @@ def lister(resource: str) -> Callable[[web.Request], Any]:
 
 
 async def get_vm(request: web.Request) -> web.Response:
-    from epfiot.api.app import BACKEND
-
     who = caller(request)
     owner, name = request.match_info["owner"], request.match_info["name"]
-    missing = f"vm {owner}/{name} does not exist"
-    if not who.may_touch(owner):
-        return not_found(missing)  # the same answer as for a VM that does not exist
-    rows = await request.app[BACKEND].call(lambda live: ops.vms(live, who))
-    found = [r for r in rows if r["owner"] == owner and r["name"] == name]
-    if not found:
-        return not_found(missing)
-    response = select(request, "vms", found)
+    # Another tenant's VM raises NotFound, exactly as a missing one does (a 404 either way).
+    row = await on_service(request, lambda svc: svc.vm(who, owner, name))
+    response = select(request, "vms", [row])
     if response.status == 200:
         assert response.text is not None
         return json_response(json.loads(response.text)[0])
@@ -97,7 +100,6 @@ async def get_vm(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    from epfiot.api.app import BACKEND
     from epfiot.cli.events import parse_duration
     from epfiot.errors import UsageError
 
@@ -110,10 +112,7 @@ async def list_events(request: web.Request) -> web.Response:
             return error(400, str(e))
     kind = request.query.get("kind") or None
 
-    def read(live: Live) -> list[dict[str, Any]]:
-        return ops.events(live, who, since, kind)
-
-    return select(request, "events", await request.app[BACKEND].call(read))
+    return select(request, "events", await on_service(request, lambda svc: svc.events(who, since, kind)))
 
 
 async def last_plan(request: web.Request) -> web.Response:
@@ -172,6 +171,7 @@ async def count_requests(request: web.Request, handler: Callable[[web.Request], 
     a 503, another epfiot error a 409, a bug a 500 (its traceback goes to the service's log, not the client)."""
     from epfiot.api.app import METRICS
     from epfiot.errors import EpfiotError, HostError
+    from epfiot.service import NotFound
 
     status = 500
     try:
@@ -184,6 +184,9 @@ async def count_requests(request: web.Request, handler: Callable[[web.Request], 
             status = e.status
             return error(e.status, e.reason)
         raise
+    except NotFound as e:
+        status = 404
+        return error(404, str(e))
     except HostError as e:
         status = 503
         return error(503, str(e))

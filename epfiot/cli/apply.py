@@ -8,54 +8,45 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from epfiot.cli.common import load, options_from, pool_from, session, uri
+from epfiot.cli.common import manifests_from, options_from, service
 
 if TYPE_CHECKING:
-    from epfiot.apply import Outcome
+    from epfiot.hostconfig import Caller
     from epfiot.model import Desired
+    from epfiot.service import Manifests, Service
 
 
 def run(args: argparse.Namespace) -> int:
-    return reconcile(args, load(args), deletion=False)
+    return reconcile(args, manifests_from(args), deletion=False)
 
 
-def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> int:
-    """One reconcile run (epfiot.reconcile.run_once) with terminal output; the exit code."""
+def reconcile(args: argparse.Namespace, what: Manifests | Desired, *, deletion: bool, scoped: tuple[Service, Caller] | None = None) -> int:
+    """One reconcile run (epfiot.service.Service.apply_run) with terminal output; the exit code."""
     from epfiot import render
     from epfiot.approval import approve
     from epfiot.cli.report import Terminal
-    from epfiot.eventlog import EventLog
-    from epfiot.reconcile import HostLock, Request, check, run_once
+    from epfiot.reconcile import check
+    from epfiot.service import apply_as_dict
 
     json_output = getattr(args, "output", "text") == "json"
     out = sys.stderr if json_output else sys.stdout
     started = time.monotonic()
-    with session(args, desired) as ses:
-        events = EventLog.in_state_dir(ses.state_dir)
-        reporter = Terminal(out, events, "delete" if deletion else "apply", uri=uri(args), show_plan=not json_output, verbose=args.verbose)
-        request = Request(
-            ses.host,
-            desired,
-            options_from(args),
-            ses.registry,
-            ses.policy,
-            deletion=deletion,
-            dry_run=args.dry_run,
-            pool=pool_from(args),
-            lock=HostLock(ses.state_dir, uri(args)),
-            parallel=args.parallel,
-            reporter=reporter,
-            approve=functools.partial(approve, auto_approve=args.auto_approve, stdin=sys.stdin, out=out),
-        )
-        try:
-            result = run_once(request)
-        finally:
-            events.close()
+    svc, caller = scoped or service(args)
+    result = svc.apply_run(
+        caller,
+        what,
+        approve=functools.partial(approve, auto_approve=args.auto_approve, stdin=sys.stdin, out=out),
+        options=options_from(args),
+        dry_run=args.dry_run,
+        deletion=deletion,
+        parallel=args.parallel,
+        reporter=lambda events: Terminal(out, events, "delete" if deletion else "apply", uri=svc.uri, show_plan=not json_output, verbose=args.verbose),
+    )
     plan = result.plan
     check(plan)
     if args.dry_run or not result.outcomes:
         if json_output:
-            print(render.to_json({"plan": render.plan_as_dict(plan, pool=result.pool), "outcomes": []}))
+            print(render.to_json(apply_as_dict(result, dry_run=True)))
         elif not plan.changes and result.pool is None:
             why = "Nothing to delete: none of them exists." if deletion else "The host matches the manifests."
             print(f"No changes. {why}", file=out)
@@ -64,8 +55,7 @@ def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> 
     failed = result.failed
     done = [o for o in result.outcomes if o.ok]
     if json_output:
-        data = {"plan": render.plan_as_dict(plan, pool=result.pool, pool_created=result.pool_created), "outcomes": [outcome_dict(o) for o in result.outcomes]}
-        print(render.to_json(data | ({"remaining": [a.address for a in result.remaining]} if result.remaining else {})))
+        print(render.to_json(apply_as_dict(result)))
     else:
         created = sum(1 for o in done if o.action.verb == "create")
         changed = sum(1 for o in done if o.action.verb == "update")
@@ -83,7 +73,3 @@ def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> 
             print("Run epfiot apply again to retry: it re-plans from the live state.", file=out)
     return 1 if failed or result.remaining else 0
 
-
-def outcome_dict(outcome: Outcome) -> dict[str, object]:
-    a = outcome.action
-    return {"kind": a.kind.value, "owner": a.owner, "name": a.name, "action": a.verb.value, "ok": outcome.ok, "seconds": round(outcome.seconds, 3), "error": outcome.message, "retry": outcome.retry}

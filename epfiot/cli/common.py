@@ -1,37 +1,20 @@
-"""What several commands share: the state directory, the URI, the host and registry of one session."""
+"""What several commands share: the service of this host and who runs the command, the URI, the options."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import contextvars
 import os
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from epfiot.errors import UsageError
+
 if TYPE_CHECKING:
-    from epfiot.host import Host
-    from epfiot.model import Desired
+    from epfiot.hostconfig import Caller
     from epfiot.plan import Options
-    from epfiot.policy import UsbPolicy
-    from epfiot.reconcile import CreatePool
     from epfiot.registry import Registry
-
-
-@dataclass
-class Session:
-    host: Host
-    registry: Registry | None
-    policy: UsbPolicy | None
-    state_dir: Path
-
-
-# The session of a command run by the service for an API caller (epfiot.api.commands): the service's own
-# host connection and registry, which the command uses and does not close.
-SERVICE_SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar("service_session", default=None)
+    from epfiot.service import Manifests, Service
 
 
 def state_dir(args: argparse.Namespace) -> Path:
@@ -40,47 +23,51 @@ def state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) if args.state_dir else default_state_dir()
 
 
+def service(args: argparse.Namespace) -> tuple[Service, Caller]:
+    """The service of this host and who runs this command (epfiot.service, epfiot.hostconfig).
+
+    Without a host configuration: one administrator, and the options as given. With one, its state_dir,
+    image_pool and usb_policy are the host's: a tenant naming another state directory or USB policy
+    (--state-dir, $EPFIOT_STATE_DIR, --policy) is refused, so it can neither escape the host lock and the
+    registry nor allow itself devices; the administrator may (a recovery, a test), with a warning that such
+    runs are not serialised with the host's.
+    """
+    from dataclasses import replace
+
+    from epfiot.hostconfig import load_host_config
+    from epfiot.service import Service
+
+    config = load_host_config(args.host_config)
+    given_state = Path(args.state_dir) if args.state_dir else (Path(env) if (env := os.environ.get("EPFIOT_STATE_DIR")) else None)
+    found = Service.from_host_config(
+        config,
+        uri=uri(args),
+        state_dir=given_state,
+        image_pool=args.image_pool,
+        image_dir=args.image_dir,
+        virt_type=args.virt_type,
+        policy_path=args.policy,
+    )
+    caller = found.local_caller()
+    if not config.has_tenants:
+        return found, caller
+    overrides: dict[str, object] = {}
+    for option, given, hosts, name in (
+        ("--state-dir", given_state, found.state_dir, "state_dir"),
+        ("--policy", args.policy, found.policy_path, "policy_path"),
+    ):
+        if given is None or (hosts is not None and Path(given).resolve() == Path(hosts).resolve()):
+            continue
+        shown = hosts if hosts is not None else "the default"
+        if not caller.is_admin:
+            raise UsageError(f"{option} {given}: this host's is {shown} (host configuration {config.path}); a tenant cannot choose another")
+        print(f"warning: {option} {given} is not this host's ({shown}, host configuration {config.path}): runs with it are not serialised with the host's", file=sys.stderr)
+        overrides[name] = Path(given)
+    return replace(found, **overrides) if overrides else found, caller  # type: ignore[arg-type]
+
+
 def uri(args: argparse.Namespace) -> str:
     return str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system")
-
-
-@contextlib.contextmanager
-def session(args: argparse.Namespace, desired: Desired) -> Iterator[Session]:
-    """The host, and the registry and USB policy when the manifests need them (start-up time counts)."""
-    if (given := SERVICE_SESSION.get()) is not None:
-        yield given
-        return
-    from epfiot.libvirt.host import LibvirtHost
-    from epfiot.state import ensure_state_dir
-
-    directory = ensure_state_dir(state_dir(args))
-    policy = None
-    if any(vm.devices for vm in desired.vms):
-        from epfiot.policy import load_policy
-
-        policy = load_policy(args.policy)
-    registry = open_registry(directory, create=bool(desired.things))
-    host = LibvirtHost.open(uri(args), image_pool=args.image_pool, virt_type=args.virt_type)
-    try:
-        yield Session(host, registry, policy, directory)
-    finally:
-        host.close()
-        if registry is not None:
-            registry.close()
-
-
-@contextlib.contextmanager
-def host_only(args: argparse.Namespace) -> Iterator[Host]:
-    if (given := SERVICE_SESSION.get()) is not None:
-        yield given.host
-        return
-    from epfiot.libvirt.host import LibvirtHost
-
-    host = LibvirtHost.open(uri(args), image_pool=args.image_pool, virt_type=args.virt_type)
-    try:
-        yield host
-    finally:
-        host.close()
 
 
 def open_registry(directory: Path, *, create: bool) -> Registry | None:
@@ -92,10 +79,10 @@ def open_registry(directory: Path, *, create: bool) -> Registry | None:
     return Registry(path)
 
 
-def load(args: argparse.Namespace) -> Desired:
-    from epfiot.desired import load_manifests
+def manifests_from(args: argparse.Namespace) -> Manifests:
+    from epfiot.service import Manifests
 
-    return load_manifests(args.files, stdin=sys.stdin)
+    return Manifests.from_paths(args.files, stdin=sys.stdin)
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -106,9 +93,3 @@ def options_from(args: argparse.Namespace) -> Options:
         keep_disks=getattr(args, "keep_disks", False),
         prune=getattr(args, "prune", True),
     )
-
-
-def pool_from(args: argparse.Namespace) -> CreatePool:
-    from epfiot.reconcile import CreatePool
-
-    return CreatePool(args.image_pool, args.image_dir)

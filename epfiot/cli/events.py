@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
-from epfiot.cli.common import state_dir
+from epfiot.cli.common import service
 from epfiot.errors import UsageError
 
 
@@ -21,30 +20,22 @@ def parse_duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from epfiot.eventlog import EventLog
 
     since = parse_duration(args.since) if args.since else None
-    path = state_dir(args) / "events.db"
-    if not path.exists():
-        print("[]" if args.output == "json" else "No events yet.")
-        return 0
-    log = EventLog(path)
-    try:
-        events = log.since(since)
-    finally:
-        log.close()
-    return present(args, [e.as_dict() for e in events])
+    svc, caller = service(args)
+    return present(args, svc.events(caller, since))
 
 
-def present(args: argparse.Namespace, events: list[dict[str, Any]]) -> int:
+def present(args: argparse.Namespace, events: list[dict[str, object]]) -> int:
     from epfiot import render
 
+    if not events and args.output != "json":
+        print("No events yet.")
+        return 0
     if args.output == "json":
         print(render.to_json(events))
-    elif not events:
-        print("No events yet.")
     else:
         for e in events:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e["at"])))
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e["at"])))  # type: ignore[arg-type]
             print(f"{stamp}  {e['kind']:<18} {e['subject']}: {e['message']}")
     return 0

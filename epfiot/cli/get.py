@@ -5,74 +5,54 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from epfiot.cli.common import host_only, open_registry, state_dir
+from epfiot.cli.common import service
 from epfiot.errors import EpfiotError, UsageError
-
-
-def _owner_and_name(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    if args.name and "/" in args.name:
-        owner, _, name = args.name.partition("/")
-        return owner, name
-    return args.owner, args.name or None
-
-
-def columns_of(resource: str, output: str) -> Sequence[str]:
-    from epfiot import views
-
-    wide = output == "wide"
-    return {
-        "vms": views.VM_WIDE_COLUMNS if wide else views.VM_COLUMNS,
-        "things": views.THING_WIDE_COLUMNS if wide else views.THING_COLUMNS,
-        "usb": views.USB_COLUMNS,
-        "networks": views.NETWORK_COLUMNS,
-        "images": views.IMAGE_COLUMNS,
-    }[resource]
 
 
 def run(args: argparse.Namespace) -> int:
     from epfiot import views
 
     resource = "vms" if args.resource == "vm" else args.resource
-    owner, _ = _owner_and_name(args)
+    columns: Sequence[str]
+    owner = args.name.partition("/")[0] if args.name and "/" in args.name else args.owner
+    svc, caller = service(args)
+    wide = args.output == "wide"
     if resource == "things":
-        registry = open_registry(state_dir(args), create=False)
-        rows = views.thing_rows(registry.things() if registry else [], owner=owner)
-        if registry:
-            registry.close()
+        rows = svc.things(caller, owner)
+        columns = views.THING_WIDE_COLUMNS if wide else views.THING_COLUMNS
+    elif resource == "vms":
+        rows = svc.vms(caller, owner)
+        columns = views.VM_WIDE_COLUMNS if wide else views.VM_COLUMNS
+    elif resource == "usb":
+        rows = svc.usb(caller)
+        columns = views.USB_COLUMNS
+    elif resource == "networks":
+        rows = svc.networks(caller, owner)
+        columns = views.NETWORK_COLUMNS
     else:
-        with host_only(args) as host:
-            if resource == "vms":
-                observed = host.observe()
-                running = [v.libvirt_name for v in observed.vms if v.managed and v.active]
-                observed = host.observe(addresses_of=running) if running else observed
-                rows = views.vm_rows(observed, owner=owner)
-            elif resource == "usb":
-                from epfiot.usb import held_by
-
-                observed = host.observe()
-                rows = views.usb_rows(observed.usb, held_by(observed.vms, observed.usb))
-            elif resource == "networks":
-                rows = views.network_rows(host.observe(), owner=owner)
-            else:
-                from epfiot.model import is_epfiot_volume
-
-                observed = host.observe()
-                rows = [
-                    {"name": v.name, "pool": v.pool, "capacity_mib": v.capacity_bytes // (1024 * 1024)}
-                    for v in observed.volumes
-                    if not is_epfiot_volume(v.name)
-                ]
-    return present(args, resource, rows)
+        rows = svc.images(caller)
+        columns = views.IMAGE_COLUMNS
+    return present(args, resource, rows, columns)
 
 
-def present(args: argparse.Namespace, resource: str, rows: list[dict[str, object]]) -> int:
-    """Print `rows` (all of the resource: the owner and name given are applied here) as asked; the exit code."""
-    from epfiot import render
+def present(args: argparse.Namespace, resource: str, rows: list[dict[str, object]], columns: Sequence[str] | None = None) -> int:
+    """Print `rows` (the caller's, of `owner` when one was given) as asked; the exit code. The CLI through
+    the service's socket (epfiot.api.client) prints with this too."""
+    from epfiot import render, views
 
-    owner, name = _owner_and_name(args)
-    if owner is not None and resource != "usb" and resource != "images":
-        rows = [r for r in rows if r.get("owner") == owner]
-    columns = columns_of(resource, args.output)
+    name = args.name.partition("/")[2] if args.name and "/" in args.name else args.name
+    if columns is None:
+        owner = args.name.partition("/")[0] if args.name and "/" in args.name else args.owner
+        if owner is not None and resource not in ("usb", "images"):
+            rows = [r for r in rows if r.get("owner") == owner]
+        wide = args.output == "wide"
+        columns = {
+            "vms": views.VM_WIDE_COLUMNS if wide else views.VM_COLUMNS,
+            "things": views.THING_WIDE_COLUMNS if wide else views.THING_COLUMNS,
+            "usb": views.USB_COLUMNS,
+            "networks": views.NETWORK_COLUMNS,
+            "images": views.IMAGE_COLUMNS,
+        }[resource]
     if name is not None:
         rows = [r for r in rows if r.get("name") == name]
         if not rows:

@@ -44,6 +44,7 @@ def add_global_options(parser: argparse.ArgumentParser, default: object = None) 
         return value if default is None else default
 
     group.add_argument("-c", "--connect", metavar="URI", default=default, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
+    group.add_argument("--host-config", type=Path, default=default, help="the host configuration: tenants, state directory, image pool, USB policy (default: $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present; none: one administrator)")
     group.add_argument("--state-dir", type=Path, default=default, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
     group.add_argument("--policy", type=Path, default=default, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
     group.add_argument("--image-pool", default=own(image_pool), help=f"storage pool of base images and VM disks (default: {image_pool})")
@@ -68,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[everywhere], **kwargs)
 
-    def manifests(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
+    def manifests(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+        p.add_argument("-f", "--filename", dest="files", action="append", required=required, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
 
     def changes(p: argparse.ArgumentParser) -> None:
         p.add_argument("--force", action="store_true", help="power VMs off at once instead of a graceful shutdown")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", help="only this tenant's resources")
 
     p = add_command("watch", help="reconcile on every manifest change, libvirt event and resync tick")
-    manifests(p)
+    manifests(p, required=False)  # with a host configuration, the tenants' manifest directories
     p.add_argument("--resync", type=float, default=60.0, metavar="SECONDS", help="periodic full reconcile (default: %(default)s)")
     p.add_argument("--debounce", type=float, default=0.2, metavar="SECONDS", help="act once the files have been quiet this long (default: %(default)s)")
     p.add_argument("--prune-after", type=float, default=5.0, metavar="SECONDS", help="prune only removals that have lasted this long (default: %(default)s; see docs/watch.md)")

@@ -5,27 +5,28 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from epfiot.cli.common import load, options_from, pool_from, session
+from epfiot.cli.common import manifests_from, options_from, service
 
 if TYPE_CHECKING:
+    from epfiot.hostconfig import Caller
     from epfiot.model import Desired
+    from epfiot.service import Manifests, Service
 
 WAITING = 3  # plan --detailed-exitcode: nothing to apply, but some resource waits for the host to change
 
 
 def run(args: argparse.Namespace) -> int:
-    return show(args, load(args))
+    return show(args, manifests_from(args))
 
 
-def show(args: argparse.Namespace, desired: Desired) -> int:
-    """The plan of `desired`, printed; the exit code."""
+def show(args: argparse.Namespace, what: Manifests | Desired, scoped: tuple[Service, Caller] | None = None) -> int:
+    """The plan of `what`, printed; the exit code. `scoped`: the service and caller (default: this host's
+    and this process's user; the API passes its own)."""
     from epfiot import render
     from epfiot.plan import Verb
-    from epfiot.reconcile import Request, run_once
 
-    with session(args, desired) as ses:
-        request = Request(ses.host, desired, options_from(args), ses.registry, ses.policy, dry_run=True, pool=pool_from(args))
-        result = run_once(request)
+    svc, caller = scoped or service(args)
+    result = svc.plan_run(caller, what, options_from(args))
     plan = result.plan
     if args.output == "json":
         print(render.to_json(render.plan_as_dict(plan, pool=result.pool)))

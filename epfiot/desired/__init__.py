@@ -33,7 +33,7 @@ from epfiot.desired.sources import SourceText, read_sources
 from epfiot.errors import ManifestProblem
 from epfiot.model import Desired, ManifestOrigin
 
-__all__ = ["SCHEMA_PATH", "format_path", "load_manifest_text", "load_manifests", "schema"]
+__all__ = ["SCHEMA_PATH", "format_path", "load_manifest_text", "load_manifest_texts", "load_manifests", "schema"]
 
 
 def load_manifests(
@@ -65,6 +65,17 @@ def load_manifest_text(
     """load_manifests for text already in memory (`filename` is what messages and sources show)."""
     source = SourceText(filename, text, Path(base_dir) if base_dir is not None else Path.cwd())
     return _load([source], env, [])
+
+
+def load_manifest_texts(
+    texts: Iterable[tuple[str, str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    base_dir: str | Path | None = None,
+) -> Desired:
+    """load_manifests for several (filename, text) pairs already in memory, as one load (an API body)."""
+    directory = Path(base_dir) if base_dir is not None else Path.cwd()
+    return _load([SourceText(name, text, directory) for name, text in texts], env, [])
 
 
 def _load(sources: Iterable[SourceText], env: Mapping[str, str] | None, problems: list[ManifestProblem]) -> Desired:

@@ -44,10 +44,11 @@ class WatchConfig:
     def from_args(cls, args: argparse.Namespace) -> WatchConfig:
         from epfiot.state import default_state_dir
 
-        if "-" in args.files:
+        files = args.files or []
+        if "-" in files:
             raise UsageError("watch needs files or directories to watch; standard input (-) cannot be watched")
         paths = []
-        for name in args.files:
+        for name in files:
             path = Path(name).resolve()
             if not path.exists():
                 raise UsageError(f"{name}: no such file or directory (watch needs it to exist)")

@@ -11,16 +11,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epfiot.errors import EpfiotError, HostError
+from epfiot.hostconfig import ADMIN
 from epfiot.logs import Log
 from epfiot.watch.config import WatchConfig, is_manifest_path
-from epfiot.watch.reconciler import Reconciler
 from epfiot.watch.schedule import CONNECT_BACKOFF, CRASH_EVENTS, MAX_DEBOUNCE, Backoff, Schedule
 from epfiot.watch.scopes import is_under
+from epfiot.watch.tenants import Member, Reconcilers, members, watched_paths
 
 if TYPE_CHECKING:
     from epfiot.eventlog import EventLog
@@ -28,8 +31,12 @@ if TYPE_CHECKING:
 
 
 class Watcher:
-    def __init__(self, config: WatchConfig, log: Log) -> None:
+    """`group`: whose manifests are reconciled, and as whom (epfiot.watch.tenants); default: config.paths
+    as the administrator. `config.paths` are the paths watched for changes."""
+
+    def __init__(self, config: WatchConfig, log: Log, group: Sequence[Member] | None = None) -> None:
         self.config = config
+        self.group = list(group) if group is not None else [Member(ADMIN, config)]
         self.log = log
         self.schedule = Schedule(config.debounce, config.resync, time.monotonic())
         self.schedule.trigger("start")
@@ -41,7 +48,7 @@ class Watcher:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epfiot-reconcile")
         self.events_conn: Any = None
         self.events_lost = asyncio.Event()
-        self.reconciler: Reconciler | None = None
+        self.reconciler: Reconcilers | None = None
         self.metrics: Any = None  # epfiot.api.metrics.Metrics, when the API is served
 
     # --- triggers -----------------------------------------------------------------------------------------
@@ -148,7 +155,7 @@ class Watcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff.next())
 
-    async def _reconcile_loop(self, reconciler: Reconciler) -> None:
+    async def _reconcile_loop(self, reconciler: Reconcilers) -> None:
         loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
             now = time.monotonic()
@@ -186,7 +193,7 @@ class Watcher:
         from epfiot.libvirt.events import ensure_event_loop
 
         ensure_event_loop()  # before any libvirt connection: keepalive and close callbacks need it
-        reconciler = self.reconciler = Reconciler(self.config, self.log, events, policy)
+        reconciler = self.reconciler = Reconcilers(self.group, self.log, events, policy)
         server: Any = None
         api: Any = None
         if self.config.api_socket is not None or self.config.http is not None:
@@ -289,7 +296,7 @@ class Watcher:
         return server
 
 
-    async def _start_api(self, reconciler: Reconciler) -> Any:
+    async def _start_api(self, reconciler: Reconcilers) -> Any:
         """The API (epfiot.api) on the Unix socket and over HTTP; None (logged) if it cannot listen."""
         from epfiot.api.app import ApiServer, build_app
         from epfiot.api.auth import HostConfigSource
@@ -319,18 +326,23 @@ class Watcher:
 
 def run_watch(args: argparse.Namespace) -> int:
     """epfiot watch: runs until SIGTERM or SIGINT; exit code 0 after a clean stop."""
+    from epfiot.cli.common import service
+    from epfiot.errors import UsageError
     from epfiot.eventlog import EventLog
-    from epfiot.policy import load_policy
     from epfiot.state import ensure_state_dir
 
-    config = WatchConfig.from_args(args)
+    svc, caller = service(args)  # the host's state directory, image pool and USB policy; who runs watch
+    config = replace(WatchConfig.from_args(args), state_dir=svc.state_dir, image_pool=svc.image_pool, policy=svc.policy_path)
+    group = members(config, svc.config, caller)
+    if not any(m.config.paths for m in group):
+        raise UsageError("watch needs -f PATH (or a host configuration whose tenants have manifest directories)")
     log = Log(sys.stderr, config.log_format, verbose=config.verbose)
     handler = log.bridge_logging("epfiot", "aiocoap", "aiohttp", level=10 if config.verbose else 30)
     ensure_state_dir(config.state_dir)
-    policy = load_policy(config.policy)
+    policy = svc.policy()
     events = EventLog.in_state_dir(config.state_dir)
     try:
-        return asyncio.run(Watcher(config, log).run(events, policy))
+        return asyncio.run(Watcher(replace(config, paths=watched_paths(group)), log, group).run(events, policy))
     finally:
         events.close()
         for name in ("epfiot", "aiocoap", "aiohttp"):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from epfiot.errors import EpfiotError, HostError, ManifestError
 from epfiot.eventlog import EventLog, EventRecorder
+from epfiot.hostconfig import ADMIN, Caller
 from epfiot.logs import Log
 from epfiot.model import Desired, StackSpec
 from epfiot.watch.config import WatchConfig, manifest_files
@@ -111,8 +112,14 @@ class Reconciler:
         *,
         clock: Callable[[], float] = time.monotonic,
         open_host: Callable[[WatchConfig], Host] | None = None,
+        caller: Caller = ADMIN,
+        scopes_file: str = SCOPES_FILE,
     ) -> None:
         self.config = config
+        # Whom the manifests under config.paths act for (epfiot.authz): a tenant's may name only itself as
+        # owner. Its events carry the tenant, so that it sees them (epfiot.service.event_owner).
+        self.caller = caller
+        self.tag: dict[str, object] = {} if caller.tenant is None else {"tenant": caller.tenant}
         self.clock = clock
         self.open_host = open_host or _open_libvirt
         self.log = log
@@ -123,7 +130,7 @@ class Reconciler:
         self.desired: Desired | None = None  # the last valid desired state
         self.converged: Desired | None = None  # the desired state the host last matched
         self.gate = RemovalGate(config.prune_after, clock())
-        self.scopes = ScopeMemory(config.state_dir / SCOPES_FILE, config.paths)
+        self.scopes = ScopeMemory(config.state_dir / scopes_file, config.paths)
         self.scopes.load()
         self.requeue = Requeue()
         self.reporter = WatchReporter(log, events, self._planned)
@@ -171,14 +178,14 @@ class Reconciler:
                 for problem in error.problems:
                     text = f"{problem.path}: {problem.message}" if problem.path else problem.message
                     self.log("manifest.problem", text, subject=f"{problem.file}:{problem.line}", level="error", file=problem.file, line=problem.line, path=problem.path)
-                self.events.record("manifest.invalid", "watch", "; ".join(problems)[:4000], problems=list(problems))
+                self.events.record("manifest.invalid", "watch", "; ".join(problems)[:4000], problems=list(problems), **self.tag)
             return
         except (OSError, UnicodeDecodeError) as error:  # a file vanished or is being written: the next change retries
             text = f"cannot read the manifests: {error}"
             if (text,) != self._shown_problems:
                 self._shown_problems = (text,)
                 self.log("manifest.invalid", text, level="error")
-                self.events.record("manifest.invalid", "watch", text)
+                self.events.record("manifest.invalid", "watch", text, **self.tag)
             return
         if self._shown_problems:
             self._shown_problems = ()
@@ -202,12 +209,12 @@ class Reconciler:
             self.events.record("removal.pending", key, f"no longer declared; pruned after {self.config.prune_after:g}s")
 
     def _load_manifests(self) -> Desired:
-        from epfiot.desired import load_manifests
+        from epfiot.service import Manifests, load_for
 
         files = [p for p in self.config.paths if p.is_file() or any(manifest_files(p))]
         if not files:
             return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
-        return load_manifests([str(p) for p in files])
+        return load_for(self.caller, Manifests.from_paths(files))
 
     # --- one run -----------------------------------------------------------------------------------------
 
@@ -233,15 +240,15 @@ class Reconciler:
                 outcome = "disconnected"
             else:
                 self.log("reconcile.failed", str(error), level="error")
-                self.events.record("reconcile.failed", "watch", str(error))
+                self.events.record("reconcile.failed", "watch", str(error), **self.tag)
                 outcome = "failed"
         except EpfiotError as error:
             self.log("reconcile.failed", str(error), level="error")
-            self.events.record("reconcile.failed", "watch", str(error))
+            self.events.record("reconcile.failed", "watch", str(error), **self.tag)
             outcome = "failed"
         except Exception as error:  # a bug: never fatal for the daemon, but keep the traceback
             self.log("reconcile.failed", f"unexpected error (a bug in epfiot): {error!r}", level="error", traceback=traceback.format_exc())
-            self.events.record("reconcile.failed", "watch", f"unexpected error: {error!r}")
+            self.events.record("reconcile.failed", "watch", f"unexpected error: {error!r}", **self.tag)
             self.drop_host()
             outcome = "failed"
         self._record(reasons, outcome)
@@ -252,7 +259,7 @@ class Reconciler:
         if taken is None:
             return
         from epfiot import render
-        from epfiot.cli.apply import outcome_dict
+        from epfiot.service import outcome_as_dict
 
         result, seconds = taken
         at = time.time()
@@ -262,7 +269,7 @@ class Reconciler:
             "outcome": outcome,
             "seconds": round(seconds, 3),
             "plan": render.plan_as_dict(result.plan, pool=result.pool, pool_created=result.pool_created),
-            "outcomes": [outcome_dict(o) for o in result.outcomes],
+            "outcomes": [outcome_as_dict(o) for o in result.outcomes],
         }
         if self.observer is None:
             return
@@ -289,7 +296,8 @@ class Reconciler:
         started = time.monotonic()
         config = self.config
         host = self._open()
-        retained = self.scopes.retained(desired)
+        # Remembered scopes are the caller's own only, whatever the scopes file says (it may predate tenants).
+        retained = tuple(s for s in self.scopes.retained(desired) if self.caller.may_touch(s.owner))
         now = self.clock()
         prune = self.gate.prune_allowed(now)
         urgent = "manifest" in reasons  # a saved file does not wait for a failed action's backoff
@@ -409,7 +417,7 @@ class Reconciler:
             self.log("plan.invalid", f"{counted(len(plan.problems), 'problem')} in the plan; nothing is changed", level="error")
             for problem in plan.problems:
                 self.log("plan.problem", problem, level="error")
-            self.events.record("plan.invalid", "watch", "; ".join(plan.problems)[:4000], problems=list(plan.problems))
+            self.events.record("plan.invalid", "watch", "; ".join(plan.problems)[:4000], problems=list(plan.problems), **self.tag)
 
     def _show_waits(self, plan: Plan) -> None:
         from epfiot.plan import Verb

@@ -1,0 +1,466 @@
+"""The caller-scoped operations of epfiot: what every way in (the CLI, `epfiot watch`, the API) asks of a host,
+each on behalf of a Caller (epfiot.hostconfig) and through the one authorization layer (epfiot.authz).
+
+    service = Service.from_host_config(load_host_config(), uri="qemu:///system")
+    caller = service.local_caller()                 # or config.caller_for_token / caller_for_uid (API)
+    service.vms(caller)                             # == `epfiot get vms -o json`
+    service.plan(caller, Manifests.from_text(body, "stack.yaml"))   # == `epfiot plan -o json`
+    service.apply(caller, Manifests.from_paths(["stacks/"]), approve=True)   # == `epfiot apply -o json -y`
+
+Every query returns the plain data (lists and dicts of JSON values) that the matching `-o json` prints:
+`vms`, `vm`, `usb`, `things`, `networks`, `images` (`epfiot get ...`), `events` (`epfiot events`), `plan`
+(`epfiot plan`), `apply` (`epfiot apply`), `delete` and `delete_vm` (`epfiot delete -f` / `delete vm`;
+these print no JSON today and return the apply form). The `*_run` forms return the reconcile Result for
+front ends that render it themselves (the CLI's text output).
+
+What a caller is allowed (epfiot.authz): the administrator everything; a tenant only its own. A tenant's
+manifests that name another owner are refused whole (ManifestError, file:line, nothing applied); another
+tenant's VM asked for by name "does not exist" (NotFound), exactly as a missing one; lists, events and USB
+holders show only what is the tenant's own. Images (the base images of the pool) are the host's, seen by
+all.
+
+Everything is synchronous and opens what it needs per call (the libvirt connection, the registry, the event
+log), so a server may run each call in a worker thread. Runs that change the host take the host lock in the
+state directory, which is the host configuration's: one registry, one event log and one lock per host.
+
+Errors are EpfiotErrors: ManifestError (exit_code 2: the manifests, with every problem), UsageError (2),
+NotFound / NotAllowed (1), NotApproved (1: a plan that destroys something and approve=False), PlanError (1:
+the plan has problems), HostError (1: libvirt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from epfiot import authz
+from epfiot.errors import EpfiotError, ManifestError
+from epfiot.hostconfig import ADMIN, Caller, HostConfig
+
+if TYPE_CHECKING:
+    from epfiot.apply import Outcome
+    from epfiot.eventlog import Event, EventLog
+    from epfiot.host import Host
+    from epfiot.model import Desired
+    from epfiot.plan import Options, Plan
+    from epfiot.policy import UsbPolicy
+    from epfiot.reconcile import Reporter, Result
+    from epfiot.registry import Registry
+
+DEFAULT_IMAGE_POOL = "epfiot-images"
+DEFAULT_IMAGE_DIR = "/var/lib/epfiot/images"
+HOST_STATE_DIR = Path("/var/lib/epfiot")  # a host configuration's state_dir when it names none
+HELD_BY_ANOTHER = "(held)"  # what a tenant sees of a USB device another one holds: taken, not by whom
+
+Approval = bool | Callable[["Plan"], None]
+
+
+class NotFound(EpfiotError):
+    """The resource does not exist, or is not the caller's to see (the same answer, on purpose)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Manifests:
+    """Manifests to load: `paths` (files, directories, "-" for `stdin`) or `texts`, (filename, text) pairs
+    as an API receives them in a body. `env`: where {env: NAME} passwords are looked up (None: this
+    process's environment; texts from a request get none by default)."""
+
+    paths: tuple[str, ...] = ()
+    texts: tuple[tuple[str, str], ...] = ()
+    stdin: TextIO | None = None
+    env: dict[str, str] | None = None
+    base_dir: Path | None = None
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | Path], *, stdin: TextIO | None = None) -> Manifests:
+        return cls(paths=tuple(str(p) for p in paths), stdin=stdin)
+
+    @classmethod
+    def from_text(cls, text: str, filename: str = "<request>", *, env: dict[str, str] | None = None) -> Manifests:
+        return cls(texts=((filename, text),), env={} if env is None else env)
+
+    def load(self) -> Desired:
+        from epfiot.desired import load_manifest_texts, load_manifests
+
+        if self.texts:
+            return load_manifest_texts(self.texts, env=self.env, base_dir=self.base_dir)
+        return load_manifests(self.paths, stdin=self.stdin, env=self.env, base_dir=self.base_dir)
+
+
+def load_for(caller: Caller, manifests: Manifests) -> Desired:
+    """The manifests' desired state, when every document is the caller's (else ManifestError, file:line)."""
+    desired = manifests.load()
+    if problems := authz.foreign_owners(desired, caller):
+        raise ManifestError(problems)
+    return desired
+
+
+@dataclass(frozen=True)
+class Service:
+    """One host's operations. Built by `from_host_config` (which applies the host configuration's
+    settings); `host`: an open Host to use instead of opening `uri` per call (tests, the test driver)."""
+
+    config: HostConfig
+    uri: str
+    state_dir: Path
+    image_pool: str = DEFAULT_IMAGE_POOL
+    image_dir: str = DEFAULT_IMAGE_DIR
+    virt_type: str | None = None
+    policy_path: Path | None = None
+    parallel: int = 8
+    host: Host | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_host_config(
+        cls,
+        config: HostConfig,
+        *,
+        uri: str,
+        state_dir: Path | None = None,
+        image_pool: str | None = None,
+        image_dir: str | None = None,
+        virt_type: str | None = None,
+        policy_path: Path | None = None,
+        host: Host | None = None,
+    ) -> Service:
+        """With a host configuration, its state_dir, image_pool and usb_policy win over the arguments
+        (the front end decides whether a differing argument is an error: epfiot.cli.common); without one,
+        the arguments or their defaults."""
+        from epfiot.state import default_state_dir
+
+        if config.has_tenants:
+            state_dir = config.state_dir or HOST_STATE_DIR
+            image_pool = config.image_pool or image_pool
+            policy_path = config.usb_policy or policy_path
+        return cls(
+            config,
+            uri,
+            state_dir if state_dir is not None else default_state_dir(),
+            image_pool or DEFAULT_IMAGE_POOL,
+            image_dir or DEFAULT_IMAGE_DIR,
+            virt_type,
+            policy_path,
+            host=host,
+        )
+
+    # --- who is asking ---------------------------------------------------------------------------------
+
+    def local_caller(self, uid: int | None = None) -> Caller:
+        """The caller a local Unix user (default: this process's) acts as; NotAllowed for nobody."""
+        uid = os.getuid() if uid is None else uid
+        caller = self.config.caller_for_uid(uid)
+        if caller is None:
+            import pwd
+
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                user = f"uid {uid}"
+            raise authz.NotAllowed(f"user {user} is neither a tenant nor an administrator in {self.config.path}")
+        return caller
+
+    # --- queries (epfiot get, epfiot events) ------------------------------------------------------------
+
+    def vms(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
+        from epfiot import views
+
+        with self._host() as host:
+            observed = host.observe()
+            running = [v.libvirt_name for v in observed.vms if v.managed and v.active and caller.may_touch(v.ownership.owner if v.ownership else "")]
+            observed = host.observe(addresses_of=running) if running else observed
+        return authz.visible(caller, views.vm_rows(observed, owner=owner), _owner)
+
+    def vm(self, caller: Caller, owner: str, name: str) -> dict[str, object]:
+        what = f"vm {owner}/{name}"
+        try:
+            authz.require(caller, owner, what)
+        except authz.NotAllowed as refused:
+            raise NotFound(str(refused)) from None
+        for row in self.vms(caller, owner):
+            if row["name"] == name:
+                return row
+        raise NotFound(f"{what} does not exist")
+
+    def usb(self, caller: Caller) -> list[dict[str, object]]:
+        """The host's USB devices; for a tenant, `held_by` names only its own VMs (another's: "(held)")."""
+        from epfiot import views
+        from epfiot.usb import held_by
+
+        with self._host() as host:
+            observed = host.observe()
+        holders = held_by(observed.vms, observed.usb)
+        if not caller.is_admin:
+            mine = f"{caller.tenant}/"
+            holders = {dev: (label if label.startswith(mine) else HELD_BY_ANOTHER) for dev, label in holders.items()}
+        return views.usb_rows(observed.usb, holders)
+
+    def networks(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
+        from epfiot import views
+
+        with self._host() as host:
+            observed = host.observe()
+        return authz.visible(caller, views.network_rows(observed, owner=owner), _owner)
+
+    def things(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
+        from epfiot import views
+
+        registry = self._registry(create=False)
+        if registry is None:
+            return []
+        try:
+            rows = views.thing_rows(registry.things(), owner=owner)
+        finally:
+            registry.close()
+        return authz.visible(caller, rows, _owner)
+
+    def images(self, caller: Caller) -> list[dict[str, object]]:
+        from epfiot.model import is_epfiot_volume
+
+        with self._host() as host:
+            observed = host.observe()
+        return [
+            {"name": v.name, "pool": v.pool, "capacity_mib": v.capacity_bytes // (1024 * 1024)}
+            for v in observed.volumes
+            if not is_epfiot_volume(v.name)
+        ]
+
+    def events(self, caller: Caller, since: float | None = None, kind: str | None = None, owner: str | None = None) -> list[dict[str, object]]:
+        """Events of the last `since` seconds (None: all), of `kind` (exact, or a prefix ending in "."), of
+        `owner`; a tenant's own only (event_owner)."""
+        from epfiot.eventlog import EventLog
+
+        path = self.state_dir / "events.db"
+        if not path.exists():
+            return []
+        log = EventLog(path)
+        try:
+            events = log.since(since)
+        finally:
+            log.close()
+        if kind is not None:
+            events = [e for e in events if e.kind == kind or (kind.endswith(".") and e.kind.startswith(kind))]
+        if owner is not None:
+            events = [e for e in events if event_owner(e) == owner]
+        return [e.as_dict() for e in authz.visible(caller, events, event_owner)]
+
+    # --- changes (epfiot plan, apply, delete) ------------------------------------------------------------
+
+    def plan_run(self, caller: Caller, manifests: Manifests | Desired, options: Options | None = None) -> Result:
+        """A dry run: observe and plan, nothing changed, no lock."""
+        from epfiot.reconcile import Request, run_once
+
+        desired = self._desired(caller, manifests)
+        with self._session(desired) as (host, registry, policy):
+            return run_once(Request(host, desired, _options(options), registry, policy, dry_run=True, pool=self._pool()))
+
+    def plan(self, caller: Caller, manifests: Manifests | Desired, options: Options | None = None) -> dict[str, Any]:
+        from epfiot import render
+
+        result = self.plan_run(caller, manifests, options)
+        return render.plan_as_dict(result.plan, pool=result.pool)
+
+    def apply_run(
+        self,
+        caller: Caller,
+        manifests: Manifests | Desired,
+        *,
+        approve: Approval = False,
+        options: Options | None = None,
+        dry_run: bool = False,
+        deletion: bool = False,
+        parallel: int | None = None,
+        reporter: Callable[[EventLog], Reporter] | None = None,
+        source: str | None = None,
+    ) -> Result:
+        """One reconcile under the host lock; its events go to the state directory's event log (`reporter`
+        builds the Reporter on it; default: events only, marked `source`, default "apply"/"delete").
+        `approve`: True applies a plan that destroys anything, False refuses it (NotApproved, nothing
+        applied), a callable decides (epfiot.approval.approve asks on a terminal)."""
+        from epfiot.eventlog import EventLog, EventRecorder
+        from epfiot.reconcile import HostLock, Request, run_once
+
+        desired = self._desired(caller, manifests)
+        with self._session(desired) as (host, registry, policy):
+            events = EventLog.in_state_dir(self.state_dir)
+            try:
+                recorder = reporter(events) if reporter is not None else EventRecorder(events, source or ("delete" if deletion else "apply"))
+                request = Request(
+                    host,
+                    desired,
+                    _options(options),
+                    registry,
+                    policy,
+                    deletion=deletion,
+                    dry_run=dry_run,
+                    pool=self._pool(),
+                    lock=HostLock(self.state_dir, self.uri),
+                    parallel=parallel or self.parallel,
+                    reporter=recorder,
+                    approve=_approval(approve),
+                )
+                return run_once(request)
+            finally:
+                events.close()
+
+    def apply(self, caller: Caller, manifests: Manifests | Desired, *, approve: Approval = False, options: Options | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """`epfiot apply -o json`: {"plan", "outcomes"[, "remaining"]}; PlanError when the plan has problems."""
+        from epfiot.reconcile import check
+
+        result = self.apply_run(caller, manifests, approve=approve, options=options, dry_run=dry_run)
+        check(result.plan)
+        return apply_as_dict(result, dry_run=dry_run)
+
+    def delete(self, caller: Caller, manifests: Manifests | Desired, *, approve: Approval = False, options: Options | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Destroy what the manifests declare (the caller's own only)."""
+        from epfiot.reconcile import check
+
+        result = self.apply_run(caller, manifests, approve=approve, options=options, dry_run=dry_run, deletion=True)
+        check(result.plan)
+        return apply_as_dict(result, dry_run=dry_run)
+
+    def vm_deletion(self, caller: Caller, owner: str, name: str) -> Desired:
+        """What `delete vm OWNER/NAME` destroys, as a desired state for apply_run(deletion=True). NotFound
+        for a VM that is not there or not the caller's; NotFound too (administrator: EpfiotError saying
+        so) for a domain epfiot does not manage."""
+        from epfiot.model import Desired, StackSpec, VmSpec
+
+        what = f"vm {owner}/{name}"
+        try:
+            authz.require(caller, owner, what)
+        except authz.NotAllowed as refused:
+            raise NotFound(str(refused)) from None
+        with self._host() as host:
+            vm = next((v for v in host.observe().vms if v.libvirt_name == f"{owner}.{name}"), None)
+        if vm is None or (vm.ownership is None and not caller.is_admin):
+            raise NotFound(f"{what} does not exist")
+        if vm.ownership is None:
+            raise EpfiotError(f"{what}: not managed by epfiot; nothing to delete")
+        stack = StackSpec(owner=owner, name=vm.ownership.stack)
+        placeholder = VmSpec(owner=owner, stack=stack.name, name=name, memory_mib=1, vcpu=1, max_memory_mib=1, max_vcpu=1)
+        return Desired(stacks=(stack,), vms=(placeholder,))
+
+    def delete_vm(self, caller: Caller, owner: str, name: str, *, approve: Approval = False, options: Options | None = None, dry_run: bool = False) -> dict[str, Any]:
+        return self.delete(caller, self.vm_deletion(caller, owner, name), approve=approve, options=options, dry_run=dry_run)
+
+    # --- what the operations share ----------------------------------------------------------------------
+
+    def _desired(self, caller: Caller, manifests: Manifests | Desired) -> Desired:
+        if isinstance(manifests, Manifests):
+            return load_for(caller, manifests)
+        if problems := authz.foreign_owners(manifests, caller):
+            raise ManifestError(problems)
+        return manifests
+
+    def _pool(self) -> Any:
+        from epfiot.reconcile import CreatePool
+
+        return CreatePool(self.image_pool, self.image_dir)
+
+    @contextlib.contextmanager
+    def _host(self) -> Iterator[Host]:
+        if self.host is not None:
+            yield self.host
+            return
+        from epfiot.libvirt.host import LibvirtHost
+
+        host = LibvirtHost.open(self.uri, image_pool=self.image_pool, virt_type=self.virt_type)
+        try:
+            yield host
+        finally:
+            host.close()
+
+    def _registry(self, *, create: bool) -> Registry | None:
+        path = self.state_dir / "registry.db"
+        if not create and not path.exists():
+            return None
+        from epfiot.registry import Registry
+        from epfiot.state import ensure_state_dir
+
+        ensure_state_dir(self.state_dir)
+        return Registry(path)
+
+    def policy(self) -> UsbPolicy:
+        """The host's USB policy. With a host configuration it is the host's alone: its usb_policy, else
+        /etc/epfiot/policy.yaml if present; $EPFIOT_POLICY is not asked (a tenant could set it)."""
+        from epfiot.policy import DEFAULT_POLICY_PATH, UsbPolicy, load_policy
+
+        if self.policy_path is None and self.config.has_tenants:
+            return load_policy(DEFAULT_POLICY_PATH) if DEFAULT_POLICY_PATH.exists() else UsbPolicy()
+        return load_policy(self.policy_path)
+
+    @contextlib.contextmanager
+    def _session(self, desired: Desired) -> Iterator[tuple[Host, Registry | None, UsbPolicy | None]]:
+        """The host, and the registry and USB policy when the manifests need them (start-up time counts)."""
+        from epfiot.state import ensure_state_dir
+
+        ensure_state_dir(self.state_dir)
+        policy = None
+        if any(vm.devices for vm in desired.vms):
+            policy = self.policy()
+        registry = self._registry(create=bool(desired.things))
+        try:
+            with self._host() as host:
+                yield host, registry, policy
+        finally:
+            if registry is not None:
+                registry.close()
+
+
+def _owner(row: dict[str, object]) -> str | None:
+    owner = row.get("owner")
+    return owner if isinstance(owner, str) else None
+
+
+def event_owner(event: Event) -> str | None:
+    """Whose an event is: the owner in its subject ("vm/alice/web", "thing/alice/t1"), else its `tenant`
+    field (watch's events about one tenant's manifests); None: the host's (the administrator's only)."""
+    parts = event.subject.split("/")
+    if len(parts) == 3 and parts[0] in ("vm", "network", "thing"):
+        return parts[1]
+    tenant = event.fields.get("tenant")
+    return tenant if isinstance(tenant, str) else None
+
+
+def _options(options: Options | None) -> Options:
+    from epfiot.plan import Options
+
+    return options if options is not None else Options()
+
+
+def _approval(approve: Approval) -> Callable[[Plan], None] | None:
+    if approve is True:
+        return None
+    if approve is False:
+        return _refuse_destroys
+    return approve
+
+
+def _refuse_destroys(plan: Plan) -> None:
+    from epfiot.approval import NotApproved, destroys, what_is_lost
+
+    if lost := destroys(plan):
+        raise NotApproved(f"this plan destroys {what_is_lost(lost)}; it needs approval to be applied. Nothing of it was applied.")
+
+
+def apply_as_dict(result: Result, *, dry_run: bool = False) -> dict[str, Any]:
+    """What `epfiot apply -o json` prints: the plan, the outcomes, and what a fresh plan still changes."""
+    from epfiot import render
+
+    if dry_run or not result.outcomes:
+        return {"plan": render.plan_as_dict(result.plan, pool=result.pool), "outcomes": []}
+    data = {"plan": render.plan_as_dict(result.plan, pool=result.pool, pool_created=result.pool_created), "outcomes": [outcome_as_dict(o) for o in result.outcomes]}
+    return data | ({"remaining": [a.address for a in result.remaining]} if result.remaining else {})
+
+
+def outcome_as_dict(outcome: Outcome) -> dict[str, object]:
+    a = outcome.action
+    return {"kind": a.kind.value, "owner": a.owner, "name": a.name, "action": a.verb.value, "ok": outcome.ok, "seconds": round(outcome.seconds, 3), "error": outcome.message, "retry": outcome.retry}
+
+
+__all__ = ["ADMIN", "Approval", "Manifests", "NotFound", "Service", "apply_as_dict", "event_owner", "load_for"]

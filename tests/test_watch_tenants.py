@@ -1,0 +1,95 @@
+"""watch on a host with tenants (epfiot.watch.tenants), on the libvirt test driver: each tenant's manifest
+directories reconciled as that tenant, a foreign owner refused at its file and line, the others unaffected."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from epfiot.eventlog import EventLog
+from epfiot.hostconfig import ADMIN, Caller, HostConfig, parse_host_config
+from epfiot.logs import Log
+from epfiot.service import Service
+from epfiot.watch.tenants import Reconcilers, members
+from tests.stacks import vm, write_stack
+from tests.test_watch import TEST_URI, config_for
+
+START, MANIFEST = frozenset({"start"}), frozenset({"manifest"})
+
+
+@pytest.fixture
+def testhost() -> Iterator[libvirt.virConnect]:
+    conn = libvirt.open(TEST_URI)
+    yield conn
+    conn.close()
+
+
+def host_config(tmp_path: Path) -> HostConfig:
+    text = (
+        f"version: 1\nstate_dir: {tmp_path / 'state'}\ntenants:\n"
+        f"  alice: {{users: [alice], manifests: [{tmp_path / 'alice'}]}}\n"
+        f"  bob: {{users: [bob], manifests: [{tmp_path / 'bob'}]}}\n"
+        "  carol: {users: [carol]}\n"
+    )
+    return parse_host_config(text, str(tmp_path / "host.yaml"))
+
+
+def managed(conn: libvirt.virConnect) -> set[str]:
+    return {d.name() for d in conn.listAllDomains() if d.name() != "test"}
+
+
+def test_the_administrators_watch_has_a_member_per_tenant_with_directories(tmp_path: Path) -> None:
+    host = host_config(tmp_path)
+    own = tmp_path / "own"
+    config = config_for(tmp_path, [own, tmp_path / "alice" / "sub"])
+    group = members(config, host, ADMIN)
+    assert [(m.caller.tenant, m.config.paths, m.scopes_file) for m in group] == [
+        ("alice", (tmp_path / "alice",), "watch-scopes.alice.json"),
+        ("bob", (tmp_path / "bob",), "watch-scopes.bob.json"),
+        (None, (own,), "watch-scopes.json"),  # its -f paths; the one inside alice's directory is hers
+    ]
+    alice = Caller("alice", "alice")
+    assert [(m.caller, m.config.paths) for m in members(config, host, alice)] == [(alice, config.paths)]
+    assert [m.caller for m in members(config, HostConfig(), ADMIN)] == [ADMIN]
+
+
+def test_a_foreign_owner_in_a_tenants_directory_stops_only_that_tenants_load(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    host = host_config(tmp_path)
+    for name in ("alice", "bob", "state"):
+        (tmp_path / name).mkdir()
+    config = config_for(tmp_path, [], prune_after=0.0)
+    out = io.StringIO()
+    events = EventLog.in_state_dir(config.state_dir)
+    watch = Reconcilers(members(config, host, ADMIN), Log(out, "json", verbose=True), events, None)
+    try:
+        write_stack(tmp_path / "alice", "alice", vms=[vm("a1")])
+        write_stack(tmp_path / "bob", "bob", vms=[vm("b1")])
+        assert watch.run(START).outcome == "ok"
+        assert managed(testhost) == {"alice.a1", "bob.b1"}
+
+        # alice adds a VM, and a document claiming bob's stack with no VMs (it would prune bob's b1);
+        # bob adds a VM in the same round.
+        write_stack(tmp_path / "alice", "alice", vms=[vm("a1"), vm("a2")])
+        claim = write_stack(tmp_path / "alice", "bob", vms=[], filename="claim.yaml")
+        write_stack(tmp_path / "bob", "bob", vms=[vm("b1"), vm("b2")])
+        watch.run(MANIFEST)
+        assert managed(testhost) == {"alice.a1", "bob.b1", "bob.b2"}  # nothing of alice's new load
+        problems = [json.loads(line) for line in out.getvalue().splitlines() if '"manifest.problem"' in line]
+        assert [(p["subject"], p["path"]) for p in problems] == [(f"{claim}:3", "owner")]
+        assert "'bob' is not yours" in problems[0]["message"]
+
+        claim.unlink()
+        watch.run(MANIFEST)
+        assert managed(testhost) == {"alice.a1", "alice.a2", "bob.b1", "bob.b2"}
+    finally:
+        watch.close()
+        events.close()
+    service = Service.from_host_config(host, uri=TEST_URI)
+    alices = [e for e in service.events(Caller("alice", "alice"), kind="manifest.invalid")]
+    assert len(alices) == 1 and alices[0]["tenant"] == "alice"
+    assert service.events(Caller("bob", "bob"), kind="manifest.invalid") == []
