@@ -6,6 +6,8 @@ of another tenant is a 404 exactly like a missing one (epfiot.authz).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -19,12 +21,14 @@ from epfiot import render
 from epfiot.api import ops
 from epfiot.api.auth import CALLER, error
 from epfiot.api.backend import service_for
+from epfiot.errors import EpfiotError
 from epfiot.hostconfig import Caller
 from epfiot.service import Service
 
 T = TypeVar("T")
 
 PREFIX = "/api/v1"
+SCRAPE_WAIT = 2.0  # seconds /metrics waits for fresh VM and thing counts
 LISTS = ("vms", "usb", "networks", "images", "things")
 
 
@@ -158,9 +162,20 @@ async def metrics(request: web.Request) -> web.Response:
     from epfiot.api.app import METRICS
     from epfiot.api.metrics import CONTENT_TYPE
 
-    if not caller(request).is_admin:
+    who = caller(request)
+    if not who.is_admin:
         return error(403, "metrics are for the administrator")
-    response = web.Response(body=request.app[METRICS].exposition())
+    counts = request.app[METRICS]
+
+    def refresh(svc: Service) -> None:
+        counts.vm_states(str(v["state"]) for v in svc.vms(who))
+        counts.thing_statuses(str(t["status"]) for t in svc.things(who))
+
+    # VMs by state and things by status as they are now; while a long reconcile holds the worker thread,
+    # the values of the last refresh (or reconcile) are served instead of making the scrape wait.
+    with contextlib.suppress(TimeoutError, EpfiotError):
+        await asyncio.wait_for(asyncio.shield(on_service(request, refresh)), SCRAPE_WAIT)
+    response = web.Response(body=counts.exposition())
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
 

@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-socket", metavar="PATH", help="serve the API on this Unix socket (default: /run/epfiot/api.sock with the host's state directory, else none)")
     p.add_argument("--no-api-socket", dest="api", action="store_false", help="do not serve the API on a Unix socket")
     p.add_argument("--http", metavar="ADDRESS:PORT", help="also serve the API over HTTP, with bearer tokens (default: off; e.g. 127.0.0.1:8080; port 0: any free port, logged)")
+    p.add_argument("--http-rate", type=float, default=20.0, metavar="N", help="HTTP requests a second per client address, on average (bursts of 2N; more: 429); 0: no limit (default: %(default)s)")
     p.add_argument("--http-allow-remote", dest="http_remote", action="store_true", help="allow --http on an address other machines reach (put TLS in front of it)")
     p.add_argument("--log-format", choices=("human", "json"), default="human", help="one line per event: human or JSON lines (default: %(default)s)")
 

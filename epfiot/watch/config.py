@@ -38,6 +38,7 @@ class WatchConfig:
     dtls_note: str = "CoAP over DTLS off"
     api_socket: Path | None = None  # the API on a Unix socket (epfiot.api); None: not served
     http: tuple[str, int] | None = None  # the API over HTTP, with bearer tokens; None: not served
+    http_rate: float = 20.0  # HTTP requests a second per client address (bursts of twice that); 0: no limit
     host_config: Path | None = None  # None: $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present
 
     @classmethod
@@ -84,6 +85,7 @@ class WatchConfig:
             verbose=bool(getattr(args, "verbose", False)),
             api_socket=api_socket(args, state_dir),
             http=http_listener(args),
+            http_rate=max(0.0, getattr(args, "http_rate", 20.0)),
             host_config=getattr(args, "host_config", None),
         )
 

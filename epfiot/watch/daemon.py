@@ -298,7 +298,7 @@ class Watcher:
 
     async def _start_api(self, reconciler: Reconcilers) -> Any:
         """The API (epfiot.api) on the Unix socket and over HTTP; None (logged) if it cannot listen."""
-        from epfiot.api.app import ApiServer, build_app
+        from epfiot.api.app import ApiServer, Limits, build_app
         from epfiot.api.auth import HostConfigSource
         from epfiot.api.backend import WorkerBackend
 
@@ -309,7 +309,7 @@ class Watcher:
         except EpfiotError as error:
             self.log("api.failed", f"cannot serve the API: {error}", level="error")
             return None
-        api = ApiServer(build_app(backend, hosts, metrics=self.metrics), socket_path=config.api_socket, http=config.http)
+        api = ApiServer(build_app(backend, hosts, metrics=self.metrics, limits=Limits(rate=config.http_rate, burst=max(1, int(2 * config.http_rate)))), socket_path=config.api_socket, http=config.http)
         try:
             await api.start()
         except OSError as error:

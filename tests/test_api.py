@@ -1,0 +1,257 @@
+"""The HTTP API of `epfiot watch` (epfiot.api), with aiohttp's client against a real watch process on loopback,
+on the libvirt test driver: tokens, tenant scoping, fields, manifest problems, applies, metrics, limits, and
+every path that openapi.json documents."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from api_support import TOKENS, ApiWatch, stack_yaml, start_watch
+from hosts.testdriver import HOST_FILE
+
+Answer = tuple[int, dict[str, str], Any]
+
+
+@pytest.fixture(scope="module")
+def watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWatch]:
+    running = start_watch(tmp_path_factory.mktemp("api"), extra=("--http-rate", "0"))
+    yield running
+    assert running.stop() == 0
+
+
+def call(watch: ApiWatch, method: str, path: str, *, token: str | None = "admin", body: str | bytes | io.BytesIO | None = None, headers: dict[str, str] | None = None) -> Answer:
+    async def go() -> Answer:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {TOKENS.get(token, token)}"
+        async with aiohttp.ClientSession() as session, session.request(method, watch.url + path, data=body, headers=sent) as response:
+            text = await response.text()
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = text
+            return response.status, dict(response.headers), data
+
+    return asyncio.run(go())
+
+
+def apply(watch: ApiWatch, token: str, text: str, query: str = "") -> Answer:
+    return call(watch, "POST", f"/api/v1/apply{query}", token=token, body=text, headers={"Content-Type": "application/yaml"})
+
+
+def openapi(watch: ApiWatch) -> dict[str, Any]:
+    status, _, document = call(watch, "GET", "/api/v1/openapi.json")
+    assert status == 200
+    return document  # type: ignore[no-any-return]
+
+
+def check_schema(document: dict[str, Any], schema: dict[str, Any], value: Any, where: str) -> None:
+    """The documented keys: every required one is there, none is undocumented (unless allowed)."""
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    if "oneOf" in schema:
+        errors = []
+        for option in schema["oneOf"]:
+            try:
+                check_schema(document, option, value, where)
+                return
+            except AssertionError as e:
+                errors.append(str(e))
+        raise AssertionError(f"{where}: matches none of oneOf: {errors}")
+    kind = schema.get("type")
+    if kind == "array":
+        assert isinstance(value, list), where
+        for i, item in enumerate(value):
+            check_schema(document, schema["items"], item, f"{where}[{i}]")
+    elif kind == "object" and "properties" in schema:
+        assert isinstance(value, dict), where
+        missing = set(schema.get("required", [])) - value.keys()
+        assert not missing, f"{where}: missing {missing}"
+        if schema.get("additionalProperties") is False:
+            extra = value.keys() - schema["properties"].keys()
+            assert not extra, f"{where}: undocumented {extra}"
+        for key, sub in schema["properties"].items():
+            if key in value and value[key] is not None:
+                check_schema(document, sub, value[key], f"{where}.{key}")
+
+
+def test_tokens_decide_who_asks_and_a_bad_one_reveals_nothing(watch: ApiWatch) -> None:
+    missing = call(watch, "GET", "/api/v1/vms", token=None)
+    wrong = call(watch, "GET", "/api/v1/vms", token="epf_not-a-token")
+    unknown_path = call(watch, "GET", "/api/v1/no-such-thing", token=None)
+    for status, headers, _ in (missing, wrong, unknown_path):
+        assert status == 401
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert missing[2] == wrong[2] == unknown_path[2]  # the same answer, whatever was wrong
+    assert call(watch, "GET", "/api/v1/vms", headers={"Authorization": "Basic YWxpY2U6eA=="}, token=None)[0] == 401
+    assert call(watch, "GET", "/api/v1/vms", token="alice")[0] == 200
+
+
+def test_tenants_see_and_change_only_their_own(watch: ApiWatch) -> None:
+    assert apply(watch, "alice", stack_yaml("alice", "web"))[0] == 200
+    assert apply(watch, "bob", stack_yaml("bob", "web", "db"))[0] == 200
+
+    _, _, alices = call(watch, "GET", "/api/v1/vms", token="alice")
+    _, _, bobs = call(watch, "GET", "/api/v1/vms", token="bob")
+    _, _, everyone = call(watch, "GET", "/api/v1/vms?fields=owner,name")
+    assert {(v["owner"], v["name"]) for v in alices} == {("alice", "web")}
+    assert {(v["owner"], v["name"]) for v in bobs} == {("bob", "web"), ("bob", "db")}
+    assert {("alice", "web"), ("bob", "web"), ("bob", "db")} <= {(v["owner"], v["name"]) for v in everyone}
+
+    # Another tenant's VM by name is a 404 exactly like a VM that does not exist.
+    foreign = call(watch, "GET", "/api/v1/vms/bob/db", token="alice")
+    absent = call(watch, "GET", "/api/v1/vms/bob/nothing-here", token="alice")
+    assert foreign[0] == absent[0] == 404
+    assert foreign[2]["problems"][0]["message"].replace("db", "X") == absent[2]["problems"][0]["message"].replace("nothing-here", "X")
+    assert call(watch, "GET", "/api/v1/vms/bob/db", token="bob")[2]["name"] == "db"
+    assert call(watch, "DELETE", "/api/v1/vms/bob/db?auto_approve=true", token="alice")[0] == 404
+
+    # A manifest naming another owner is refused whole, at the line of its owner, and nothing changes.
+    status, _, body = apply(watch, "alice", stack_yaml("bob", "web", "db", "intruder"))
+    assert status == 422
+    [problem] = body["problems"]
+    assert problem["line"] == 3 and problem["path"] == "owner" and "not yours" in problem["message"]
+    assert "intruder" not in {v["name"] for v in call(watch, "GET", "/api/v1/vms", token="bob")[2]}
+
+    # Events and the last reconcile's plan are scoped too.
+    _, _, events = call(watch, "GET", "/api/v1/events?kind=action.", token="alice")
+    assert events and all(e["subject"].startswith("vm/alice/") for e in events)
+    _, _, last = call(watch, "GET", "/api/v1/plan", token="alice")
+    assert all(a["owner"] == "alice" for a in last["plan"]["actions"])
+
+
+def test_fields_select_keys_and_an_unknown_one_lists_the_known(watch: ApiWatch) -> None:
+    apply(watch, "alice", stack_yaml("alice", "web"))
+    status, _, rows = call(watch, "GET", "/api/v1/vms?fields=name,state", token="alice")
+    assert status == 200 and rows == [{"name": "web", "state": "running"}]
+    status, _, one = call(watch, "GET", "/api/v1/vms/alice/web?fields=name,vcpu", token="alice")
+    assert status == 200 and one == {"name": "web", "vcpu": 1}
+    status, _, body = call(watch, "GET", "/api/v1/networks?fields=name,colour", token="alice")
+    assert status == 400
+    message = body["problems"][0]["message"]
+    assert "colour" in message and "cidr" in message and "bridge" in message
+    status, _, usb = call(watch, "GET", "/api/v1/usb?fields=vendor_id,product_id", token="alice")
+    assert status == 200 and {"vendor_id": "10c4", "product_id": "ea60"} in usb
+
+
+def test_manifest_problems_are_422_with_file_line_path(watch: ApiWatch) -> None:
+    text = "version: 1\nstack: alice-bad\nowner: alice\nvms:\n  - {name: x, memory: lots, vcpu: 1}\n"
+    for path in ("/api/v1/plan", "/api/v1/apply"):
+        status, headers, body = call(watch, "POST", path, token="alice", body=text)
+        assert status == 422 and headers["Epfiot-Exit-Code"] == "2"
+        [problem] = body["problems"]
+        assert set(problem) == {"file", "line", "path", "message"}
+        assert problem["line"] == 5 and problem["path"] == "vms[0].memory"
+    status, _, body = call(watch, "POST", "/api/v1/plan", token="alice", body="version: 1\nstack: [\n")
+    assert status == 422 and body["problems"][0]["line"] is not None
+
+
+def test_apply_through_the_api_converges_as_the_cli_does(watch: ApiWatch, tmp_path: Path) -> None:
+    text = stack_yaml("alice", "converge1", "converge2", stack="alice-converge")
+    # The plan of a fresh host: the same through the API as from the CLI on its own copy of the host.
+    (tmp_path / "host.xml").write_text(HOST_FILE)
+    (tmp_path / "stack.yaml").write_text(text)
+    cli = subprocess.run(
+        [sys.executable, "-m", "epfiot", "--connect", f"test://{tmp_path / 'host.xml'}", "--state-dir", str(tmp_path / "state"), "plan", "-o", "json", "-f", "-"],
+        input=text, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    status, headers, planned = call(watch, "POST", "/api/v1/plan", token="alice", body=text)
+    assert status == 200 and headers["Epfiot-Exit-Code"] == "0"
+    assert planned == json.loads(cli.stdout)
+
+    status, headers, applied = apply(watch, "alice", text)
+    assert status == 200 and headers["Epfiot-Exit-Code"] == "0"
+    assert applied["plan"]["summary"]["create"] == 2
+    assert [(o["name"], o["action"], o["ok"]) for o in applied["outcomes"]] == [("converge1", "create", True), ("converge2", "create", True)]
+    status, _, again = apply(watch, "alice", text)
+    assert status == 200 and again["outcomes"] == [] and again["plan"]["summary"]["create"] == again["plan"]["summary"]["update"] == 0
+    status, headers, _ = call(watch, "POST", "/api/v1/plan?detailed_exitcode=true", token="alice", body=text)
+    assert status == 200 and headers["Epfiot-Exit-Code"] == "0"
+    states = {v["name"]: v["state"] for v in call(watch, "GET", "/api/v1/vms?fields=name,state", token="alice")[2]}
+    assert states["converge1"] == states["converge2"] == "running"
+
+    # A plan that destroys needs auto_approve, as a script without a terminal does.
+    smaller = stack_yaml("alice", "converge1", stack="alice-converge")
+    status, headers, refused = apply(watch, "alice", smaller)
+    assert status == 409 and headers["Epfiot-Exit-Code"] == "1"
+    assert "auto-approve" in refused["problems"][0]["message"]
+    status, _, done = apply(watch, "alice", smaller, "?auto_approve=true")
+    assert status == 200 and [(o["name"], o["action"]) for o in done["outcomes"]] == [("converge2", "destroy")]
+
+
+def test_every_documented_path_answers_with_the_documented_keys(watch: ApiWatch) -> None:
+    apply(watch, "alice", stack_yaml("alice", "web"))
+    document = openapi(watch)
+    for path, item in document["paths"].items():
+        if "get" not in item:
+            continue
+        concrete = path.replace("{owner}", "alice").replace("{name}", "web")
+        status, _, body = call(watch, "GET", concrete)
+        documented = item["get"]["responses"]
+        assert str(status) in documented, f"GET {concrete}: {status} is not documented"
+        content = documented[str(status)].get("content", {})
+        if "application/json" in content:
+            check_schema(document, content["application/json"]["schema"], body, f"GET {concrete}")
+        for tenant in ("alice", "bob"):
+            assert str(call(watch, "GET", concrete, token=tenant)[0]) in documented
+    for path in ("/api/v1/plan", "/api/v1/apply"):
+        post = document["paths"][path]["post"]
+        status, _, body = call(watch, "POST", path, token="alice", body=stack_yaml("alice", "web"))
+        assert status == 200
+        check_schema(document, post["responses"]["200"]["content"]["application/json"]["schema"], body, f"POST {path}")
+
+
+def test_metrics_and_health(watch: ApiWatch) -> None:
+    assert call(watch, "GET", "/healthz", token=None)[:1] == (200,)
+    status, _, ready = call(watch, "GET", "/readyz", token=None)
+    assert status == 200 and ready["status"] == "ready"
+    assert call(watch, "GET", "/metrics", token=None)[0] == 401
+    assert call(watch, "GET", "/metrics", token="alice")[0] == 403
+    apply(watch, "alice", stack_yaml("alice", "web"))
+    status, headers, text = call(watch, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    for name in (
+        "epfiot_reconcile_duration_seconds_bucket", "epfiot_vms{", "epfiot_last_successful_reconcile_timestamp_seconds",
+        "epfiot_api_requests_total{",
+    ):  # fmt: skip
+        assert name in text, name
+    for documented in ("epfiot_actions_total", "epfiot_drift_corrected_total", "epfiot_things", "epfiot_bootstrap_requests_total"):
+        assert f"# TYPE {documented.removesuffix('_total')}" in text
+
+
+def test_limits_on_body_size_and_request_rate(tmp_path: Path) -> None:
+    watch = start_watch(tmp_path, extra=("--http-rate", "1"))
+    try:
+        statuses = [call(watch, "GET", "/healthz", token=None)[0] for _ in range(6)]
+        assert statuses[0] == 200 and 429 in statuses
+        status, headers, _ = call(watch, "GET", "/healthz", token=None)
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+    finally:
+        assert watch.stop() == 0
+    (tmp_path / "again").mkdir()
+    watch = start_watch(tmp_path / "again")
+    try:
+        big = "# " + "x" * (2 * 1024 * 1024) + "\n"
+        assert call(watch, "POST", "/api/v1/plan", token="alice", body=io.BytesIO(big.encode()))[0] == 413
+    finally:
+        assert watch.stop() == 0
+
+
+def test_http_on_a_non_loopback_address_needs_its_flag(tmp_path: Path) -> None:
+    (tmp_path / "stacks").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "epfiot", "--connect", "test:///default", "--state-dir", str(tmp_path / "state"),
+         "watch", "-f", str(tmp_path / "stacks"), "--no-serve", "--http", "0.0.0.0:0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--http-allow-remote" in result.stderr and "Traceback" not in result.stderr
