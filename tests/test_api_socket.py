@@ -1,0 +1,128 @@
+"""The API on its Unix socket, as real users who are not root: the kernel's peer credentials say who asks,
+the host configuration which tenant that is, and the CLI of such a user goes through the socket (it has no
+libvirt access of its own) with the output and exit codes of the command run directly.
+
+The users are made for this session (useradd --system) and removed after it; the tests run as root."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_support import ApiWatch, stack_yaml, start_watch
+
+REPO = Path(__file__).resolve().parent.parent
+USERS = {"alice": "epfapi-alice", "bob": "epfapi-bob", "stranger": "epfapi-stranger"}
+
+
+@pytest.fixture(scope="session")
+def users() -> Iterator[dict[str, str]]:
+    if os.geteuid() != 0:
+        pytest.fail("the Unix-socket API tests make users: they run as root", pytrace=False)
+    made = []
+    try:
+        for name in USERS.values():
+            exists = subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode == 0
+            if not exists:  # one left by a run that was killed is reused, and removed after
+                subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+            made.append(name)
+        yield USERS
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+def interpreter() -> str:
+    """A Python the test users may run: this one, unless it lives below a directory they cannot enter."""
+    path = Path(os.path.realpath(sys.executable))
+    if all(p.stat().st_mode & stat.S_IXOTH for p in path.parents):
+        return sys.executable
+    return shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Path]:
+    """A directory every user may read: the socket and the manifests the users apply."""
+    directory = Path(tempfile.mkdtemp(prefix="epfiot-api-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def watch(tmp_path_factory: pytest.TempPathFactory, users: dict[str, str], shared: Path) -> Iterator[ApiWatch]:
+    running = start_watch(tmp_path_factory.mktemp("socket"), socket=shared / "api.sock", users={"alice": [users["alice"]], "bob": [users["bob"]]})
+    yield running
+    assert running.stop() == 0
+
+
+def as_user(user: str, watch: ApiWatch, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`epfiot ARGV` run as `user`, which cannot reach libvirt: only the socket."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/nonexistent", "EPFIOT_API_SOCKET": str(watch.socket), "LANG": "C.UTF-8"}
+    return subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", interpreter(), "-m", "epfiot", *argv],
+        input=stdin, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False,
+    )  # fmt: skip
+
+
+def manifest(shared: Path, name: str, text: str) -> str:
+    path = shared / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return str(path)
+
+
+def test_the_peer_credentials_decide_the_tenant(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    alice, bob = users["alice"], users["bob"]
+    web = manifest(shared, "alice.yaml", stack_yaml("alice", "web"))
+    result = as_user(alice, watch, "plan", "--detailed-exitcode", "-f", web)
+    assert result.returncode == 2, result.stderr
+    assert "+ vm alice/web: create" in result.stdout
+
+    result = as_user(alice, watch, "apply", "-f", web)
+    assert result.returncode == 0, result.stderr
+    assert "vm alice/web: create done" in result.stdout and "Apply complete: 1 created" in result.stdout
+    again = as_user(alice, watch, "apply", "-f", web)
+    assert again.returncode == 0 and "No changes. The host matches the manifests." in again.stdout
+    assert as_user(alice, watch, "plan", "--detailed-exitcode", "-f", web).returncode == 0
+
+    listed = as_user(alice, watch, "get", "vms", "-o", "json", "--fields", "owner,name,state")
+    assert listed.returncode == 0, listed.stderr
+    assert '"name": "web"' in listed.stdout and '"state": "running"' in listed.stdout
+    # The same VM is not bob's: his list is empty and, by name, it does not exist.
+    assert as_user(bob, watch, "get", "vms").stdout.strip() == "No resources found."
+    missing = as_user(bob, watch, "delete", "-y", "vm", "alice/web")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    # A manifest of alice's, applied by bob, is refused at the line of its owner (exit 2, as the CLI's).
+    refused = as_user(bob, watch, "apply", "-f", web)
+    assert refused.returncode == 2 and f"{web}:3: owner:" in refused.stderr, refused.stderr
+
+    events = as_user(alice, watch, "events")
+    assert events.returncode == 0 and "vm/alice/web" in events.stdout
+
+
+def test_an_unknown_user_is_refused(watch: ApiWatch, users: dict[str, str]) -> None:
+    result = as_user(users["stranger"], watch, "get", "vms")
+    assert result.returncode == 1
+    assert "refuses user epfapi-stranger" in result.stderr and "Traceback" not in result.stderr
+    # The raw answer: 403, with nothing in it about anyone's resources.
+    probe = (
+        "import sys; from epfiot.api.client import _UnixConnection as C\n"
+        f"c = C({str(watch.socket)!r}, 5); c.request('GET', '/api/v1/vms'); r = c.getresponse(); print(r.status, r.read().decode())"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    answer = subprocess.run(
+        ["setpriv", f"--reuid={users['stranger']}", "--regid=nogroup", "--clear-groups", interpreter(), "-c", probe],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    )  # fmt: skip
+    status, _, body = answer.stdout.partition(" ")
+    assert status == "403" and "alice" not in body and "web" not in body
+
