@@ -168,12 +168,15 @@ class Service:
     # --- queries (epfiot get, epfiot events) ------------------------------------------------------------
 
     def vms(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
+        from dataclasses import replace
+
         from epfiot import views
 
         with self._host() as host:
             observed = host.observe()
             running = [v.libvirt_name for v in observed.vms if v.managed and v.active and caller.may_touch(v.ownership.owner if v.ownership else "")]
-            observed = host.observe(addresses_of=running) if running else observed
+            if running:  # their addresses only, not a second observation of everything
+                observed = replace(observed, vm_addresses={name: host.vm_addresses(name) for name in running})
         return authz.visible(caller, views.vm_rows(observed, owner=owner), _owner)
 
     def vm(self, caller: Caller, owner: str, name: str) -> dict[str, object]:

@@ -255,3 +255,22 @@ def test_http_on_a_non_loopback_address_needs_its_flag(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--http-allow-remote" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reads_at_the_same_time_are_each_scoped_to_their_caller(watch: ApiWatch) -> None:
+    """Identical reads in flight together share one computation: only within one caller."""
+    apply(watch, "alice", stack_yaml("alice", "web"))
+    apply(watch, "bob", stack_yaml("bob", "web", "db"))
+
+    async def go() -> list[set[str]]:
+        async with aiohttp.ClientSession() as session:
+            async def owners(token: str) -> set[str]:
+                headers = {"Authorization": f"Bearer {TOKENS[token]}"}
+                async with session.get(f"{watch.url}/api/v1/vms?fields=owner", headers=headers) as response:
+                    return {row["owner"] for row in await response.json()}
+
+            return await asyncio.gather(*(owners(t) for t in ("alice", "bob", "admin") * 4))
+
+    seen = asyncio.run(go())
+    assert seen[0::3] == [{"alice"}] * 4 and seen[1::3] == [{"bob"}] * 4
+    assert all({"alice", "bob"} <= s for s in seen[2::3])

@@ -8,11 +8,12 @@ application on both listeners: which one a request came in on decides how its ca
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from epfiot.api.metrics import Metrics
 BACKEND = web.AppKey("backend", Backend)
 METRICS = web.AppKey("metrics", Metrics)
 HOSTS = web.AppKey("hosts", HostConfigSource)
+INFLIGHT = web.AppKey("inflight", dict[Hashable, "asyncio.Future[bytes]"])  # reads being computed (routes.shared)
 
 MAX_BODY = 1024 * 1024  # a manifest body; larger ones are 413
 
@@ -51,6 +53,7 @@ def build_app(
     app[BACKEND] = backend
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[HOSTS] = hosts
+    app[INFLIGHT] = {}
     routes.setup(app)
     if extra_routes is not None:
         extra_routes(app)

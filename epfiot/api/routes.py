@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
@@ -48,22 +48,32 @@ SCHEMAS = {"vms": "Vm", "usb": "UsbDevice", "networks": "Network", "images": "Im
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(text=render.to_json(data), status=status, content_type="application/json")
+    return web.Response(body=encode(data), status=status, content_type="application/json")
+
+
+def encode(data: object) -> bytes:
+    """The JSON of an answer: the objects of `-o json`, without its indentation."""
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
 def not_found(message: str) -> web.Response:
     return error(404, message)
 
 
-def select(request: web.Request, resource: str, rows: list[dict[str, Any]]) -> web.Response:
-    fields = request.query.get("fields")
-    if fields is None:
-        return json_response(rows)
-    wanted = [f.strip() for f in fields.split(",") if f.strip()]
+def fields_of(request: web.Request, resource: str) -> tuple[str, ...] | web.Response:
+    """The keys `fields=` asks for (() for all of them), or the 400 answer to an unknown one."""
+    text = request.query.get("fields")
+    if text is None:
+        return ()
+    wanted = tuple(f.strip() for f in text.split(",") if f.strip())
     known = known_fields(SCHEMAS[resource])
     if unknown := [f for f in wanted if f not in known]:
         return error(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return json_response(render.select_fields(rows, wanted))
+    return wanted
+
+
+def pick(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    return render.select_fields(rows, fields) if fields else rows
 
 
 async def on_service(request: web.Request, operation: Callable[[Service], T]) -> T:
@@ -74,6 +84,19 @@ async def on_service(request: web.Request, operation: Callable[[Service], T]) ->
     return await request.app[BACKEND].call(lambda live: operation(service_for(live, config)))
 
 
+async def shared(request: web.Request, key: Hashable, make: Callable[[], Awaitable[bytes]]) -> bytes:
+    """One computation for identical reads that arrive while it runs (the same list, caller and fields):
+    every read waits for the worker thread, so those waiting together get the same, equally fresh answer."""
+    from epfiot.api.app import INFLIGHT
+
+    running = request.app[INFLIGHT]
+    task = running.get(key)
+    if task is None:
+        task = running[key] = asyncio.ensure_future(make())
+        task.add_done_callback(lambda _: running.pop(key, None))
+    return await asyncio.shield(task)
+
+
 def caller(request: web.Request) -> Caller:
     return request[CALLER]
 
@@ -82,10 +105,13 @@ def lister(resource: str) -> Callable[[web.Request], Any]:
     operation = ops.READS[resource]
 
     async def handler(request: web.Request) -> web.Response:
-
         who = caller(request)
-        rows = await on_service(request, lambda svc: operation(svc, who))
-        return select(request, resource, rows)
+        fields = fields_of(request, resource)
+        if isinstance(fields, web.Response):
+            return fields
+        # Rows, the fields and the JSON are made in the worker thread: the loop only sends bytes.
+        body = await shared(request, (resource, who, fields), lambda: on_service(request, lambda svc: encode(pick(operation(svc, who), fields))))
+        return web.Response(body=body, content_type="application/json")
 
     handler.__name__ = f"list_{resource}"
     return handler
@@ -94,13 +120,12 @@ def lister(resource: str) -> Callable[[web.Request], Any]:
 async def get_vm(request: web.Request) -> web.Response:
     who = caller(request)
     owner, name = request.match_info["owner"], request.match_info["name"]
+    fields = fields_of(request, "vms")
+    if isinstance(fields, web.Response):
+        return fields
     # Another tenant's VM raises NotFound, exactly as a missing one does (a 404 either way).
     row = await on_service(request, lambda svc: svc.vm(who, owner, name))
-    response = select(request, "vms", [row])
-    if response.status == 200:
-        assert response.text is not None
-        return json_response(json.loads(response.text)[0])
-    return response
+    return json_response(pick([row], fields)[0])
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -116,7 +141,11 @@ async def list_events(request: web.Request) -> web.Response:
             return error(400, str(e))
     kind = request.query.get("kind") or None
 
-    return select(request, "events", await on_service(request, lambda svc: svc.events(who, since, kind)))
+    fields = fields_of(request, "events")
+    if isinstance(fields, web.Response):
+        return fields
+    body = await on_service(request, lambda svc: encode(pick(svc.events(who, since, kind), fields)))
+    return web.Response(body=body, content_type="application/json")
 
 
 async def last_plan(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -34,8 +34,9 @@ class Watcher:
     """`group`: whose manifests are reconciled, and as whom (epfiot.watch.tenants); default: config.paths
     as the administrator. `config.paths` are the paths watched for changes."""
 
-    def __init__(self, config: WatchConfig, log: Log, group: Sequence[Member] | None = None) -> None:
+    def __init__(self, config: WatchConfig, log: Log, group: Sequence[Member] | None = None, *, api_routes: Callable[[Any], None] | None = None) -> None:
         self.config = config
+        self.api_routes = api_routes  # more routes on the API's aiohttp application (the web console's)
         self.group = list(group) if group is not None else [Member(ADMIN, config)]
         self.log = log
         self.schedule = Schedule(config.debounce, config.resync, time.monotonic())
@@ -309,7 +310,7 @@ class Watcher:
         except EpfiotError as error:
             self.log("api.failed", f"cannot serve the API: {error}", level="error")
             return None
-        api = ApiServer(build_app(backend, hosts, metrics=self.metrics, limits=Limits(rate=config.http_rate, burst=max(1, int(2 * config.http_rate)))), socket_path=config.api_socket, http=config.http)
+        api = ApiServer(build_app(backend, hosts, metrics=self.metrics, extra_routes=self.api_routes, limits=Limits(rate=config.http_rate, burst=max(1, int(2 * config.http_rate)))), socket_path=config.api_socket, http=config.http)
         try:
             await api.start()
         except OSError as error:
@@ -324,8 +325,9 @@ class Watcher:
         return api
 
 
-def run_watch(args: argparse.Namespace) -> int:
-    """epfiot watch: runs until SIGTERM or SIGINT; exit code 0 after a clean stop."""
+def run_watch(args: argparse.Namespace, *, api_routes: Callable[[Any], None] | None = None) -> int:
+    """epfiot watch: runs until SIGTERM or SIGINT; exit code 0 after a clean stop. `api_routes(app)` adds
+    routes to the API's application (epfiot.api.app.build_app's extra_routes)."""
     from epfiot.cli.common import service
     from epfiot.errors import UsageError
     from epfiot.eventlog import EventLog
@@ -342,7 +344,7 @@ def run_watch(args: argparse.Namespace) -> int:
     policy = svc.policy()
     events = EventLog.in_state_dir(config.state_dir)
     try:
-        return asyncio.run(Watcher(replace(config, paths=watched_paths(group)), log, group).run(events, policy))
+        return asyncio.run(Watcher(replace(config, paths=watched_paths(group)), log, group, api_routes=api_routes).run(events, policy))
     finally:
         events.close()
         for name in ("epfiot", "aiocoap", "aiohttp"):
