@@ -4,7 +4,11 @@
   configuration maps that uid to the administrator or a tenant (`caller_for_uid`). An unknown user is
   refused with 403 and nothing else.
 - Over HTTP, `Authorization: Bearer <token>` (`caller_for_token`); a missing or wrong token is 401, the same
-  answer for both, with nothing else.
+  answer for both, with nothing else. The web console's browser carries the same token in its session cookie
+  (HttpOnly, SameSite=Strict, set by its login form): accepted for reads (GET, HEAD) only, so a request
+  another site makes the browser send can change nothing.
+- A handler marked `answers_without_caller` (the console's login page, its files, its pages, which send an
+  unknown caller to the login page) is called without a caller too: request.get(CALLER) is then None.
 
 The host configuration is read again when its file changes (a token added takes effect at the next
 request, without a restart). HTTP clients are also limited in their request rate (RateLimiter: 429).
@@ -30,6 +34,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths that answer without a caller: liveness and readiness say nothing about anyone's resources.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+SESSION_COOKIE = "epfiot_console"
+READS = frozenset({"GET", "HEAD"})
+_OPEN_HANDLERS: set[Handler] = set()
+
+
+def answers_without_caller(handler: Handler) -> Handler:
+    """Marks a handler that is called even when the request names no known caller."""
+    _OPEN_HANDLERS.add(handler)
+    return handler
 
 
 class HostConfigSource:
@@ -82,6 +95,14 @@ def bearer_token(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def session_token(request: web.Request) -> str | None:
+    """The token of the console's session cookie, for a read; a browser sends cookies on its own, so they
+    never authorize a change."""
+    if request.method not in READS:
+        return None
+    return request.cookies.get(SESSION_COOKIE) or None
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -140,14 +161,13 @@ def authenticate(hosts: HostConfigSource, limiter: RateLimiter | None) -> Middle
         if unix:
             uid = peer_uid(request)
             caller = config.caller_for_uid(uid) if uid is not None else None
-            if caller is None:
-                return refused(403)
         else:
-            token = bearer_token(request)
+            token = bearer_token(request) or session_token(request)
             caller = config.caller_for_token(token) if token is not None else None
-            if caller is None:
-                return refused(401)
-        request[CALLER] = caller
+        if caller is not None:
+            request[CALLER] = caller
+        elif request.match_info.handler not in _OPEN_HANDLERS:
+            return refused(403 if unix else 401)
         return await handler(request)
 
     return middleware

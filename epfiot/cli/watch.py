@@ -6,6 +6,7 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
+    from epfiot import console
     from epfiot.watch.daemon import run_watch
 
-    return run_watch(args)
+    return run_watch(args, api_routes=console.setup)  # the web console, on the API's HTTP listener
