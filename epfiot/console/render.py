@@ -18,7 +18,7 @@ POLICY = (
 HEADERS = {
     "Content-Security-Policy": POLICY,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # (no-referrer would make a form post say Origin: null)
     "Cache-Control": "no-store",  # a page shows one caller's resources: no cache keeps it
 }
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
