@@ -27,6 +27,7 @@ import pytest
 from api_support import ready
 from hosts.testdriver import HOST_FILE
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -149,12 +150,17 @@ def assert_not_reloaded(browser: WebDriver) -> None:
 
 
 def field_of(browser: WebDriver, row: str, field: str) -> str:
-    cells = browser.find_elements(By.CSS_SELECTOR, f'tr[{row}] [data-field="{field}"]')
-    return cells[0].text if cells else ""
+    """The text of a cell, read in one step (the page may replace its content between two)."""
+    script = "const c = document.querySelector(arguments[0]); return c ? c.textContent : '';"
+    text = browser.execute_script(script, f'tr[{row}] [data-field="{field}"]')
+    return " ".join(str(text).split())
 
 
 def wait_for_field(browser: WebDriver, row: str, field: str, wanted: Callable[[str], bool], what: str) -> str:
-    WebDriverWait(browser, WAIT, poll_frequency=0.2).until(lambda b: wanted(field_of(b, row, field)), message=what)
+    try:
+        WebDriverWait(browser, WAIT, poll_frequency=0.2).until(lambda b: wanted(field_of(b, row, field)))
+    except TimeoutException:
+        raise AssertionError(f"the page did not show {what}: {field} is {field_of(browser, row, field)!r}") from None
     return field_of(browser, row, field)
 
 
