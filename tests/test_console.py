@@ -53,6 +53,7 @@ class ConsoleWatch:
     stacks: Path
     bootstrap_port: int
     tokens: dict[str, str]
+    config: Path  # the host configuration
 
     def stop(self) -> int:
         proc = self.process.proc
@@ -100,7 +101,7 @@ def start_watch(directory: Path, tenants: tuple[str, ...], *, connect: str | Non
     )  # fmt: skip
     port = process.event("api.listening", address="127.0.0.1")["port"]
     bootstrap_port = process.event("serve.listening")["port"]
-    watch = ConsoleWatch(process, f"http://127.0.0.1:{port}", stacks, bootstrap_port, tokens)
+    watch = ConsoleWatch(process, f"http://127.0.0.1:{port}", stacks, bootstrap_port, tokens, config)
     try:
         watch.until("ready", lambda: ready(socket))
     except AssertionError:
@@ -277,6 +278,27 @@ def test_a_tenant_sees_its_own_only_and_the_pages_follow_watch(watch: ConsoleWat
     browser.get(watch.url + "/console/plan")
     actions = rows(browser, "data-action")
     assert actions and all(a.startswith(("vm/alice/", "network/alice/", "thing/alice/")) for a in actions)
+
+
+def test_logging_out_or_a_revoked_token_ends_the_session(browser: WebDriver, tmp_path: Path) -> None:
+    watch = start_watch(tmp_path, ("alice", "bob"))
+    try:
+        log_in(browser, watch, watch.tokens["alice"])
+        browser.find_element(By.CSS_SELECTOR, "form.who button").click()
+        WebDriverWait(browser, 30).until(lambda b: b.current_url == watch.url + "/console/login")
+        assert browser.get_cookies() == []
+        browser.get(watch.url + "/console/events")
+        assert browser.current_url == watch.url + "/console/login"
+
+        # The token taken out of the host configuration: the page's next refresh goes to the login form.
+        log_in(browser, watch, watch.tokens["alice"])
+        assert browser.find_element(By.ID, "caller").text == "tenant alice"
+        watch.config.write_text(host_yaml(watch.config.parent / "state", {**watch.tokens, "alice": "epf_" + secrets.token_urlsafe(32)}))
+        WebDriverWait(browser, WAIT).until(lambda b: b.current_url == watch.url + "/console/login", message="back to the login form")
+        log_in(browser, watch, watch.tokens["alice"])
+        assert browser.find_element(By.ID, "login-error").text == "That token is not valid."
+    finally:
+        assert watch.stop() == 0
 
 
 def test_the_session_cookie_reads_and_changes_nothing(watch: ConsoleWatch) -> None:
