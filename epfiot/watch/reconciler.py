@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from epfiot.errors import EpfiotError, HostError, ManifestError
 from epfiot.eventlog import EventLog, EventRecorder
@@ -17,6 +17,7 @@ from epfiot.hostconfig import ADMIN, Caller
 from epfiot.logs import Log
 from epfiot.model import Desired, StackSpec
 from epfiot.watch.config import WatchConfig, manifest_files
+from epfiot.watch.runs import Observer, record_run
 from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
 from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty, with_scopes
 from epfiot.wording import counted
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
 
 # The reasons that read the manifests again.
 LOAD_REASONS = frozenset({"start", "manifest", "resync"})
-
-
-class Observer(Protocol):
-    """What the service's metrics (epfiot.api.metrics) learn of each reconcile."""
-
-    def reconciled(self, seconds: float, outcome: str, at: float) -> None: ...
-    def action(self, kind: str, verb: str, ok: bool) -> None: ...
-    def drift_corrected(self, kind: str) -> None: ...
-    def vm_states(self, states: Iterable[str]) -> None: ...
-    def thing_statuses(self, statuses: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -256,27 +247,8 @@ class Reconciler:
 
     def _record(self, reasons: frozenset[str], outcome: str) -> None:
         taken, self._result = self._result, None
-        if taken is None:
-            return
-        from epfiot import render
-        from epfiot.service import outcome_as_dict
-
-        result, seconds = taken
-        at = time.time()
-        self.last_run = {
-            "at": at,
-            "reasons": sorted(reasons),
-            "outcome": outcome,
-            "seconds": round(seconds, 3),
-            "plan": render.plan_as_dict(result.plan, pool=result.pool, pool_created=result.pool_created),
-            "outcomes": [outcome_as_dict(o) for o in result.outcomes],
-        }
-        if self.observer is None:
-            return
-        self.observer.reconciled(seconds, outcome, at)
-        self.observer.vm_states(v.condition for v in result.observed.vms if v.ownership is not None)
-        if self.registry is not None:
-            self.observer.thing_statuses(r.status for r in self.registry.things())
+        if taken is not None:
+            self.last_run = record_run(taken[0], taken[1], reasons, outcome, self.observer, self.registry)
 
     def _open(self) -> Host:
         if self.host is None:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
-from epfiot.watch.reconciler import Observer, Reconciler, RunReport
+from epfiot.watch.reconciler import Reconciler, RunReport
+from epfiot.watch.runs import Observer
 from epfiot.watch.scopes import SCOPES_FILE
 
 if TYPE_CHECKING:
