@@ -98,3 +98,12 @@ def ready(socket: Path) -> bool:
 def stack_yaml(owner: str, *vm_names: str, stack: str | None = None) -> str:
     vms = "".join(f"  - {{name: {n}, memory: 64MiB, vcpu: 1, state: running, shutdown_timeout: 2s}}\n" for n in vm_names)
     return f"version: 1\nstack: {stack or owner + '-web'}\nowner: {owner}\nvms:\n{vms}"
+
+
+def secret_yaml(owner: str, password: str) -> str:
+    """A VM with a login whose password is `password` (e.g. "{file: /etc/shadow}")."""
+    return (
+        f"version: 1\nstack: {owner}-login\nowner: {owner}\nvms:\n"
+        "  - name: login\n    memory: 64MiB\n    vcpu: 1\n    state: shutoff\n"
+        f"    credentials:\n      user: someone\n      password: {password}\n"
+    )

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from api_support import TOKENS, ApiWatch, stack_yaml, start_watch
+from api_support import TOKENS, ApiWatch, secret_yaml, stack_yaml, start_watch
 from hosts.testdriver import HOST_FILE
 
 Answer = tuple[int, dict[str, str], Any]
@@ -274,3 +274,14 @@ def test_reads_at_the_same_time_are_each_scoped_to_their_caller(watch: ApiWatch)
     seen = asyncio.run(go())
     assert seen[0::3] == [{"alice"}] * 4 and seen[1::3] == [{"bob"}] * 4
     assert all({"alice", "bob"} <= s for s in seen[2::3])
+
+
+def test_a_tenant_cannot_have_the_service_read_a_file_secret_over_http(watch: ApiWatch) -> None:
+    for ref in ("/etc/shadow", "/nonexistent/secret"):
+        status, _, body = call(watch, "POST", "/api/v1/plan", token="alice", body=secret_yaml("alice", f"{{file: {ref}}}"))
+        assert status == 422
+        [problem] = body["problems"]
+        assert problem["line"] == 11 and "read on the service's host" in problem["message"]
+    # The administrator's manifests are read as the CLI reads them: a missing file is the loader's own problem.
+    status, _, body = call(watch, "POST", "/api/v1/plan", body=secret_yaml("alice", "{file: /nonexistent/secret}"))
+    assert status == 422 and "does not exist" in body["problems"][0]["message"]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_support import ApiWatch, stack_yaml, start_watch
+from api_support import ApiWatch, secret_yaml, stack_yaml, start_watch
 
 REPO = Path(__file__).resolve().parent.parent
 USERS = {"alice": "epfapi-alice", "bob": "epfapi-bob", "stranger": "epfapi-stranger"}
@@ -126,3 +126,17 @@ def test_an_unknown_user_is_refused(watch: ApiWatch, users: dict[str, str]) -> N
     status, _, body = answer.stdout.partition(" ")
     assert status == "403" and "alice" not in body and "web" not in body
 
+
+
+def test_file_secrets_are_read_only_when_the_user_may_read_them(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    alice = users["alice"]
+    refused = as_user(alice, watch, "plan", "-f", manifest(shared, "shadow.yaml", secret_yaml("alice", "{file: /etc/shadow}")))
+    assert refused.returncode == 2 and "cannot read secret file /etc/shadow as your user" in refused.stderr, refused.stderr
+    private = shared / "private-secret"
+    private.write_text("root's only\n")
+    private.chmod(0o600)
+    refused = as_user(alice, watch, "plan", "-f", manifest(shared, "private.yaml", secret_yaml("alice", "{file: private-secret}")))
+    assert refused.returncode == 2 and f"cannot read secret file {private} as your user" in refused.stderr
+    private.chmod(0o644)
+    allowed = as_user(alice, watch, "plan", "-f", str(shared / "private.yaml"))
+    assert "cannot read secret file" not in allowed.stderr and "vm alice/login: create" in allowed.stdout, allowed.stderr

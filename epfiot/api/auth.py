@@ -26,6 +26,7 @@ from aiohttp.typedefs import Middleware
 from epfiot.hostconfig import Caller, HostConfig, host_config_path, load_host_config
 
 CALLER = web.RequestKey("caller", Caller)
+PEER_UID = web.RequestKey("peer_uid", int)  # on the Unix socket only
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths that answer without a caller: liveness and readiness say nothing about anyone's resources.
@@ -142,6 +143,8 @@ def authenticate(hosts: HostConfigSource, limiter: RateLimiter | None) -> Middle
             caller = config.caller_for_uid(uid) if uid is not None else None
             if caller is None:
                 return refused(403)
+            assert uid is not None
+            request[PEER_UID] = uid
         else:
             token = bearer_token(request)
             caller = config.caller_for_token(token) if token is not None else None

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from epfiot.api.auth import CALLER, error
+from epfiot.api.auth import CALLER, PEER_UID, error
 from epfiot.api.client import CLI_TYPE, SOURCES_TYPE
 from epfiot.api.commands import Manifests, Options, Ran, run, sources_from
 from epfiot.desired.sources import SourceText
@@ -65,12 +65,12 @@ async def manifests_of(request: web.Request) -> Manifests:
             data = json.loads(text)
             files = data["files"]
             env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
-            return Manifests(sources_from(files), env)
+            return Manifests(sources_from(files), env, request.get(PEER_UID))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BadRequest(f"not a sources document ({SOURCES_TYPE}): {e}") from None
     from pathlib import Path
 
-    return Manifests((SourceText("<request>", text, Path("/nonexistent")),), {})
+    return Manifests((SourceText("<request>", text, Path("/nonexistent")),), {}, request.get(PEER_UID))
 
 
 def answer(request: web.Request, ran: Ran) -> web.Response:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from epfiot import authz
 from epfiot.api.backend import Live
+from epfiot.api.secret_files import foreign_files
 from epfiot.desired.sources import SourceText
 from epfiot.errors import EpfiotError, ManifestError
 from epfiot.hostconfig import Caller, HostConfig
@@ -36,6 +37,7 @@ class Manifests:
 
     sources: tuple[SourceText, ...]
     env: Mapping[str, str]
+    peer_uid: int | None = None  # the local user who sent them (the Unix socket); None over HTTP
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def load(caller: Caller, manifests: Manifests) -> Desired:
     from epfiot.desired import _load
 
     problems: list = []  # type: ignore[type-arg]
+    if unreadable := foreign_files(manifests.sources, caller, manifests.peer_uid):
+        raise ManifestError(unreadable)  # before anything of them is read by the service
     desired = _load(manifests.sources, manifests.env, problems)
     if foreign := authz.foreign_owners(desired, caller):
         raise ManifestError(foreign)
