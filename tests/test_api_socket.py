@@ -140,3 +140,20 @@ def test_file_secrets_are_read_only_when_the_user_may_read_them(watch: ApiWatch,
     private.chmod(0o644)
     allowed = as_user(alice, watch, "plan", "-f", str(shared / "private.yaml"))
     assert "cannot read secret file" not in allowed.stderr and "vm alice/login: create" in allowed.stdout, allowed.stderr
+
+
+def test_without_a_host_configuration_only_root_may_ask(tmp_path: Path, users: dict[str, str]) -> None:
+    """No host configuration: every caller would be the administrator; on a socket every local user reaches,
+    only root (and the service's own user) is."""
+    directory = Path(tempfile.mkdtemp(prefix="epfiot-api-single-"))
+    directory.chmod(0o755)
+    watch = start_watch(tmp_path, socket=directory / "api.sock", tenants=False)
+    try:
+        result = as_user(users["alice"], watch, "get", "vms")
+        assert result.returncode == 1 and "refuses user epfapi-alice" in result.stderr
+        env = {**os.environ, "EPFIOT_API_SOCKET": str(watch.socket)}
+        probe = f"from epfiot.api.client import _UnixConnection as C\nc = C({str(watch.socket)!r}, 5); c.request('GET', '/api/v1/vms'); print(c.getresponse().status)"
+        assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=True).stdout.strip() == "200"
+    finally:
+        assert watch.stop() == 0
+        shutil.rmtree(directory, ignore_errors=True)

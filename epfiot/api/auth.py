@@ -2,7 +2,7 @@
 
 - On the Unix socket, the kernel says who the peer is (SO_PEERCRED on the connection's socket); the host
   configuration maps that uid to the administrator or a tenant (`caller_for_uid`). An unknown user is
-  refused with 403 and nothing else.
+  refused with 403 and nothing else. Without a host configuration, only root and the service's own user.
 - Over HTTP, `Authorization: Bearer <token>` (`caller_for_token`); a missing or wrong token is 401, the same
   answer for both, with nothing else.
 
@@ -77,6 +77,12 @@ def is_unix(request: web.Request) -> bool:
     return sock is not None and sock.family == socket.AF_UNIX
 
 
+def _may_ask(config: HostConfig, uid: int) -> bool:
+    """Without a host configuration every caller would be the administrator (hostconfig): on a socket any
+    local user may connect to, that is only root and the service's own user, who can reach libvirt anyway."""
+    return config.has_tenants or uid in (0, os.geteuid())
+
+
 def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -140,7 +146,7 @@ def authenticate(hosts: HostConfigSource, limiter: RateLimiter | None) -> Middle
         caller: Caller | None
         if unix:
             uid = peer_uid(request)
-            caller = config.caller_for_uid(uid) if uid is not None else None
+            caller = config.caller_for_uid(uid) if uid is not None and _may_ask(config, uid) else None
             if caller is None:
                 return refused(403)
             assert uid is not None
