@@ -224,6 +224,7 @@ def test_metrics_and_health(watch: ApiWatch) -> None:
         "epfiot_api_requests_total{",
     ):  # fmt: skip
         assert name in text, name
+    assert 'epfiot_actions_total{kind="vm",outcome="ok",verb="create"}' in text  # the API's applies count too
     for documented in ("epfiot_actions_total", "epfiot_drift_corrected_total", "epfiot_things", "epfiot_bootstrap_requests_total"):
         assert f"# TYPE {documented.removesuffix('_total')}" in text
 

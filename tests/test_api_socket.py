@@ -108,6 +108,10 @@ def test_the_peer_credentials_decide_the_tenant(watch: ApiWatch, users: dict[str
     events = as_user(alice, watch, "events")
     assert events.returncode == 0 and "vm/alice/web" in events.stdout
 
+    deleted = as_user(alice, watch, "delete", "-y", "-f", web)
+    assert deleted.returncode == 0 and "Apply complete: 0 created, 0 changed, 1 destroyed" in deleted.stdout, deleted.stderr
+    assert as_user(alice, watch, "get", "vms").stdout.strip() == "No resources found."
+
 
 def test_an_unknown_user_is_refused(watch: ApiWatch, users: dict[str, str]) -> None:
     result = as_user(users["stranger"], watch, "get", "vms")

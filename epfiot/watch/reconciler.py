@@ -152,7 +152,7 @@ class Reconciler:
         from epfiot.api.backend import Live
 
         host = self._open()
-        return Live(host, self.registry, self.config.state_dir, self.events, self.policy, self.config)
+        return Live(host, self.registry, self.config.state_dir, self.events, self.policy, self.config, self.observer)
 
     # --- loading -------------------------------------------------------------------------------------------
 
