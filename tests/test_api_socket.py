@@ -7,6 +7,7 @@ The users are made for this session (useradd --system) and removed after it; the
 from __future__ import annotations
 
 import os
+import pty
 import pwd
 import shutil
 import stat
@@ -64,13 +65,20 @@ def watch(tmp_path_factory: pytest.TempPathFactory, users: dict[str, str], share
     assert running.stop() == 0
 
 
-def as_user(user: str, watch: ApiWatch, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`epfiot ARGV` run as `user`, which cannot reach libvirt: only the socket."""
+def as_user(user: str, watch: ApiWatch, *argv: str, terminal: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`epfiot ARGV` run as `user`, which cannot reach libvirt: only the socket. `terminal`: what is typed
+    on a terminal that is its standard input (a pseudo-terminal), else it has none."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/nonexistent", "EPFIOT_API_SOCKET": str(watch.socket), "LANG": "C.UTF-8"}
-    return subprocess.run(
-        ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", interpreter(), "-m", "epfiot", *argv],
-        input=stdin, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False,
-    )  # fmt: skip
+    argv_ = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", interpreter(), "-m", "epfiot", *argv]
+    if terminal is None:
+        return subprocess.run(argv_, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False)
+    controller, device = pty.openpty()
+    try:
+        os.write(controller, terminal.encode())
+        return subprocess.run(argv_, stdin=device, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False)
+    finally:
+        os.close(device)
+        os.close(controller)
 
 
 def manifest(shared: Path, name: str, text: str) -> str:
@@ -161,3 +169,24 @@ def test_without_a_host_configuration_only_root_may_ask(tmp_path: Path, users: d
     finally:
         assert watch.stop() == 0
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_destroy_is_asked_about_on_the_users_terminal(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    alice = users["alice"]
+    two = manifest(shared, "ask.yaml", stack_yaml("alice", "keep", "lose", stack="alice-ask"))
+    assert as_user(alice, watch, "apply", "-f", two).returncode == 0
+    one = manifest(shared, "ask.yaml", stack_yaml("alice", "keep", stack="alice-ask"))
+
+    declined = as_user(alice, watch, "apply", "-f", one, terminal="no\n")
+    assert declined.returncode == 1 and "not confirmed" in declined.stderr
+    assert "- vm alice/lose: destroy" in declined.stdout and "This plan destroys 1 resource (vm alice/lose)." in declined.stdout
+    assert "lose" in as_user(alice, watch, "get", "vms").stdout
+
+    without = as_user(alice, watch, "apply", "-f", one)  # no terminal, no -y: refused, as the CLI's
+    assert without.returncode == 1 and "-y (--auto-approve)" in without.stderr
+
+    confirmed = as_user(alice, watch, "apply", "-f", one, terminal="yes\n")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert confirmed.stdout.count("- vm alice/lose: destroy") == 1  # the plan is shown once
+    assert "vm alice/lose: destroy done" in confirmed.stdout
+    assert "lose" not in as_user(alice, watch, "get", "vms").stdout

@@ -3,7 +3,8 @@
 The body is a manifest (YAML or JSON; Content-Type anything but the next one), or, with Content-Type
 application/vnd.epfiot.sources+json, {"files": [{name, text, root, manifest}], "env": {...}}: several files
 with the names the CLI gives them (what `epfiot` sends through the socket). Options are query parameters:
-prune, dry_run, force, keep_disks, auto_approve, parallel, detailed_exitcode.
+prune, dry_run, force, keep_disks, auto_approve, parallel, detailed_exitcode, and approved=ADDRESS,... (a plan
+that destroys only those is applied without auto_approve: what the CLI asked about on its terminal).
 
 The answer is what `-o json` prints, with the CLI's exit code in the Epfiot-Exit-Code header: 200 when it is
 0 (or 2/3 of plan's detailed exit codes), 422 for manifest problems ({"problems": [...]}), 409 for any other
@@ -40,6 +41,8 @@ def options_of(request: web.Request, output: str) -> Options:
             if text not in ("true", "false", "1", "0", "yes", "no", ""):
                 raise BadRequest(f"{name}={request.query[name]!r}: use true or false")
             values[name] = text in ("true", "1", "yes", "")
+    if "approved" in request.query:
+        values["approved"] = frozenset(a for a in request.query["approved"].split(",") if a)
     if "parallel" in request.query:
         try:
             values["parallel"] = int(request.query["parallel"])

@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _change(args: argparse.Namespace) -> int:
+    from epfiot.errors import UsageError
+
     command = "plan" if args.command == "diff" else args.command
     query = {"output": getattr(args, "output", "text")}
     for name in ("prune", "dry_run", "force", "keep_disks", "auto_approve", "detailed_exitcode", "verbose"):
@@ -121,23 +123,74 @@ def _change(args: argparse.Namespace) -> int:
     if hasattr(args, "parallel"):
         query["parallel"] = str(args.parallel)
     headers = {"Accept": CLI_TYPE}
+    body: bytes | None = None
+    if command == "delete" and args.files and args.what:
+        raise UsageError("give either -f PATH or: vm OWNER/NAME, not both")
     if command == "delete" and not args.files:
         if len(args.what) != 2 or args.what[0] != "vm" or "/" not in args.what[1]:
-            from epfiot.errors import UsageError
-
             raise UsageError("usage: epfiot delete -f PATH...  |  epfiot delete vm OWNER/NAME")
         owner, _, name = args.what[1].partition("/")
-        path, method, body = f"/api/v1/vms/{quote(owner)}/{quote(name)}", "DELETE", None
+        path, method = f"/api/v1/vms/{quote(owner)}/{quote(name)}", "DELETE"
     else:
         path, method = f"/api/v1/{command}", "POST"
         body = json.dumps({"files": _sources(args.files), "env": dict(os.environ)}).encode()
         headers["Content-Type"] = SOURCES_TYPE
+    shown = ""
+    if command in ("apply", "delete") and not args.auto_approve and not args.dry_run and _is_terminal():
+        # As the CLI run directly asks before a plan that destroys anything: the plan first, the question
+        # here, then the run, which destroys only what was agreed to (the service re-plans: should the plan
+        # destroy more by then, it refuses).
+        approved, shown = _ask(method, path, query, body, headers)
+        if approved is None:
+            return 1
+        if approved:
+            query["approved"] = ",".join(sorted(approved))
+    data = _answer(method, path, query, body, headers)
+    stdout = str(data["stdout"])
+    sys.stdout.write(stdout[len(shown):] if shown and stdout.startswith(shown) else stdout)
+    sys.stderr.write(data["stderr"])
+    return int(data["exit_code"])
+
+
+def _answer(method: str, path: str, query: dict[str, str], body: bytes | None, headers: dict[str, str]) -> dict[str, Any]:
     _, _, data = request(method, f"{path}?{urlencode(query)}", body, headers)
     if not isinstance(data, dict) or "exit_code" not in data:
         raise ServiceError(_problem(data))
-    sys.stdout.write(data["stdout"])
-    sys.stderr.write(data["stderr"])
-    return int(data["exit_code"])
+    return data
+
+
+def _ask(method: str, path: str, query: dict[str, str], body: bytes | None, headers: dict[str, str]) -> tuple[frozenset[str] | None, str]:
+    """The destroys of the plan, once confirmed (empty: none to confirm; None: not confirmed), and the
+    plan's text as shown."""
+    dry = query | {"dry_run": "true", "output": "json"}
+    planned = _answer(method, path, dry, body, headers)
+    try:
+        actions = json.loads(planned["stdout"])["plan"]["actions"]
+    except (ValueError, KeyError, TypeError):
+        return frozenset(), ""  # a failing plan: the run itself says why
+    lost = [f"{a['kind']}/{a['owner']}/{a['name']}" for a in actions if a["action"] == "destroy"]
+    if not lost:
+        return frozenset(), ""
+    text = _answer(method, path, query | {"dry_run": "true"}, body, headers)
+    shown = str(text["stdout"])
+    sys.stdout.write(shown)
+    listed = ", ".join(a.replace("/", " ", 1) for a in lost)
+    print(f"\nThis plan destroys {len(lost)} resource{'s' if len(lost) != 1 else ''} ({listed}).")
+    print("Do you want to apply it? Only 'yes' is accepted: ", end="", flush=True)
+    answer = sys.stdin.readline()
+    if answer.strip() != "yes":
+        if not answer.endswith("\n"):
+            print()
+        print("error: not confirmed; nothing of the plan was applied", file=sys.stderr)
+        return None, shown
+    return frozenset(lost), shown
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _sources(paths: list[str]) -> list[dict[str, Any]]:

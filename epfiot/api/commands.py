@@ -51,6 +51,7 @@ class Options:
     detailed_exitcode: bool = False
     parallel: int = 8
     verbose: bool = False
+    approved: frozenset[str] | None = None  # addresses the caller agreed to destroy (epfiot.approval)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def args_for(live: Live, options: Options) -> argparse.Namespace:
         image_dir=config.image_dir, virt_type=config.virt_type, output=options.output, prune=options.prune,
         dry_run=options.dry_run, force=options.force, keep_disks=options.keep_disks, auto_approve=options.auto_approve,
         detailed_exitcode=options.detailed_exitcode, parallel=max(1, options.parallel), verbose=options.verbose,
-        files=[],
+        files=[], approved=options.approved,
     )
 
 
