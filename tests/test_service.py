@@ -117,3 +117,16 @@ def test_events_are_the_tenants_own(service: Service, tmp_path: Path) -> None:
     everything = service.events(ADMIN)
     assert {"vm/alice/web", "vm/bob/x", "watch"} <= {e["subject"] for e in everything}
     assert {e["subject"] for e in service.events(ADMIN, owner="bob", kind="action.")} == {"vm/bob/x"}
+
+
+def test_a_tenant_sees_which_devices_are_free_and_which_it_holds_not_who_holds_the_rest(service: Service, tmp_path: Path) -> None:
+    serial = {"devices": [{"usb": {"id": "10c4:ea60"}}]}
+    (tmp_path / "b").mkdir()
+    stack = write_stack(tmp_path / "b", "bob", vms=[vm("x", **serial)])
+    service.apply(BOB, Manifests.from_paths([stack]), approve=True)
+    (row,) = service.usb(ALICE)
+    assert (row["vendor_id"], row["held_by"]) == ("10c4", "(held)")
+    assert [r["held_by"] for r in service.usb(BOB)] == ["bob/x"]
+    assert [r["held_by"] for r in service.usb(ADMIN)] == ["bob/x"]
+    service.delete_vm(BOB, "bob", "x", approve=True)
+    assert [r["held_by"] for r in service.usb(ALICE)] == [None]
