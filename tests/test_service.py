@@ -48,11 +48,19 @@ def apply_stack(service: Service, caller: Caller, directory: Path, owner: str, *
     service.apply(caller, Manifests.from_paths([stack]), approve=True)
 
 
-def test_the_host_configuration_decides_the_state_directory(tmp_path: Path, host: LibvirtHost) -> None:
-    service = Service.from_host_config(host_config(tmp_path / "state"), uri="test:///x", state_dir=tmp_path / "mine", host=host)
-    assert service.state_dir == tmp_path / "state"
-    alone = Service.from_host_config(HostConfig(), uri="test:///x", state_dir=tmp_path / "mine", host=host)
-    assert alone.state_dir == tmp_path / "mine"
+def test_the_host_configuration_decides_the_state_directory_image_pool_and_usb_policy(tmp_path: Path, host: LibvirtHost) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('usb:\n  - id: "10c4:ea60"\n    owners: [bob]\n')
+    text = f"version: 1\nstate_dir: {tmp_path / 'state'}\nimage_pool: shared\nusb_policy: {policy}\ntenants:\n  alice: {{}}\n"
+    config = parse_host_config(text, str(tmp_path / "host.yaml"))
+    mine = {"state_dir": tmp_path / "mine", "image_pool": "mine", "policy_path": tmp_path / "mine.yaml"}
+    service = Service.from_host_config(config, uri="test:///x", host=host, **mine)  # type: ignore[arg-type]
+    assert (service.state_dir, service.image_pool, service.policy_path) == (tmp_path / "state", "shared", policy)
+    claim = write_stack(tmp_path, "alice", vms=[vm("web", devices=[{"usb": {"id": "10c4:ea60"}}])])
+    (problem,) = service.plan(ALICE, Manifests.from_paths([claim]))["problems"]
+    assert "10c4:ea60" in problem["message"] and "policy" in problem["message"], problem
+    alone = Service.from_host_config(HostConfig(), uri="test:///x", host=host, **mine)  # type: ignore[arg-type]
+    assert (alone.state_dir, alone.image_pool, alone.policy_path) == (tmp_path / "mine", "mine", tmp_path / "mine.yaml")
 
 
 def test_a_manifest_naming_another_owner_is_refused_whole_with_its_line(service: Service, host: LibvirtHost, tmp_path: Path) -> None:
