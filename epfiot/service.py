@@ -41,9 +41,9 @@ from epfiot.authz import event_owner
 from epfiot.errors import EpfiotError, ManifestError
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
 from epfiot.manifests import Manifests, load_for
-from epfiot.render import apply_as_dict, outcome_as_dict
 
 if TYPE_CHECKING:
+    from epfiot.apply import Outcome
     from epfiot.eventlog import EventLog
     from epfiot.host import Host
     from epfiot.model import Desired
@@ -391,6 +391,19 @@ def _refuse_destroys(plan: Plan) -> None:
 
     if lost := destroys(plan):
         raise NotApproved(f"this plan destroys {what_is_lost(lost)}; it needs approval to be applied. Nothing of it was applied.")
+
+
+def apply_as_dict(result: Result, *, dry_run: bool = False) -> dict[str, Any]:
+    """What `epfiot apply -o json` prints (epfiot.render.apply_as_dict)."""
+    from epfiot import render
+
+    return render.apply_as_dict(result, dry_run=dry_run)
+
+
+def outcome_as_dict(outcome: Outcome) -> dict[str, object]:
+    from epfiot import render
+
+    return render.outcome_as_dict(outcome)
 
 
 __all__ = ["ADMIN", "Approval", "Manifests", "NotFound", "Service", "apply_as_dict", "event_owner", "load_for", "outcome_as_dict"]
