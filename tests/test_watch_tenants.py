@@ -93,3 +93,39 @@ def test_a_foreign_owner_in_a_tenants_directory_stops_only_that_tenants_load(tmp
     alices = [e for e in service.events(Caller("alice", "alice"), kind="manifest.invalid")]
     assert len(alices) == 1 and alices[0]["tenant"] == "alice"
     assert service.events(Caller("bob", "bob"), kind="manifest.invalid") == []
+
+
+def test_watch_starts_before_any_tenant_directory_exists_and_reads_one_made_later(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    import asyncio
+    import os
+    import signal
+    import time
+    from dataclasses import replace
+
+    from epfiot.watch.daemon import Watcher
+    from epfiot.watch.tenants import watched_paths
+
+    host = host_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    config = replace(config_for(tmp_path, []), resync=0.2)
+    group = members(config, host, ADMIN)
+    assert watched_paths(group) == ()
+    out = io.StringIO()
+    events = EventLog.in_state_dir(config.state_dir)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(Watcher(replace(config, paths=()), Log(out, "json", verbose=True), group).run(events, None))
+        (tmp_path / "alice").mkdir()
+        write_stack(tmp_path / "alice", "alice", vms=[vm("late")])
+        deadline = time.monotonic() + 10.0
+        while "alice.late" not in managed(testhost):
+            assert time.monotonic() < deadline and not task.done(), out.getvalue()
+            await asyncio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return await asyncio.wait_for(task, 10.0)
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        events.close()
+    assert '"watch.failed"' not in out.getvalue()
