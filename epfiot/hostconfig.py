@@ -105,6 +105,7 @@ class HostConfig:
     admin_token_hashes: frozenset[str] = frozenset()
     state_dir: Path | None = None
     image_pool: str | None = None
+    image_dir: Path | None = None
     usb_policy: Path | None = None
     network_ranges: tuple[Network, ...] = ()
     path: str | None = None
@@ -263,6 +264,7 @@ def _build(data: dict[str, Any], filename: str, line: Any, problems: list[Manife
         frozenset(admin.get("tokens", [])),
         Path(data["state_dir"]) if "state_dir" in data else None,
         data.get("image_pool"),
+        Path(data["image_dir"]) if "image_dir" in data else None,
         Path(data["usb_policy"]) if "usb_policy" in data else None,
         tuple(ranges),
         filename,

@@ -94,14 +94,16 @@ class Service:
         policy_path: Path | None = None,
         host: Host | None = None,
     ) -> Service:
-        """With a host configuration, its state_dir, image_pool and usb_policy win over the arguments
+        """With a host configuration, its state_dir, image_pool, image_dir and usb_policy win over the arguments
         (the front end decides whether a differing argument is an error: epfiot.cli.common); without one,
         the arguments or their defaults."""
         from epfiot.state import default_state_dir
 
         if config.has_tenants:
             state_dir = config.state_dir or HOST_STATE_DIR
-            image_pool = config.image_pool or image_pool
+            # The host's, not the options' nor $EPFIOT_IMAGE_*: a tenant may set those.
+            image_pool = config.image_pool or DEFAULT_IMAGE_POOL
+            image_dir = str(config.image_dir or DEFAULT_IMAGE_DIR)
             policy_path = config.usb_policy or policy_path
         return cls(
             config,

@@ -53,14 +53,17 @@ def test_the_host_configuration_decides_the_state_directory_image_pool_and_usb_p
     policy.write_text('usb:\n  - id: "10c4:ea60"\n    owners: [bob]\n')
     text = f"version: 1\nstate_dir: {tmp_path / 'state'}\nimage_pool: shared\nusb_policy: {policy}\ntenants:\n  alice: {{}}\n"
     config = parse_host_config(text, str(tmp_path / "host.yaml"))
-    mine = {"state_dir": tmp_path / "mine", "image_pool": "mine", "policy_path": tmp_path / "mine.yaml"}
+    mine = {"state_dir": tmp_path / "mine", "image_pool": "mine", "image_dir": "/srv/mine", "policy_path": tmp_path / "mine.yaml"}
     service = Service.from_host_config(config, uri="test:///x", host=host, **mine)  # type: ignore[arg-type]
     assert (service.state_dir, service.image_pool, service.policy_path) == (tmp_path / "state", "shared", policy)
+    assert service.image_dir == "/var/lib/epfiot/images"  # the default: the host configuration names none
+    with_dir = parse_host_config(text + "image_dir: /srv/images\n", str(tmp_path / "host.yaml"))
+    assert Service.from_host_config(with_dir, uri="test:///x", **mine).image_dir == "/srv/images"  # type: ignore[arg-type]
     claim = write_stack(tmp_path, "alice", vms=[vm("web", devices=[{"usb": {"id": "10c4:ea60"}}])])
     (problem,) = service.plan(ALICE, Manifests.from_paths([claim]))["problems"]
     assert "10c4:ea60" in problem["message"] and "policy" in problem["message"], problem
     alone = Service.from_host_config(HostConfig(), uri="test:///x", host=host, **mine)  # type: ignore[arg-type]
-    assert (alone.state_dir, alone.image_pool, alone.policy_path) == (tmp_path / "mine", "mine", tmp_path / "mine.yaml")
+    assert (alone.state_dir, alone.image_pool, alone.image_dir, alone.policy_path) == (tmp_path / "mine", "mine", "/srv/mine", tmp_path / "mine.yaml")
 
 
 def test_a_manifest_naming_another_owner_is_refused_whole_with_its_line(service: Service, host: LibvirtHost, tmp_path: Path) -> None:
