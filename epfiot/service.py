@@ -104,7 +104,7 @@ class Service:
             # The host's, not the options' nor $EPFIOT_IMAGE_*: a tenant may set those.
             image_pool = config.image_pool or DEFAULT_IMAGE_POOL
             image_dir = str(config.image_dir or DEFAULT_IMAGE_DIR)
-            policy_path = config.usb_policy or policy_path
+            policy_path = config.usb_policy  # None: /etc/epfiot/policy.yaml if present (policy())
         return cls(
             config,
             uri,

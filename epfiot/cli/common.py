@@ -50,16 +50,18 @@ def service(args: argparse.Namespace) -> tuple[Service, Caller]:
     if not config.has_tenants:
         return found, caller
     overrides: dict[str, object] = {}
-    for option, given, hosts, name in (
-        ("--state-dir", given_state, found.state_dir, "state_dir"),
-        ("--policy", args.policy, found.policy_path, "policy_path"),
+    from epfiot.policy import DEFAULT_POLICY_PATH
+
+    for option, given, hosts, name, consequence in (
+        ("--state-dir", given_state, found.state_dir, "state_dir", "runs with it are not serialised with the host's"),
+        ("--policy", args.policy, found.policy_path, "policy_path", "the host's USB policy does not apply"),
     ):
         if given is None or (hosts is not None and Path(given).resolve() == Path(hosts).resolve()):
             continue
-        shown = hosts if hosts is not None else "the default"
+        shown = hosts if hosts is not None else f"{DEFAULT_POLICY_PATH}, if present"
         if not caller.is_admin:
             raise UsageError(f"{option} {given}: this host's is {shown} (host configuration {config.path}); a tenant cannot choose another")
-        print(f"warning: {option} {given} is not this host's ({shown}, host configuration {config.path}): runs with it are not serialised with the host's", file=sys.stderr)
+        print(f"warning: {option} {given} is not this host's ({shown}, host configuration {config.path}): {consequence}", file=sys.stderr)
         overrides[name] = Path(given)
     return replace(found, **overrides) if overrides else found, caller  # type: ignore[arg-type]
 
