@@ -92,8 +92,10 @@ def test_a_user_who_is_no_tenant_is_refused(host: tuple[str, Path]) -> None:
     assert got.stderr.strip() == f"error: user {TENANT_USER} is neither a tenant nor an administrator in {config}"
 
 
-def test_the_administrator_uses_the_host_state_directory_or_is_warned(host: tuple[str, Path], shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_administrator_uses_the_host_state_directory_or_is_warned(host: tuple[str, Path], shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import libvirt
+
+    monkeypatch.delenv("EPFIOT_STATE_DIR", raising=False)
 
     _, config = host
     conn = libvirt.open("test:///default")  # one host for the in-process commands
