@@ -141,3 +141,20 @@ def test_a_tenant_sees_which_devices_are_free_and_which_it_holds_not_who_holds_t
     assert [r["held_by"] for r in service.usb(ADMIN)] == ["bob/x"]
     service.delete_vm(BOB, "bob", "x", approve=True)
     assert [r["held_by"] for r in service.usb(ALICE)] == [None]
+
+
+def test_a_manifest_given_as_text_reads_neither_files_nor_the_environment(service: Service, tmp_path: Path) -> None:
+    """A body comes from someone who may not read what this process can: its secrets are its own."""
+    readable = tmp_path / "readable"
+    readable.write_text("the server's\n")
+    body = (
+        "version: 1\nstack: s\nowner: alice\nvms:\n"
+        f"  - {{name: a, memory: 64MiB, vcpu: 1, credentials: {{user: u, password: {{file: {readable}}}}}}}\n"
+        "  - {name: b, memory: 64MiB, vcpu: 1, credentials: {user: u, password: {env: HOME}}}\n"
+    )
+    with pytest.raises(ManifestError) as raised:
+        service.plan(ALICE, Manifests.from_text(body, "body.yaml"))
+    assert [(p.line, p.message) for p in raised.value.problems] == [
+        (5, f"password file {readable} is outside the directories it may be read from"),
+        (6, "environment variable HOME is not set"),
+    ]

@@ -129,3 +129,58 @@ def test_watch_starts_before_any_tenant_directory_exists_and_reads_one_made_late
     finally:
         events.close()
     assert '"watch.failed"' not in out.getvalue()
+
+
+def test_watch_reads_a_tenants_secrets_only_from_its_own_directories(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    """watch runs as root: a tenant's manifests must not make it read, for the tenant, what the tenant cannot."""
+    host = host_config(tmp_path)
+    for name in ("alice", "bob", "state", "elsewhere"):
+        (tmp_path / name).mkdir()
+    secret = tmp_path / "elsewhere" / "root-only"
+    secret.write_text("not alice's\n")
+    config = config_for(tmp_path, [], prune_after=0.0)
+    out = io.StringIO()
+    events = EventLog.in_state_dir(config.state_dir)
+    watch = Reconcilers(members(config, host, ADMIN), Log(out, "json", verbose=True), events, None)
+
+    def problems() -> list[tuple[str, str]]:
+        logged = [json.loads(line) for line in out.getvalue().splitlines()]
+        return [(r["subject"], r["message"]) for r in logged if r["event"] == "manifest.problem"]
+
+    def credentials(password: dict[str, str]) -> dict[str, object]:
+        return {"credentials": {"user": "alice", "password": password}}
+
+    try:
+        lab = write_stack(tmp_path / "alice", "alice", vms=[vm("a1", **credentials({"file": str(secret)})), vm("a2", **credentials({"env": "HOME"}))])
+        write_stack(tmp_path / "bob", "bob", vms=[vm("b1")])
+        watch.run(START)
+        assert managed(testhost) == {"bob.b1"}
+        found = problems()
+        assert [m for _, m in found] == [
+            f"vms[0].credentials.password: password file {secret} is outside the directories it may be read from",
+            "vms[1].credentials.password: environment variable HOME is not set",
+        ]
+        assert all(s.startswith(f"{lab}:") for s, _ in found)
+
+        lab.unlink()
+        (tmp_path / "alice" / "evil.yaml").symlink_to(tmp_path / "elsewhere" / "outside.yaml")
+        write_stack(tmp_path / "elsewhere", "alice", vms=[vm("a3")], filename="outside.yaml")
+        out.truncate(0), out.seek(0)
+        watch.run(MANIFEST)
+        assert problems() == [(f"{tmp_path / 'alice' / 'evil.yaml'}:0", "a link to a file outside the manifest directories: not read")]
+        assert managed(testhost) == {"bob.b1"}
+    finally:
+        watch.close()
+        events.close()
+
+    # Her own files are hers to use.
+    from dataclasses import replace
+
+    from epfiot.service import Manifests, load_for
+
+    (tmp_path / "alice" / "evil.yaml").unlink()
+    (tmp_path / "alice" / "pw").write_text("hers\n")
+    mine = write_stack(tmp_path / "alice", "alice", vms=[vm("a1", **credentials({"file": "pw"}))])
+    confined = replace(Manifests.from_paths([tmp_path / "alice"]), env={}, secret_dirs=(tmp_path / "alice",))
+    assert load_for(Caller("alice", "alice"), confined).vms[0].credentials is not None
+    assert mine.exists()
