@@ -8,10 +8,10 @@ import contextlib
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from epfiot.errors import EpfiotError, HostError, ManifestError
+from epfiot.errors import EpfiotError, HostError, ManifestError, ManifestProblem
 from epfiot.eventlog import EventLog, EventRecorder
 from epfiot.hostconfig import ADMIN, Caller
 from epfiot.logs import Log
@@ -19,7 +19,7 @@ from epfiot.model import Desired, StackSpec
 from epfiot.watch.config import WatchConfig, manifest_files
 from epfiot.watch.runs import Observer, record_run
 from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
-from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty, with_scopes
+from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, is_under, scope_is_empty, with_scopes
 from epfiot.wording import counted
 
 if TYPE_CHECKING:
@@ -105,12 +105,16 @@ class Reconciler:
         open_host: Callable[[WatchConfig], Host] | None = None,
         caller: Caller = ADMIN,
         scopes_file: str = SCOPES_FILE,
+        confined: bool = False,
     ) -> None:
         self.config = config
         # Whom the manifests under config.paths act for (epfiot.authz): a tenant's may name only itself as
         # owner. Its events carry the tenant, so that it sees them (epfiot.service.event_owner).
         self.caller = caller
         self.tag: dict[str, object] = {} if caller.tenant is None else {"tenant": caller.tenant}
+        # Read for someone who cannot read all this process can (watch as root, for a tenant): the
+        # manifests' {file:} secrets only from under its own paths, {env:} ones not from this environment.
+        self.confined = confined
         self.clock = clock
         self.open_host = open_host or _open_libvirt
         self.log = log
@@ -205,7 +209,15 @@ class Reconciler:
         files = [p for p in self.config.paths if p.is_file() or any(manifest_files(p))]
         if not files:
             return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
-        return load_for(self.caller, Manifests.from_paths(files))
+        manifests = Manifests.from_paths(files)
+        if self.confined:
+            # A link to a file outside its paths would have this process read it as a manifest.
+            roots = self.config.paths
+            outside = [f for p in files for f in manifest_files(p) if not any(is_under(f.resolve(), r) for r in roots)]
+            if outside:
+                raise ManifestError([ManifestProblem(str(f), 0, "", "a link to a file outside the manifest directories: not read") for f in outside])
+            manifests = replace(manifests, env={}, secret_dirs=roots)
+        return load_for(self.caller, manifests)
 
     # --- one run -----------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ def record_run(result: Result, seconds: float, reasons: frozenset[str], outcome:
     """The run as JSON: when, why, how it ended, its plan and its outcomes (as `apply -o json` has them);
     the observer, if any, learns its duration and what it observed."""
     from epfiot import render
-    from epfiot.service import outcome_as_dict
+    from epfiot.render import outcome_as_dict
 
     at = time.time()
     if observer is not None:
