@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from api_support import TOKENS, ApiWatch, secret_yaml, stack_yaml, start_watch
+from api_support import TOKENS, ApiWatch, ready, secret_yaml, stack_yaml, start_watch
 from hosts.testdriver import HOST_FILE
+from test_watch_daemon import WatchProcess
 
 Answer = tuple[int, dict[str, str], Any]
 
@@ -286,3 +287,26 @@ def test_a_tenant_cannot_have_the_service_read_a_file_secret_over_http(watch: Ap
     # The administrator's manifests are read as the CLI reads them: a missing file is the loader's own problem.
     status, _, body = call(watch, "POST", "/api/v1/plan", body=secret_yaml("alice", "{file: /nonexistent/secret}"))
     assert status == 422 and "does not exist" in body["problems"][0]["message"]
+
+
+def test_a_body_that_is_not_utf8_is_a_manifest_problem_at_its_line(watch: ApiWatch) -> None:
+    status, _, body = call(watch, "POST", "/api/v1/plan", token="alice", body=b"version: 1\nstack: caf\xe9\n")
+    assert status == 422
+    [problem] = body["problems"]
+    assert problem["line"] == 2 and "not UTF-8" in problem["message"]
+
+
+def test_a_second_watch_on_the_same_socket_stops_and_leaves_the_first_alone(watch: ApiWatch, tmp_path: Path) -> None:
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "host.xml").write_text(HOST_FILE)
+    second = WatchProcess(
+        "--connect", f"test://{tmp_path / 'host.xml'}", "--state-dir", str(tmp_path / "state"),
+        "watch", "-f", str(tmp_path / "stacks"), "--no-serve", "--log-format", "json", "--api-socket", str(watch.socket),
+    )  # fmt: skip
+    failed = second.event("api.failed")
+    assert "another service answers" in failed["message"]
+    assert second.proc.wait(timeout=30) == 1
+    second.reader.join(timeout=10)
+    assert second.proc.stdout is not None
+    second.proc.stdout.close()
+    assert ready(watch.socket)

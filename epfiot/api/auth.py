@@ -12,6 +12,7 @@ request, without a restart). HTTP clients are also limited in their request rate
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -54,11 +55,9 @@ class HostConfigSource:
         stamp = self._current_stamp()
         if stamp != self._stamp:
             # A configuration being edited may be invalid for a moment: the last valid one stays in force.
-            try:
+            self._stamp = stamp  # read once per change, valid or not
+            with contextlib.suppress(Exception):
                 self._config = load_host_config(self._explicit)
-            except Exception:
-                return self._config
-            self._stamp = stamp
         return self._config
 
 

@@ -24,6 +24,7 @@ from epfiot.api.auth import CALLER, PEER_UID, error
 from epfiot.api.client import CLI_TYPE, SOURCES_TYPE
 from epfiot.api.commands import Manifests, Options, Ran, run, sources_from
 from epfiot.desired.sources import SourceText
+from epfiot.errors import ManifestError
 
 EXIT_HEADER = "Epfiot-Exit-Code"
 BOOLEANS = ("prune", "dry_run", "force", "keep_disks", "auto_approve", "detailed_exitcode", "verbose")
@@ -62,7 +63,13 @@ def output_of(request: web.Request) -> str:
 
 
 async def manifests_of(request: web.Request) -> Manifests:
-    text = await request.text()
+    from epfiot.desired.sources import decode
+    from epfiot.errors import ManifestProblem
+
+    problems: list[ManifestProblem] = []
+    text = decode(await request.read(), "<request>", problems)
+    if text is None:
+        raise ManifestError(problems)  # not UTF-8: a 422 at the line of the first bad byte
     if request.content_type == SOURCES_TYPE:
         try:
             data = json.loads(text)
@@ -103,6 +110,11 @@ def changing(command: str) -> Callable[[web.Request], Any]:
             manifests = await manifests_of(request)
         except BadRequest as e:
             return error(400, str(e))
+        except ManifestError as e:
+            from epfiot import render
+
+            shown = render.to_json(render.error_as_dict(e)) + "\n" if output == "json" else ""
+            return answer(request, Ran(e.exit_code, shown, f"error: {e}\n", manifest_error=True))
         caller, config = request[CALLER], request.app[HOSTS].get()
         ran = await request.app[BACKEND].call(lambda live: run(live, config, caller, command, manifests, options))
         return answer(request, ran)

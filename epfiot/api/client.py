@@ -171,16 +171,18 @@ def _ask(method: str, path: str, query: dict[str, str], body: bytes | None, head
     lost = [f"{a['kind']}/{a['owner']}/{a['name']}" for a in actions if a["action"] == "destroy"]
     if not lost:
         return frozenset(), ""
-    text = _answer(method, path, query | {"dry_run": "true"}, body, headers)
-    shown = str(text["stdout"])
-    sys.stdout.write(shown)
+    shown = ""
+    out = sys.stderr  # with -o json the plan is not shown, and the question goes where the CLI puts it
+    if query["output"] != "json":
+        shown, out = str(_answer(method, path, query | {"dry_run": "true"}, body, headers)["stdout"]), sys.stdout
+        sys.stdout.write(shown)
     listed = ", ".join(a.replace("/", " ", 1) for a in lost)
-    print(f"\nThis plan destroys {len(lost)} resource{'s' if len(lost) != 1 else ''} ({listed}).")
-    print("Do you want to apply it? Only 'yes' is accepted: ", end="", flush=True)
+    print(f"\nThis plan destroys {len(lost)} resource{'s' if len(lost) != 1 else ''} ({listed}).", file=out)
+    print("Do you want to apply it? Only 'yes' is accepted: ", end="", file=out, flush=True)
     answer = sys.stdin.readline()
     if answer.strip() != "yes":
         if not answer.endswith("\n"):
-            print()
+            print(file=out)
         print("error: not confirmed; nothing of the plan was applied", file=sys.stderr)
         return None, shown
     return frozenset(lost), shown
