@@ -30,6 +30,11 @@ class ServiceError(EpfiotError):
     """The service could not be asked, or refused."""
 
 
+class Refused(ServiceError):
+    """The service does not act for this user (403): the command then acts itself, as without the service
+    (a user of the libvirt group keeps what it could do; anyone else gets libvirt's own refusal)."""
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -71,7 +76,7 @@ def request(method: str, path: str, body: bytes | None = None, headers: dict[str
     except ValueError:
         parsed = None
     if status in (401, 403):
-        raise ServiceError(f"the epfiot service at {where} refuses user {_user()}: not a user of any tenant")
+        raise Refused(f"the epfiot service at {where} refuses user {_user()}: not a user of any tenant")
     return status, answer_headers, parsed
 
 
