@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from api_support import TOKENS, ApiWatch, ready, secret_yaml, stack_yaml, start_watch
+from api_support import TOKENS, ApiWatch, host_config, ready, secret_yaml, stack_yaml, start_watch
 from hosts.testdriver import HOST_FILE
 from test_watch_daemon import WatchProcess
 
@@ -310,3 +310,23 @@ def test_a_second_watch_on_the_same_socket_stops_and_leaves_the_first_alone(watc
     assert second.proc.stdout is not None
     second.proc.stdout.close()
     assert ready(watch.socket)
+
+
+def test_not_ready_while_libvirt_is_out_of_reach(tmp_path: Path) -> None:
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "host.yaml").write_text(host_config(tmp_path / "state"))
+    process = WatchProcess(
+        "--connect", f"test://{tmp_path / 'no-such-host.xml'}", "--host-config", str(tmp_path / "host.yaml"),
+        "watch", "-f", str(tmp_path / "stacks"), "--no-serve", "--log-format", "json",
+        "--http", "127.0.0.1:0", "--api-socket", str(tmp_path / "api.sock"),
+    )  # fmt: skip
+    watch = ApiWatch(process, process.event("api.listening", address="127.0.0.1")["port"], tmp_path / "api.sock", tmp_path / "stacks")
+    try:
+        process.event("libvirt.unavailable")
+        assert call(watch, "GET", "/healthz", token=None)[0] == 200
+        status, _, body = call(watch, "GET", "/readyz", token=None)
+        assert status == 503 and body["status"] == "not ready" and body["reason"]
+        status, _, body = call(watch, "GET", "/api/v1/vms")
+        assert status == 503 and "libvirt" in body["problems"][0]["message"]
+    finally:
+        assert watch.stop() == 0
