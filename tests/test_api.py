@@ -95,6 +95,10 @@ def test_tokens_decide_who_asks_and_a_bad_one_reveals_nothing(watch: ApiWatch) -
     assert missing[2] == wrong[2] == unknown_path[2]  # the same answer, whatever was wrong
     assert call(watch, "GET", "/api/v1/vms", headers={"Authorization": "Basic YWxpY2U6eA=="}, token=None)[0] == 401
     assert call(watch, "GET", "/api/v1/vms", token="alice")[0] == 200
+    status, headers, body = call(watch, "PUT", "/api/v1/vms", token="alice")
+    assert status == 405 and "GET" in headers["Allow"] and body["problems"][0]["message"] == "Method Not Allowed"
+    status, _, body = call(watch, "GET", "/api/v1/no-such-thing", token="alice")
+    assert status == 404 and body["problems"][0]["message"] == "Not Found"
 
 
 def test_tenants_see_and_change_only_their_own(watch: ApiWatch) -> None:
