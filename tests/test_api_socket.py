@@ -65,10 +65,10 @@ def watch(tmp_path_factory: pytest.TempPathFactory, users: dict[str, str], share
     assert running.stop() == 0
 
 
-def as_user(user: str, watch: ApiWatch, *argv: str, terminal: str | None = None) -> subprocess.CompletedProcess[str]:
+def as_user(user: str, watch: ApiWatch, *argv: str, terminal: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`epfiot ARGV` run as `user`, which cannot reach libvirt: only the socket. `terminal`: what is typed
     on a terminal that is its standard input (a pseudo-terminal), else it has none."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/nonexistent", "EPFIOT_API_SOCKET": str(watch.socket), "LANG": "C.UTF-8"}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/nonexistent", "EPFIOT_API_SOCKET": str(watch.socket), "LANG": "C.UTF-8", **(env or {})}
     argv_ = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", interpreter(), "-m", "epfiot", *argv]
     if terminal is None:
         return subprocess.run(argv_, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False)
@@ -193,3 +193,12 @@ def test_a_destroy_is_asked_about_on_the_users_terminal(watch: ApiWatch, users: 
     assert confirmed.stdout.count("- vm alice/lose: destroy") == 1  # the plan is shown once
     assert "vm alice/lose: destroy done" in confirmed.stdout
     assert "lose" not in as_user(alice, watch, "get", "vms").stdout
+
+
+def test_env_secrets_come_from_the_users_environment(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    path = manifest(shared, "env.yaml", secret_yaml("alice", "{env: EPFIOT_TEST_PASSWORD}"))
+    missing = as_user(users["alice"], watch, "plan", "-f", path)
+    assert missing.returncode == 2 and "environment variable EPFIOT_TEST_PASSWORD is not set" in missing.stderr
+    given = as_user(users["alice"], watch, "plan", "-f", path, env={"EPFIOT_TEST_PASSWORD": "s3cret-words"})
+    assert given.returncode == 0 and "vm alice/login: create" in given.stdout, given.stderr
+    assert "s3cret-words" not in given.stdout + given.stderr

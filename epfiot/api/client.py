@@ -138,7 +138,8 @@ def _change(args: argparse.Namespace) -> int:
         path, method = f"/api/v1/vms/{quote(owner)}/{quote(name)}", "DELETE"
     else:
         path, method = f"/api/v1/{command}", "POST"
-        body = json.dumps({"files": _sources(args.files), "env": dict(os.environ)}).encode()
+        files = _sources(args.files)
+        body = json.dumps({"files": files, "env": _named_variables(files)}).encode()
         headers["Content-Type"] = SOURCES_TYPE
     shown = ""
     if command in ("apply", "delete") and not args.auto_approve and not args.dry_run and _is_terminal():
@@ -198,6 +199,15 @@ def _is_terminal() -> bool:
         return sys.stdin.isatty()
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def _named_variables(files: list[dict[str, Any]]) -> dict[str, str]:
+    """The variables of this environment that the manifests' {env: NAME} secrets name: nothing else of it
+    leaves this process."""
+    from epfiot.api.secret_refs import secret_refs
+
+    names = {name for f in files for _, name in secret_refs(f["text"], "env")}
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
 
 
 def _sources(paths: list[str]) -> list[dict[str, Any]]:

@@ -16,13 +16,10 @@ import pwd
 import stat
 from pathlib import Path
 
-import yaml
-
+from epfiot.api.secret_refs import secret_refs
 from epfiot.desired.sources import SourceText
 from epfiot.errors import ManifestProblem
 from epfiot.hostconfig import Caller
-
-SECRET_KEYS = frozenset({"password", "key"})
 
 
 def foreign_files(sources: tuple[SourceText, ...], caller: Caller, uid: int | None) -> list[ManifestProblem]:
@@ -31,7 +28,7 @@ def foreign_files(sources: tuple[SourceText, ...], caller: Caller, uid: int | No
         return []
     problems = []
     for source in sources:
-        for line, ref in _file_secrets(source.text):
+        for line, ref in secret_refs(source.text, "file"):
             path = Path(ref).expanduser()
             path = path if path.is_absolute() else source.directory / path
             if uid is None:
@@ -42,29 +39,6 @@ def foreign_files(sources: tuple[SourceText, ...], caller: Caller, uid: int | No
                 continue
             problems.append(ManifestProblem(source.name, line, "", message))
     return problems
-
-
-def _file_secrets(text: str) -> list[tuple[int, str]]:
-    """(line, PATH) of every `password: {file: PATH}` and `key: {file: PATH}`; text that is no YAML has none
-    (the loader reports it)."""
-    found: list[tuple[int, str]] = []
-    try:
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError:
-        return found
-    stack: list[yaml.Node] = [d for d in documents if d is not None]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value in SECRET_KEYS and isinstance(value, yaml.MappingNode):
-                    for inner, ref in value.value:
-                        if isinstance(inner, yaml.ScalarNode) and inner.value == "file" and isinstance(ref, yaml.ScalarNode):
-                            found.append((ref.start_mark.line + 1, str(ref.value)))
-                stack.append(value)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    return found
 
 
 def readable_by(path: Path, uid: int) -> bool:
