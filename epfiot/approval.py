@@ -7,6 +7,7 @@ nothing is never asked about. `epfiot watch` prunes by its own rules (a removal 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TextIO
 
 from epfiot.errors import EpfiotError
@@ -31,10 +32,14 @@ def what_is_lost(actions: tuple[Action, ...]) -> str:
     return text
 
 
-def approve(plan: Plan, *, auto_approve: bool, stdin: TextIO, out: TextIO) -> None:
-    """Returns when `plan` may be applied; raises NotApproved otherwise. `out` gets the question."""
+def approve(plan: Plan, *, auto_approve: bool, stdin: TextIO, out: TextIO, approved: Collection[str] | None = None) -> None:
+    """Returns when `plan` may be applied; raises NotApproved otherwise. `out` gets the question.
+    `approved`: the addresses someone already said yes to destroying (the CLI through the service's socket
+    asks on its own terminal first): a plan that destroys only those needs no question."""
     lost = destroys(plan)
     if not lost or auto_approve:
+        return
+    if approved is not None and {a.address for a in lost} <= set(approved):
         return
     what = what_is_lost(lost)
     if not _is_terminal(stdin):

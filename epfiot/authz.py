@@ -14,11 +14,14 @@ The rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from epfiot.errors import EpfiotError, ManifestProblem
-from epfiot.hostconfig import Caller
+from epfiot.hostconfig import Caller, HostConfig
 from epfiot.model import Desired
+
+if TYPE_CHECKING:
+    from epfiot.eventlog import Event
 
 T = TypeVar("T")
 
@@ -56,3 +59,31 @@ def require(caller: Caller, owner: str, what: str) -> None:
     resource (`what`: "vm bob/x"), so a tenant cannot tell another's from one that does not exist."""
     if not caller.may_touch(owner):
         raise NotAllowed(f"{what} does not exist")
+
+
+def event_owner(event: Event) -> str | None:
+    """Whose an event is: the owner in its subject ("vm/alice/web", "thing/alice/t1"), else its `tenant`
+    field (watch's events about one tenant's manifests); None: the host's (the administrator's only). The
+    event log's writers keep to these forms (epfiot.eventlog, epfiot.watch.reconciler)."""
+    parts = event.subject.split("/")
+    if len(parts) == 3 and parts[0] in ("vm", "network", "thing", "stack"):
+        return parts[1]
+    tenant = event.fields.get("tenant")
+    return tenant if isinstance(tenant, str) else None
+
+
+def local_caller(config: HostConfig, uid: int | None = None) -> Caller:
+    """The caller a local Unix user (default: this process's real user) acts as; NotAllowed for a user who
+    is neither a tenant's nor an administrator."""
+    import os
+    import pwd
+
+    uid = os.getuid() if uid is None else uid
+    caller = config.caller_for_uid(uid)
+    if caller is None:
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = f"uid {uid}"
+        raise NotAllowed(f"user {user} is neither a tenant nor an administrator in {config.path}")
+    return caller

@@ -40,13 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from epfiot.desired.messages import check_document
-from epfiot.desired.nodes import ExpansionBudget, parse_documents
-from epfiot.desired.schema import HOST_SCHEMA_PATH
-from epfiot.desired.sources import SourceText
 from epfiot.errors import ManifestProblem, UsageError
-from epfiot.units import parse_disk_gib, parse_memory_mib
-from epfiot.wording import counted
 
 DEFAULT_HOST_CONFIG = Path("/etc/epfiot/host.yaml")
 HOST_CONFIG_ENV = "EPFIOT_HOST_CONFIG"
@@ -111,6 +105,7 @@ class HostConfig:
     admin_token_hashes: frozenset[str] = frozenset()
     state_dir: Path | None = None
     image_pool: str | None = None
+    image_dir: Path | None = None
     usb_policy: Path | None = None
     network_ranges: tuple[Network, ...] = ()
     path: str | None = None
@@ -204,6 +199,13 @@ def load_host_config(path: Path | None = None) -> HostConfig:
 
 def parse_host_config(text: str, filename: str = "<host config>") -> HostConfig:
     """Parse host configuration YAML; every problem found is reported at once, each with file:line."""
+    # The loader's parts, only once there is a file to read: a host without one never pays for them.
+    from epfiot.desired.messages import check_document
+    from epfiot.desired.nodes import ExpansionBudget, parse_documents
+    from epfiot.desired.schema import HOST_SCHEMA_PATH
+    from epfiot.desired.sources import SourceText
+    from epfiot.wording import counted
+
     problems: list[ManifestProblem] = []
     source = SourceText(filename, text, Path(filename).parent)
     documents = parse_documents(source, ExpansionBudget(), problems)
@@ -221,6 +223,8 @@ def parse_host_config(text: str, filename: str = "<host config>") -> HostConfig:
 
 
 def _build(data: dict[str, Any], filename: str, line: Any, problems: list[ManifestProblem]) -> HostConfig:
+    from epfiot.units import parse_disk_gib, parse_memory_mib
+
     def fail(path: tuple[str | int, ...], message: str) -> None:
         problems.append(ManifestProblem(filename, line(path), ".".join(str(p) for p in path), message))
 
@@ -260,6 +264,7 @@ def _build(data: dict[str, Any], filename: str, line: Any, problems: list[Manife
         frozenset(admin.get("tokens", [])),
         Path(data["state_dir"]) if "state_dir" in data else None,
         data.get("image_pool"),
+        Path(data["image_dir"]) if "image_dir" in data else None,
         Path(data["usb_policy"]) if "usb_policy" in data else None,
         tuple(ranges),
         filename,

@@ -11,7 +11,8 @@ from epfiot.plan import Action, Change, Plan, Verb
 from epfiot.wording import counted
 
 if TYPE_CHECKING:
-    from epfiot.reconcile import CreatePool
+    from epfiot.apply import Outcome
+    from epfiot.reconcile import CreatePool, Result
 
 SYMBOL = {Verb.CREATE: "+", Verb.UPDATE: "~", Verb.DESTROY: "-", Verb.WAIT: "!", Verb.NOOP: "="}
 NOOP_DETAIL_LIMIT = 20  # above this many unchanged resources, list them only with --verbose
@@ -92,6 +93,19 @@ def plan_as_dict(plan: Plan, *, pool: CreatePool | None = None, pool_created: bo
         "problems": [problem_as_dict(p) for p in plan.problems],
         "summary": {verb.value: plan.count(verb) for verb in Verb},
     }
+
+
+def apply_as_dict(result: Result, *, dry_run: bool = False) -> dict[str, Any]:
+    """What `epfiot apply -o json` prints: the plan, the outcomes, and what a fresh plan still changes."""
+    if dry_run or not result.outcomes:
+        return {"plan": plan_as_dict(result.plan, pool=result.pool), "outcomes": []}
+    data = {"plan": plan_as_dict(result.plan, pool=result.pool, pool_created=result.pool_created), "outcomes": [outcome_as_dict(o) for o in result.outcomes]}
+    return data | ({"remaining": [a.address for a in result.remaining]} if result.remaining else {})
+
+
+def outcome_as_dict(outcome: Outcome) -> dict[str, object]:
+    a = outcome.action
+    return {"kind": a.kind.value, "owner": a.owner, "name": a.name, "action": a.verb.value, "ok": outcome.ok, "seconds": round(outcome.seconds, 3), "error": outcome.message, "retry": outcome.retry}
 
 
 def problem_as_dict(message: str, file: str | None = None, line: int | None = None, path: str | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -154,6 +154,7 @@ def resolve_password(
     base_dir: Path,
     env: Mapping[str, str] | None = None,
     allow_literal: bool = False,
+    within: Sequence[Path] | None = None,
 ) -> str:
     """A manifest's `password:` value (already checked against the schema) -> a crypt hash.
 
@@ -170,7 +171,7 @@ def resolve_password(
         )
     ((kind, ref),) = value.items()
     if kind in ("env", "file"):
-        text, where = read_secret(value, base_dir=base_dir, env=environ, what="password")
+        text, where = read_secret(value, base_dir=base_dir, env=environ, what="password", within=within)
         return _hashed(text, identity, where)
     if not isinstance(ref, str) or not ref:
         raise SecretError(f"{kind}: must be a non-empty string")
@@ -185,11 +186,13 @@ def resolve_password(
 
 
 def read_secret(
-    value: Mapping[str, object], *, base_dir: Path, env: Mapping[str, str], what: str
+    value: Mapping[str, object], *, base_dir: Path, env: Mapping[str, str], what: str, within: Sequence[Path] | None = None
 ) -> tuple[str, str]:
     """The text of a secret given as {env: VARIABLE} or {file: PATH} (relative to ``base_dir``; one
     trailing newline dropped), and the words that name where it came from (for messages: never the
-    value). ``what`` names the secret in messages ("password", "key")."""
+    value). ``what`` names the secret in messages ("password", "key"). ``within``: the directories a file
+    may lie in (links resolved), for manifests read on behalf of a tenant by a process that can read more
+    than the tenant (watch, the API); None: anywhere."""
     ((kind, ref),) = value.items()
     if not isinstance(ref, str) or not ref:
         raise SecretError(f"{kind}: must be a non-empty string")
@@ -202,6 +205,8 @@ def read_secret(
     path = Path(ref).expanduser()
     if not path.is_absolute():
         path = base_dir / path
+    if within is not None and not any(_is_under(path.resolve(), d.resolve()) for d in within):
+        raise SecretError(f"{what} file {path} is outside the directories it may be read from")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -215,6 +220,10 @@ def read_secret(
     elif text.endswith("\n"):
         text = text[:-1]
     return text, f"{what} file {path}"
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _hashed(password: str, identity: str, what: str) -> str:

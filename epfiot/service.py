@@ -31,19 +31,20 @@ the plan has problems), HostError (1: libvirt).
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from epfiot import authz
+from epfiot.authz import event_owner
 from epfiot.errors import EpfiotError, ManifestError
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
+from epfiot.manifests import Manifests, load_for
 
 if TYPE_CHECKING:
     from epfiot.apply import Outcome
-    from epfiot.eventlog import Event, EventLog
+    from epfiot.eventlog import EventLog
     from epfiot.host import Host
     from epfiot.model import Desired
     from epfiot.plan import Options, Plan
@@ -63,42 +64,6 @@ class NotFound(EpfiotError):
     """The resource does not exist, or is not the caller's to see (the same answer, on purpose)."""
 
     exit_code = 1
-
-
-@dataclass(frozen=True)
-class Manifests:
-    """Manifests to load: `paths` (files, directories, "-" for `stdin`) or `texts`, (filename, text) pairs
-    as an API receives them in a body. `env`: where {env: NAME} passwords are looked up (None: this
-    process's environment; texts from a request get none by default)."""
-
-    paths: tuple[str, ...] = ()
-    texts: tuple[tuple[str, str], ...] = ()
-    stdin: TextIO | None = None
-    env: dict[str, str] | None = None
-    base_dir: Path | None = None
-
-    @classmethod
-    def from_paths(cls, paths: Sequence[str | Path], *, stdin: TextIO | None = None) -> Manifests:
-        return cls(paths=tuple(str(p) for p in paths), stdin=stdin)
-
-    @classmethod
-    def from_text(cls, text: str, filename: str = "<request>", *, env: dict[str, str] | None = None) -> Manifests:
-        return cls(texts=((filename, text),), env={} if env is None else env)
-
-    def load(self) -> Desired:
-        from epfiot.desired import load_manifest_texts, load_manifests
-
-        if self.texts:
-            return load_manifest_texts(self.texts, env=self.env, base_dir=self.base_dir)
-        return load_manifests(self.paths, stdin=self.stdin, env=self.env, base_dir=self.base_dir)
-
-
-def load_for(caller: Caller, manifests: Manifests) -> Desired:
-    """The manifests' desired state, when every document is the caller's (else ManifestError, file:line)."""
-    desired = manifests.load()
-    if problems := authz.foreign_owners(desired, caller):
-        raise ManifestError(problems)
-    return desired
 
 
 @dataclass(frozen=True)
@@ -129,15 +94,17 @@ class Service:
         policy_path: Path | None = None,
         host: Host | None = None,
     ) -> Service:
-        """With a host configuration, its state_dir, image_pool and usb_policy win over the arguments
+        """With a host configuration, its state_dir, image_pool, image_dir and usb_policy win over the arguments
         (the front end decides whether a differing argument is an error: epfiot.cli.common); without one,
         the arguments or their defaults."""
         from epfiot.state import default_state_dir
 
         if config.has_tenants:
             state_dir = config.state_dir or HOST_STATE_DIR
-            image_pool = config.image_pool or image_pool
-            policy_path = config.usb_policy or policy_path
+            # The host's, not the options' nor $EPFIOT_IMAGE_*: a tenant may set those.
+            image_pool = config.image_pool or DEFAULT_IMAGE_POOL
+            image_dir = str(config.image_dir or DEFAULT_IMAGE_DIR)
+            policy_path = config.usb_policy  # None: /etc/epfiot/policy.yaml if present (policy())
         return cls(
             config,
             uri,
@@ -153,17 +120,7 @@ class Service:
 
     def local_caller(self, uid: int | None = None) -> Caller:
         """The caller a local Unix user (default: this process's) acts as; NotAllowed for nobody."""
-        uid = os.getuid() if uid is None else uid
-        caller = self.config.caller_for_uid(uid)
-        if caller is None:
-            import pwd
-
-            try:
-                user = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                user = f"uid {uid}"
-            raise authz.NotAllowed(f"user {user} is neither a tenant nor an administrator in {self.config.path}")
-        return caller
+        return authz.local_caller(self.config, uid)
 
     # --- queries (epfiot get, epfiot events) ------------------------------------------------------------
 
@@ -235,7 +192,7 @@ class Service:
 
     def events(self, caller: Caller, since: float | None = None, kind: str | None = None, owner: str | None = None) -> list[dict[str, object]]:
         """Events of the last `since` seconds (None: all), of `kind` (exact, or a prefix ending in "."), of
-        `owner`; a tenant's own only (event_owner)."""
+        `owner`; a tenant's own only (authz.event_owner)."""
         from epfiot.eventlog import EventLog
 
         path = self.state_dir / "events.db"
@@ -249,8 +206,8 @@ class Service:
         if kind is not None:
             events = [e for e in events if e.kind == kind or (kind.endswith(".") and e.kind.startswith(kind))]
         if owner is not None:
-            events = [e for e in events if event_owner(e) == owner]
-        return [e.as_dict() for e in authz.visible(caller, events, event_owner)]
+            events = [e for e in events if authz.event_owner(e) == owner]
+        return [e.as_dict() for e in authz.visible(caller, events, authz.event_owner)]
 
     # --- changes (epfiot plan, apply, delete) ------------------------------------------------------------
 
@@ -420,16 +377,6 @@ def _owner(row: dict[str, object]) -> str | None:
     return owner if isinstance(owner, str) else None
 
 
-def event_owner(event: Event) -> str | None:
-    """Whose an event is: the owner in its subject ("vm/alice/web", "thing/alice/t1"), else its `tenant`
-    field (watch's events about one tenant's manifests); None: the host's (the administrator's only)."""
-    parts = event.subject.split("/")
-    if len(parts) == 3 and parts[0] in ("vm", "network", "thing"):
-        return parts[1]
-    tenant = event.fields.get("tenant")
-    return tenant if isinstance(tenant, str) else None
-
-
 def _options(options: Options | None) -> Options:
     from epfiot.plan import Options
 
@@ -452,18 +399,16 @@ def _refuse_destroys(plan: Plan) -> None:
 
 
 def apply_as_dict(result: Result, *, dry_run: bool = False) -> dict[str, Any]:
-    """What `epfiot apply -o json` prints: the plan, the outcomes, and what a fresh plan still changes."""
+    """What `epfiot apply -o json` prints (epfiot.render.apply_as_dict)."""
     from epfiot import render
 
-    if dry_run or not result.outcomes:
-        return {"plan": render.plan_as_dict(result.plan, pool=result.pool), "outcomes": []}
-    data = {"plan": render.plan_as_dict(result.plan, pool=result.pool, pool_created=result.pool_created), "outcomes": [outcome_as_dict(o) for o in result.outcomes]}
-    return data | ({"remaining": [a.address for a in result.remaining]} if result.remaining else {})
+    return render.apply_as_dict(result, dry_run=dry_run)
 
 
 def outcome_as_dict(outcome: Outcome) -> dict[str, object]:
-    a = outcome.action
-    return {"kind": a.kind.value, "owner": a.owner, "name": a.name, "action": a.verb.value, "ok": outcome.ok, "seconds": round(outcome.seconds, 3), "error": outcome.message, "retry": outcome.retry}
+    from epfiot import render
+
+    return render.outcome_as_dict(outcome)
 
 
-__all__ = ["ADMIN", "Approval", "Manifests", "NotFound", "Service", "apply_as_dict", "event_owner", "load_for"]
+__all__ = ["ADMIN", "Approval", "Manifests", "NotFound", "Service", "apply_as_dict", "event_owner", "load_for", "outcome_as_dict"]

@@ -56,17 +56,20 @@ class ApiWatch:
         return code
 
 
-def start_watch(directory: Path, *, socket: Path | None = None, users: dict[str, Sequence[str]] | None = None, extra: Sequence[str] = ()) -> ApiWatch:
+def start_watch(
+    directory: Path, *, socket: Path | None = None, users: dict[str, Sequence[str]] | None = None, extra: Sequence[str] = (), tenants: bool = True
+) -> ApiWatch:
     """watch on a test-driver host of its own (test:///<directory>/host.xml), serving the API; returns once
-    /readyz says the first reconcile is done."""
+    /readyz says the first reconcile is done. `tenants` False: no host configuration at all."""
     stacks, state = directory / "stacks", directory / "state"
     stacks.mkdir(exist_ok=True)
     (directory / "host.xml").write_text(HOST_FILE)
     config = directory / "host.yaml"
     config.write_text(host_config(state, users))
+    chosen = ("--host-config", str(config)) if tenants else ("--state-dir", str(state))
     socket = socket or directory / "api.sock"
     process = WatchProcess(
-        "--connect", f"test://{directory / 'host.xml'}", "--host-config", str(config),
+        "--connect", f"test://{directory / 'host.xml'}", *chosen,
         "watch", "-f", str(stacks), "--no-serve", "--log-format", "json",
         "--http", "127.0.0.1:0", "--api-socket", str(socket), *extra,
     )  # fmt: skip
@@ -98,3 +101,12 @@ def ready(socket: Path) -> bool:
 def stack_yaml(owner: str, *vm_names: str, stack: str | None = None) -> str:
     vms = "".join(f"  - {{name: {n}, memory: 64MiB, vcpu: 1, state: running, shutdown_timeout: 2s}}\n" for n in vm_names)
     return f"version: 1\nstack: {stack or owner + '-web'}\nowner: {owner}\nvms:\n{vms}"
+
+
+def secret_yaml(owner: str, password: str) -> str:
+    """A VM with a login whose password is `password` (e.g. "{file: /etc/shadow}")."""
+    return (
+        f"version: 1\nstack: {owner}-login\nowner: {owner}\nvms:\n"
+        "  - name: login\n    memory: 64MiB\n    vcpu: 1\n    state: shutoff\n"
+        f"    credentials:\n      user: someone\n      password: {password}\n"
+    )

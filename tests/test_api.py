@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from api_support import TOKENS, ApiWatch, stack_yaml, start_watch
+from api_support import TOKENS, ApiWatch, host_config, ready, secret_yaml, stack_yaml, start_watch
 from hosts.testdriver import HOST_FILE
+from test_watch_daemon import WatchProcess
 
 Answer = tuple[int, dict[str, str], Any]
 
@@ -94,6 +95,10 @@ def test_tokens_decide_who_asks_and_a_bad_one_reveals_nothing(watch: ApiWatch) -
     assert missing[2] == wrong[2] == unknown_path[2]  # the same answer, whatever was wrong
     assert call(watch, "GET", "/api/v1/vms", headers={"Authorization": "Basic YWxpY2U6eA=="}, token=None)[0] == 401
     assert call(watch, "GET", "/api/v1/vms", token="alice")[0] == 200
+    status, headers, body = call(watch, "PUT", "/api/v1/vms", token="alice")
+    assert status == 405 and "GET" in headers["Allow"] and body["problems"][0]["message"] == "Method Not Allowed"
+    status, _, body = call(watch, "GET", "/api/v1/no-such-thing", token="alice")
+    assert status == 404 and body["problems"][0]["message"] == "Not Found"
 
 
 def test_tenants_see_and_change_only_their_own(watch: ApiWatch) -> None:
@@ -224,6 +229,7 @@ def test_metrics_and_health(watch: ApiWatch) -> None:
         "epfiot_api_requests_total{",
     ):  # fmt: skip
         assert name in text, name
+    assert 'epfiot_actions_total{kind="vm",outcome="ok",verb="create"}' in text  # the API's applies count too
     for documented in ("epfiot_actions_total", "epfiot_drift_corrected_total", "epfiot_things", "epfiot_bootstrap_requests_total"):
         assert f"# TYPE {documented.removesuffix('_total')}" in text
 
@@ -274,3 +280,57 @@ def test_reads_at_the_same_time_are_each_scoped_to_their_caller(watch: ApiWatch)
     seen = asyncio.run(go())
     assert seen[0::3] == [{"alice"}] * 4 and seen[1::3] == [{"bob"}] * 4
     assert all({"alice", "bob"} <= s for s in seen[2::3])
+
+
+def test_a_tenant_cannot_have_the_service_read_a_file_secret_over_http(watch: ApiWatch) -> None:
+    for ref in ("/etc/shadow", "/nonexistent/secret"):
+        status, _, body = call(watch, "POST", "/api/v1/plan", token="alice", body=secret_yaml("alice", f"{{file: {ref}}}"))
+        assert status == 422
+        [problem] = body["problems"]
+        assert problem["line"] == 11 and "read on the service's host" in problem["message"]
+    # The administrator's manifests are read as the CLI reads them: a missing file is the loader's own problem.
+    status, _, body = call(watch, "POST", "/api/v1/plan", body=secret_yaml("alice", "{file: /nonexistent/secret}"))
+    assert status == 422 and "does not exist" in body["problems"][0]["message"]
+
+
+def test_a_body_that_is_not_utf8_is_a_manifest_problem_at_its_line(watch: ApiWatch) -> None:
+    status, _, body = call(watch, "POST", "/api/v1/plan", token="alice", body=b"version: 1\nstack: caf\xe9\n")
+    assert status == 422
+    [problem] = body["problems"]
+    assert problem["line"] == 2 and "not UTF-8" in problem["message"]
+
+
+def test_a_second_watch_on_the_same_socket_stops_and_leaves_the_first_alone(watch: ApiWatch, tmp_path: Path) -> None:
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "host.xml").write_text(HOST_FILE)
+    second = WatchProcess(
+        "--connect", f"test://{tmp_path / 'host.xml'}", "--state-dir", str(tmp_path / "state"),
+        "watch", "-f", str(tmp_path / "stacks"), "--no-serve", "--log-format", "json", "--api-socket", str(watch.socket),
+    )  # fmt: skip
+    failed = second.event("api.failed")
+    assert "another service answers" in failed["message"]
+    assert second.proc.wait(timeout=30) == 1
+    second.reader.join(timeout=10)
+    assert second.proc.stdout is not None
+    second.proc.stdout.close()
+    assert ready(watch.socket)
+
+
+def test_not_ready_while_libvirt_is_out_of_reach(tmp_path: Path) -> None:
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "host.yaml").write_text(host_config(tmp_path / "state"))
+    process = WatchProcess(
+        "--connect", f"test://{tmp_path / 'no-such-host.xml'}", "--host-config", str(tmp_path / "host.yaml"),
+        "watch", "-f", str(tmp_path / "stacks"), "--no-serve", "--log-format", "json",
+        "--http", "127.0.0.1:0", "--api-socket", str(tmp_path / "api.sock"),
+    )  # fmt: skip
+    watch = ApiWatch(process, process.event("api.listening", address="127.0.0.1")["port"], tmp_path / "api.sock", tmp_path / "stacks")
+    try:
+        process.event("libvirt.unavailable")
+        assert call(watch, "GET", "/healthz", token=None)[0] == 200
+        status, _, body = call(watch, "GET", "/readyz", token=None)
+        assert status == 503 and body["status"] == "not ready" and body["reason"]
+        status, _, body = call(watch, "GET", "/api/v1/vms")
+        assert status == 503 and "libvirt" in body["problems"][0]["message"]
+    finally:
+        assert watch.stop() == 0

@@ -7,6 +7,7 @@ The users are made for this session (useradd --system) and removed after it; the
 from __future__ import annotations
 
 import os
+import pty
 import pwd
 import shutil
 import stat
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_support import ApiWatch, stack_yaml, start_watch
+from api_support import ApiWatch, secret_yaml, stack_yaml, start_watch
 
 REPO = Path(__file__).resolve().parent.parent
 USERS = {"alice": "epfapi-alice", "bob": "epfapi-bob", "stranger": "epfapi-stranger"}
@@ -64,13 +65,20 @@ def watch(tmp_path_factory: pytest.TempPathFactory, users: dict[str, str], share
     assert running.stop() == 0
 
 
-def as_user(user: str, watch: ApiWatch, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`epfiot ARGV` run as `user`, which cannot reach libvirt: only the socket."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/nonexistent", "EPFIOT_API_SOCKET": str(watch.socket), "LANG": "C.UTF-8"}
-    return subprocess.run(
-        ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", interpreter(), "-m", "epfiot", *argv],
-        input=stdin, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False,
-    )  # fmt: skip
+def as_user(user: str, watch: ApiWatch, *argv: str, terminal: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`epfiot ARGV` run as `user`, which cannot reach libvirt: only the socket. `terminal`: what is typed
+    on a terminal that is its standard input (a pseudo-terminal), else it has none."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/nonexistent", "EPFIOT_API_SOCKET": str(watch.socket), "LANG": "C.UTF-8", **(env or {})}
+    argv_ = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", interpreter(), "-m", "epfiot", *argv]
+    if terminal is None:
+        return subprocess.run(argv_, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False)
+    controller, device = pty.openpty()
+    try:
+        os.write(controller, terminal.encode())
+        return subprocess.run(argv_, stdin=device, capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False)
+    finally:
+        os.close(device)
+        os.close(controller)
 
 
 def manifest(shared: Path, name: str, text: str) -> str:
@@ -108,11 +116,18 @@ def test_the_peer_credentials_decide_the_tenant(watch: ApiWatch, users: dict[str
     events = as_user(alice, watch, "events")
     assert events.returncode == 0 and "vm/alice/web" in events.stdout
 
+    deleted = as_user(alice, watch, "delete", "-y", "-f", web)
+    assert deleted.returncode == 0 and "Apply complete: 0 created, 0 changed, 1 destroyed" in deleted.stdout, deleted.stderr
+    assert as_user(alice, watch, "get", "vms").stdout.strip() == "No resources found."
+
 
 def test_an_unknown_user_is_refused(watch: ApiWatch, users: dict[str, str]) -> None:
+    # Refused by the service, the CLI acts itself, as without the service, and fails there (no libvirt
+    # access; with the tests' interpreter, not even libvirt-python): nothing of the service's host shows.
     result = as_user(users["stranger"], watch, "get", "vms")
-    assert result.returncode == 1
-    assert "refuses user epfapi-stranger" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1 and not result.stdout
+    piped = as_user(users["stranger"], watch, "plan", "-f", "-")
+    assert piped.returncode == 1 and "refuses user epfapi-stranger" in piped.stderr
     # The raw answer: 403, with nothing in it about anyone's resources.
     probe = (
         "import sys; from epfiot.api.client import _UnixConnection as C\n"
@@ -126,3 +141,64 @@ def test_an_unknown_user_is_refused(watch: ApiWatch, users: dict[str, str]) -> N
     status, _, body = answer.stdout.partition(" ")
     assert status == "403" and "alice" not in body and "web" not in body
 
+
+
+def test_file_secrets_are_read_only_when_the_user_may_read_them(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    alice = users["alice"]
+    refused = as_user(alice, watch, "plan", "-f", manifest(shared, "shadow.yaml", secret_yaml("alice", "{file: /etc/shadow}")))
+    assert refused.returncode == 2 and "cannot read secret file /etc/shadow as your user" in refused.stderr, refused.stderr
+    private = shared / "private-secret"
+    private.write_text("root's only\n")
+    private.chmod(0o600)
+    refused = as_user(alice, watch, "plan", "-f", manifest(shared, "private.yaml", secret_yaml("alice", "{file: private-secret}")))
+    assert refused.returncode == 2 and f"cannot read secret file {private} as your user" in refused.stderr
+    private.chmod(0o644)
+    allowed = as_user(alice, watch, "plan", "-f", str(shared / "private.yaml"))
+    assert "cannot read secret file" not in allowed.stderr and "vm alice/login: create" in allowed.stdout, allowed.stderr
+
+
+def test_without_a_host_configuration_only_root_may_ask(tmp_path: Path, users: dict[str, str]) -> None:
+    """No host configuration: every caller would be the administrator; on a socket every local user reaches,
+    only root (and the service's own user) is."""
+    directory = Path(tempfile.mkdtemp(prefix="epfiot-api-single-"))
+    directory.chmod(0o755)
+    watch = start_watch(tmp_path, socket=directory / "api.sock", tenants=False)
+    try:
+        result = as_user(users["alice"], watch, "plan", "-f", "-")
+        assert result.returncode == 1 and "refuses user epfapi-alice" in result.stderr
+        env = {**os.environ, "EPFIOT_API_SOCKET": str(watch.socket)}
+        probe = f"from epfiot.api.client import _UnixConnection as C\nc = C({str(watch.socket)!r}, 5); c.request('GET', '/api/v1/vms'); print(c.getresponse().status)"
+        assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=True).stdout.strip() == "200"
+    finally:
+        assert watch.stop() == 0
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_destroy_is_asked_about_on_the_users_terminal(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    alice = users["alice"]
+    two = manifest(shared, "ask.yaml", stack_yaml("alice", "keep", "lose", stack="alice-ask"))
+    assert as_user(alice, watch, "apply", "-f", two).returncode == 0
+    one = manifest(shared, "ask.yaml", stack_yaml("alice", "keep", stack="alice-ask"))
+
+    declined = as_user(alice, watch, "apply", "-f", one, terminal="no\n")
+    assert declined.returncode == 1 and "not confirmed" in declined.stderr
+    assert "- vm alice/lose: destroy" in declined.stdout and "This plan destroys 1 resource (vm alice/lose)." in declined.stdout
+    assert "lose" in as_user(alice, watch, "get", "vms").stdout
+
+    without = as_user(alice, watch, "apply", "-f", one)  # no terminal, no -y: refused, as the CLI's
+    assert without.returncode == 1 and "-y (--auto-approve)" in without.stderr
+
+    confirmed = as_user(alice, watch, "apply", "-f", one, terminal="yes\n")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert confirmed.stdout.count("- vm alice/lose: destroy") == 1  # the plan is shown once
+    assert "vm alice/lose: destroy done" in confirmed.stdout
+    assert "lose" not in as_user(alice, watch, "get", "vms").stdout
+
+
+def test_env_secrets_come_from_the_users_environment(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    path = manifest(shared, "env.yaml", secret_yaml("alice", "{env: EPFIOT_TEST_PASSWORD}"))
+    missing = as_user(users["alice"], watch, "plan", "-f", path)
+    assert missing.returncode == 2 and "environment variable EPFIOT_TEST_PASSWORD is not set" in missing.stderr
+    given = as_user(users["alice"], watch, "plan", "-f", path, env={"EPFIOT_TEST_PASSWORD": "s3cret-words"})
+    assert given.returncode == 0 and "vm alice/login: create" in given.stdout, given.stderr
+    assert "s3cret-words" not in given.stdout + given.stderr

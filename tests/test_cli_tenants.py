@@ -78,7 +78,10 @@ def test_a_tenants_cli_sees_and_changes_only_its_own(host: tuple[str, Path], sha
     elsewhere = as_tenant(uri, config, "--state-dir", str(shared / "mine"), "get", "vms")
     assert elsewhere.returncode == 2
     assert f"--state-dir {shared / 'mine'}: this host's is {shared / 'state'}" in elsewhere.stderr
-    assert "Traceback" not in elsewhere.stderr + applied.stderr + deleted.stderr
+    permissive = as_tenant(uri, config, "--policy", str(shared / "mine.yaml"), "get", "vms")
+    assert permissive.returncode == 2
+    assert f"--policy {shared / 'mine.yaml'}: this host's is /etc/epfiot/policy.yaml, if present" in permissive.stderr
+    assert "Traceback" not in elsewhere.stderr + applied.stderr + deleted.stderr + permissive.stderr
 
 
 def test_a_user_who_is_no_tenant_is_refused(host: tuple[str, Path]) -> None:
@@ -89,8 +92,10 @@ def test_a_user_who_is_no_tenant_is_refused(host: tuple[str, Path]) -> None:
     assert got.stderr.strip() == f"error: user {TENANT_USER} is neither a tenant nor an administrator in {config}"
 
 
-def test_the_administrator_uses_the_host_state_directory_or_is_warned(host: tuple[str, Path], shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_administrator_uses_the_host_state_directory_or_is_warned(host: tuple[str, Path], shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import libvirt
+
+    monkeypatch.delenv("EPFIOT_STATE_DIR", raising=False)
 
     _, config = host
     conn = libvirt.open("test:///default")  # one host for the in-process commands

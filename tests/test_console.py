@@ -97,10 +97,10 @@ def start_watch(directory: Path, tenants: tuple[str, ...], *, connect: str | Non
     socket = directory / "api.sock"
     process = WatchProcess(
         "--connect", connect, "--host-config", str(config), "watch", "-f", str(stacks), "--log-format", "json",
-        "--bind", "127.0.0.1", "--port", "0", "--http", "127.0.0.1:0", "--api-socket", str(socket), *extra,
+        "--bind", "127.0.0.1", "--port", "0", "--no-dtls", "--http", "127.0.0.1:0", "--api-socket", str(socket), *extra,
     )  # fmt: skip
-    port = process.event("api.listening", address="127.0.0.1")["port"]
     bootstrap_port = process.event("serve.listening")["port"]
+    port = process.event("api.listening", address="127.0.0.1")["port"]
     watch = ConsoleWatch(process, f"http://127.0.0.1:{port}", stacks, bootstrap_port, tokens, config)
     try:
         watch.until("ready", lambda: ready(socket))

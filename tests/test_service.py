@@ -48,11 +48,22 @@ def apply_stack(service: Service, caller: Caller, directory: Path, owner: str, *
     service.apply(caller, Manifests.from_paths([stack]), approve=True)
 
 
-def test_the_host_configuration_decides_the_state_directory(tmp_path: Path, host: LibvirtHost) -> None:
-    service = Service.from_host_config(host_config(tmp_path / "state"), uri="test:///x", state_dir=tmp_path / "mine", host=host)
-    assert service.state_dir == tmp_path / "state"
-    alone = Service.from_host_config(HostConfig(), uri="test:///x", state_dir=tmp_path / "mine", host=host)
-    assert alone.state_dir == tmp_path / "mine"
+def test_the_host_configuration_decides_the_state_directory_image_pool_and_usb_policy(tmp_path: Path, host: LibvirtHost) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('usb:\n  - id: "10c4:ea60"\n    owners: [bob]\n')
+    text = f"version: 1\nstate_dir: {tmp_path / 'state'}\nimage_pool: shared\nusb_policy: {policy}\ntenants:\n  alice: {{}}\n"
+    config = parse_host_config(text, str(tmp_path / "host.yaml"))
+    mine = {"state_dir": tmp_path / "mine", "image_pool": "mine", "image_dir": "/srv/mine", "policy_path": tmp_path / "mine.yaml"}
+    service = Service.from_host_config(config, uri="test:///x", host=host, **mine)  # type: ignore[arg-type]
+    assert (service.state_dir, service.image_pool, service.policy_path) == (tmp_path / "state", "shared", policy)
+    assert service.image_dir == "/var/lib/epfiot/images"  # the default: the host configuration names none
+    with_dir = parse_host_config(text + "image_dir: /srv/images\n", str(tmp_path / "host.yaml"))
+    assert Service.from_host_config(with_dir, uri="test:///x", **mine).image_dir == "/srv/images"  # type: ignore[arg-type]
+    claim = write_stack(tmp_path, "alice", vms=[vm("web", devices=[{"usb": {"id": "10c4:ea60"}}])])
+    (problem,) = service.plan(ALICE, Manifests.from_paths([claim]))["problems"]
+    assert "10c4:ea60" in problem["message"] and "policy" in problem["message"], problem
+    alone = Service.from_host_config(HostConfig(), uri="test:///x", host=host, **mine)  # type: ignore[arg-type]
+    assert (alone.state_dir, alone.image_pool, alone.image_dir, alone.policy_path) == (tmp_path / "mine", "mine", "/srv/mine", tmp_path / "mine.yaml")
 
 
 def test_a_manifest_naming_another_owner_is_refused_whole_with_its_line(service: Service, host: LibvirtHost, tmp_path: Path) -> None:
@@ -117,3 +128,33 @@ def test_events_are_the_tenants_own(service: Service, tmp_path: Path) -> None:
     everything = service.events(ADMIN)
     assert {"vm/alice/web", "vm/bob/x", "watch"} <= {e["subject"] for e in everything}
     assert {e["subject"] for e in service.events(ADMIN, owner="bob", kind="action.")} == {"vm/bob/x"}
+
+
+def test_a_tenant_sees_which_devices_are_free_and_which_it_holds_not_who_holds_the_rest(service: Service, tmp_path: Path) -> None:
+    serial = {"devices": [{"usb": {"id": "10c4:ea60"}}]}
+    (tmp_path / "b").mkdir()
+    stack = write_stack(tmp_path / "b", "bob", vms=[vm("x", **serial)])
+    service.apply(BOB, Manifests.from_paths([stack]), approve=True)
+    (row,) = service.usb(ALICE)
+    assert (row["vendor_id"], row["held_by"]) == ("10c4", "(held)")
+    assert [r["held_by"] for r in service.usb(BOB)] == ["bob/x"]
+    assert [r["held_by"] for r in service.usb(ADMIN)] == ["bob/x"]
+    service.delete_vm(BOB, "bob", "x", approve=True)
+    assert [r["held_by"] for r in service.usb(ALICE)] == [None]
+
+
+def test_a_manifest_given_as_text_reads_neither_files_nor_the_environment(service: Service, tmp_path: Path) -> None:
+    """A body comes from someone who may not read what this process can: its secrets are its own."""
+    readable = tmp_path / "readable"
+    readable.write_text("the server's\n")
+    body = (
+        "version: 1\nstack: s\nowner: alice\nvms:\n"
+        f"  - {{name: a, memory: 64MiB, vcpu: 1, credentials: {{user: u, password: {{file: {readable}}}}}}}\n"
+        "  - {name: b, memory: 64MiB, vcpu: 1, credentials: {user: u, password: {env: HOME}}}\n"
+    )
+    with pytest.raises(ManifestError) as raised:
+        service.plan(ALICE, Manifests.from_text(body, "body.yaml"))
+    assert [(p.line, p.message) for p in raised.value.problems] == [
+        (5, f"password file {readable} is outside the directories it may be read from"),
+        (6, "environment variable HOME is not set"),
+    ]

@@ -93,3 +93,94 @@ def test_a_foreign_owner_in_a_tenants_directory_stops_only_that_tenants_load(tmp
     alices = [e for e in service.events(Caller("alice", "alice"), kind="manifest.invalid")]
     assert len(alices) == 1 and alices[0]["tenant"] == "alice"
     assert service.events(Caller("bob", "bob"), kind="manifest.invalid") == []
+
+
+def test_watch_starts_before_any_tenant_directory_exists_and_reads_one_made_later(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    import asyncio
+    import os
+    import signal
+    import time
+    from dataclasses import replace
+
+    from epfiot.watch.daemon import Watcher
+    from epfiot.watch.tenants import watched_paths
+
+    host = host_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    config = replace(config_for(tmp_path, []), resync=0.2)
+    group = members(config, host, ADMIN)
+    assert watched_paths(group) == ()
+    out = io.StringIO()
+    events = EventLog.in_state_dir(config.state_dir)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(Watcher(replace(config, paths=()), Log(out, "json", verbose=True), group).run(events, None))
+        (tmp_path / "alice").mkdir()
+        write_stack(tmp_path / "alice", "alice", vms=[vm("late")])
+        deadline = time.monotonic() + 10.0
+        while "alice.late" not in managed(testhost):
+            assert time.monotonic() < deadline and not task.done(), out.getvalue()
+            await asyncio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return await asyncio.wait_for(task, 10.0)
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        events.close()
+    assert '"watch.failed"' not in out.getvalue()
+
+
+def test_watch_reads_a_tenants_secrets_only_from_its_own_directories(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    """watch runs as root: a tenant's manifests must not make it read, for the tenant, what the tenant cannot."""
+    host = host_config(tmp_path)
+    for name in ("alice", "bob", "state", "elsewhere"):
+        (tmp_path / name).mkdir()
+    secret = tmp_path / "elsewhere" / "root-only"
+    secret.write_text("not alice's\n")
+    config = config_for(tmp_path, [], prune_after=0.0)
+    out = io.StringIO()
+    events = EventLog.in_state_dir(config.state_dir)
+    watch = Reconcilers(members(config, host, ADMIN), Log(out, "json", verbose=True), events, None)
+
+    def problems() -> list[tuple[str, str]]:
+        logged = [json.loads(line) for line in out.getvalue().splitlines()]
+        return [(r["subject"], r["message"]) for r in logged if r["event"] == "manifest.problem"]
+
+    def credentials(password: dict[str, str]) -> dict[str, object]:
+        return {"credentials": {"user": "alice", "password": password}}
+
+    try:
+        lab = write_stack(tmp_path / "alice", "alice", vms=[vm("a1", **credentials({"file": str(secret)})), vm("a2", **credentials({"env": "HOME"}))])
+        write_stack(tmp_path / "bob", "bob", vms=[vm("b1")])
+        watch.run(START)
+        assert managed(testhost) == {"bob.b1"}
+        found = problems()
+        assert [m for _, m in found] == [
+            f"vms[0].credentials.password: password file {secret} is outside the directories it may be read from",
+            "vms[1].credentials.password: environment variable HOME is not set",
+        ]
+        assert all(s.startswith(f"{lab}:") for s, _ in found)
+
+        lab.unlink()
+        (tmp_path / "alice" / "evil.yaml").symlink_to(tmp_path / "elsewhere" / "outside.yaml")
+        write_stack(tmp_path / "elsewhere", "alice", vms=[vm("a3")], filename="outside.yaml")
+        out.truncate(0), out.seek(0)
+        watch.run(MANIFEST)
+        assert problems() == [(f"{tmp_path / 'alice' / 'evil.yaml'}:0", "a link to a file outside the manifest directories: not read")]
+        assert managed(testhost) == {"bob.b1"}
+    finally:
+        watch.close()
+        events.close()
+
+    # Her own files are hers to use.
+    from dataclasses import replace
+
+    from epfiot.service import Manifests, load_for
+
+    (tmp_path / "alice" / "evil.yaml").unlink()
+    (tmp_path / "alice" / "pw").write_text("hers\n")
+    mine = write_stack(tmp_path / "alice", "alice", vms=[vm("a1", **credentials({"file": "pw"}))])
+    confined = replace(Manifests.from_paths([tmp_path / "alice"]), env={}, secret_dirs=(tmp_path / "alice",))
+    assert load_for(Caller("alice", "alice"), confined).vms[0].credentials is not None
+    assert mine.exists()

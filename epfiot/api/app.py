@@ -90,6 +90,7 @@ class ApiServer:
         self.http = http
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.http_port: int | None = None
+        self.bound = False  # the socket file is ours to remove
 
     async def start(self) -> None:
         await self.runner.setup()
@@ -100,6 +101,7 @@ class ApiServer:
                 _remove_stale(path)
                 site = web.UnixSite(self.runner, str(path))
                 await site.start()
+                self.bound = True
                 os.chmod(path, 0o666)
             if self.http is not None:
                 host, port = self.http
@@ -114,7 +116,7 @@ class ApiServer:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
-        if self.socket_path is not None:
+        if self.socket_path is not None and self.bound:
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
 

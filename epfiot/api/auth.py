@@ -2,7 +2,7 @@
 
 - On the Unix socket, the kernel says who the peer is (SO_PEERCRED on the connection's socket); the host
   configuration maps that uid to the administrator or a tenant (`caller_for_uid`). An unknown user is
-  refused with 403 and nothing else.
+  refused with 403 and nothing else. Without a host configuration, only root and the service's own user.
 - Over HTTP, `Authorization: Bearer <token>` (`caller_for_token`); a missing or wrong token is 401, the same
   answer for both, with nothing else. The web console's browser carries the same token in its session cookie
   (HttpOnly, SameSite=Strict, set by its login form): accepted for reads (GET, HEAD) only, so a request
@@ -16,6 +16,7 @@ request, without a restart). HTTP clients are also limited in their request rate
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -30,6 +31,7 @@ from aiohttp.typedefs import Middleware
 from epfiot.hostconfig import Caller, HostConfig, host_config_path, load_host_config
 
 CALLER = web.RequestKey("caller", Caller)
+PEER_UID = web.RequestKey("peer_uid", int)  # on the Unix socket only
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths that answer without a caller: liveness and readiness say nothing about anyone's resources.
@@ -66,11 +68,9 @@ class HostConfigSource:
         stamp = self._current_stamp()
         if stamp != self._stamp:
             # A configuration being edited may be invalid for a moment: the last valid one stays in force.
-            try:
+            self._stamp = stamp  # read once per change, valid or not
+            with contextlib.suppress(Exception):
                 self._config = load_host_config(self._explicit)
-            except Exception:
-                return self._config
-            self._stamp = stamp
         return self._config
 
 
@@ -87,6 +87,12 @@ def peer_uid(request: web.Request) -> int | None:
 def is_unix(request: web.Request) -> bool:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     return sock is not None and sock.family == socket.AF_UNIX
+
+
+def _may_ask(config: HostConfig, uid: int) -> bool:
+    """Without a host configuration every caller would be the administrator (hostconfig): on a socket any
+    local user may connect to, that is only root and the service's own user, who can reach libvirt anyway."""
+    return config.has_tenants or uid in (0, os.geteuid())
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -160,7 +166,9 @@ def authenticate(hosts: HostConfigSource, limiter: RateLimiter | None) -> Middle
         caller: Caller | None
         if unix:
             uid = peer_uid(request)
-            caller = config.caller_for_uid(uid) if uid is not None else None
+            caller = config.caller_for_uid(uid) if uid is not None and _may_ask(config, uid) else None
+            if caller is not None and uid is not None:
+                request[PEER_UID] = uid
         else:
             token = bearer_token(request) or session_token(request)
             caller = config.caller_for_token(token) if token is not None else None

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from epfiot.registry import Registry
     from epfiot.service import Service
     from epfiot.watch.config import WatchConfig
+    from epfiot.watch.runs import Observer
 
 T = TypeVar("T")
 
@@ -38,6 +39,7 @@ class Live:
     events: EventLog
     policy: UsbPolicy | None
     config: WatchConfig
+    observer: Observer | None = None  # the service's metrics, which count the API's actions too
 
 
 def service_for(live: Live, config: HostConfig) -> Service:
@@ -45,10 +47,25 @@ def service_for(live: Live, config: HostConfig) -> Service:
     from epfiot.service import Service
 
     c = live.config
-    return Service.from_host_config(
+    kind = Service if live.observer is None else _counting(live.observer)
+    return kind.from_host_config(
         config, uri=c.uri, state_dir=live.state_dir, image_pool=c.image_pool, image_dir=c.image_dir,
         virt_type=c.virt_type, policy_path=c.policy, host=live.host,
     )
+
+
+def _counting(observer: Observer) -> type[Service]:
+    """A Service whose runs count their actions in `observer`, as watch's own do."""
+    from epfiot.service import Service
+
+    class Counting(Service):
+        def apply_run(self, *args: Any, **kwargs: Any) -> Any:
+            result = super().apply_run(*args, **kwargs)
+            for outcome in result.outcomes:
+                observer.action(outcome.action.kind.value, outcome.action.verb.value, outcome.ok)
+            return result
+
+    return Counting
 
 
 class Backend(Protocol):

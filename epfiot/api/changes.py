@@ -3,7 +3,8 @@
 The body is a manifest (YAML or JSON; Content-Type anything but the next one), or, with Content-Type
 application/vnd.epfiot.sources+json, {"files": [{name, text, root, manifest}], "env": {...}}: several files
 with the names the CLI gives them (what `epfiot` sends through the socket). Options are query parameters:
-prune, dry_run, force, keep_disks, auto_approve, parallel, detailed_exitcode.
+prune, dry_run, force, keep_disks, auto_approve, parallel, detailed_exitcode, and approved=ADDRESS,... (a plan
+that destroys only those is applied without auto_approve: what the CLI asked about on its terminal).
 
 The answer is what `-o json` prints, with the CLI's exit code in the Epfiot-Exit-Code header: 200 when it is
 0 (or 2/3 of plan's detailed exit codes), 422 for manifest problems ({"problems": [...]}), 409 for any other
@@ -19,10 +20,11 @@ from typing import Any
 
 from aiohttp import web
 
-from epfiot.api.auth import CALLER, error
+from epfiot.api.auth import CALLER, PEER_UID, error
 from epfiot.api.client import CLI_TYPE, SOURCES_TYPE
 from epfiot.api.commands import Manifests, Options, Ran, run, sources_from
 from epfiot.desired.sources import SourceText
+from epfiot.errors import ManifestError
 
 EXIT_HEADER = "Epfiot-Exit-Code"
 BOOLEANS = ("prune", "dry_run", "force", "keep_disks", "auto_approve", "detailed_exitcode", "verbose")
@@ -40,6 +42,8 @@ def options_of(request: web.Request, output: str) -> Options:
             if text not in ("true", "false", "1", "0", "yes", "no", ""):
                 raise BadRequest(f"{name}={request.query[name]!r}: use true or false")
             values[name] = text in ("true", "1", "yes", "")
+    if "approved" in request.query:
+        values["approved"] = frozenset(a for a in request.query["approved"].split(",") if a)
     if "parallel" in request.query:
         try:
             values["parallel"] = int(request.query["parallel"])
@@ -59,18 +63,24 @@ def output_of(request: web.Request) -> str:
 
 
 async def manifests_of(request: web.Request) -> Manifests:
-    text = await request.text()
+    from epfiot.desired.sources import decode
+    from epfiot.errors import ManifestProblem
+
+    problems: list[ManifestProblem] = []
+    text = decode(await request.read(), "<request>", problems)
+    if text is None:
+        raise ManifestError(problems)  # not UTF-8: a 422 at the line of the first bad byte
     if request.content_type == SOURCES_TYPE:
         try:
             data = json.loads(text)
             files = data["files"]
             env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
-            return Manifests(sources_from(files), env)
+            return Manifests(sources_from(files), env, request.get(PEER_UID))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BadRequest(f"not a sources document ({SOURCES_TYPE}): {e}") from None
     from pathlib import Path
 
-    return Manifests((SourceText("<request>", text, Path("/nonexistent")),), {})
+    return Manifests((SourceText("<request>", text, Path("/nonexistent")),), {}, request.get(PEER_UID))
 
 
 def answer(request: web.Request, ran: Ran) -> web.Response:
@@ -100,6 +110,11 @@ def changing(command: str) -> Callable[[web.Request], Any]:
             manifests = await manifests_of(request)
         except BadRequest as e:
             return error(400, str(e))
+        except ManifestError as e:
+            from epfiot import render
+
+            shown = render.to_json(render.error_as_dict(e)) + "\n" if output == "json" else ""
+            return answer(request, Ran(e.exit_code, shown, f"error: {e}\n", manifest_error=True))
         caller, config = request[CALLER], request.app[HOSTS].get()
         ran = await request.app[BACKEND].call(lambda live: run(live, config, caller, command, manifests, options))
         return answer(request, ran)

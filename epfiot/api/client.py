@@ -30,6 +30,11 @@ class ServiceError(EpfiotError):
     """The service could not be asked, or refused."""
 
 
+class Refused(ServiceError):
+    """The service does not act for this user (403): the command then acts itself, as without the service
+    (a user of the libvirt group keeps what it could do; anyone else gets libvirt's own refusal)."""
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -71,7 +76,7 @@ def request(method: str, path: str, body: bytes | None = None, headers: dict[str
     except ValueError:
         parsed = None
     if status in (401, 403):
-        raise ServiceError(f"the epfiot service at {where} refuses user {_user()}: not a user of any tenant")
+        raise Refused(f"the epfiot service at {where} refuses user {_user()}: not a user of any tenant")
     return status, answer_headers, parsed
 
 
@@ -113,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _change(args: argparse.Namespace) -> int:
+    from epfiot.errors import UsageError
+
     command = "plan" if args.command == "diff" else args.command
     query = {"output": getattr(args, "output", "text")}
     for name in ("prune", "dry_run", "force", "keep_disks", "auto_approve", "detailed_exitcode", "verbose"):
@@ -121,23 +128,86 @@ def _change(args: argparse.Namespace) -> int:
     if hasattr(args, "parallel"):
         query["parallel"] = str(args.parallel)
     headers = {"Accept": CLI_TYPE}
+    body: bytes | None = None
+    if command == "delete" and args.files and args.what:
+        raise UsageError("give either -f PATH or: vm OWNER/NAME, not both")
     if command == "delete" and not args.files:
         if len(args.what) != 2 or args.what[0] != "vm" or "/" not in args.what[1]:
-            from epfiot.errors import UsageError
-
             raise UsageError("usage: epfiot delete -f PATH...  |  epfiot delete vm OWNER/NAME")
         owner, _, name = args.what[1].partition("/")
-        path, method, body = f"/api/v1/vms/{quote(owner)}/{quote(name)}", "DELETE", None
+        path, method = f"/api/v1/vms/{quote(owner)}/{quote(name)}", "DELETE"
     else:
         path, method = f"/api/v1/{command}", "POST"
-        body = json.dumps({"files": _sources(args.files), "env": dict(os.environ)}).encode()
+        files = _sources(args.files)
+        body = json.dumps({"files": files, "env": _named_variables(files)}).encode()
         headers["Content-Type"] = SOURCES_TYPE
+    shown = ""
+    if command in ("apply", "delete") and not args.auto_approve and not args.dry_run and _is_terminal():
+        # As the CLI run directly asks before a plan that destroys anything: the plan first, the question
+        # here, then the run, which destroys only what was agreed to (the service re-plans: should the plan
+        # destroy more by then, it refuses).
+        approved, shown = _ask(method, path, query, body, headers)
+        if approved is None:
+            return 1
+        if approved:
+            query["approved"] = ",".join(sorted(approved))
+    data = _answer(method, path, query, body, headers)
+    stdout = str(data["stdout"])
+    sys.stdout.write(stdout[len(shown):] if shown and stdout.startswith(shown) else stdout)
+    sys.stderr.write(data["stderr"])
+    return int(data["exit_code"])
+
+
+def _answer(method: str, path: str, query: dict[str, str], body: bytes | None, headers: dict[str, str]) -> dict[str, Any]:
     _, _, data = request(method, f"{path}?{urlencode(query)}", body, headers)
     if not isinstance(data, dict) or "exit_code" not in data:
         raise ServiceError(_problem(data))
-    sys.stdout.write(data["stdout"])
-    sys.stderr.write(data["stderr"])
-    return int(data["exit_code"])
+    return data
+
+
+def _ask(method: str, path: str, query: dict[str, str], body: bytes | None, headers: dict[str, str]) -> tuple[frozenset[str] | None, str]:
+    """The destroys of the plan, once confirmed (empty: none to confirm; None: not confirmed), and the
+    plan's text as shown."""
+    dry = query | {"dry_run": "true", "output": "json"}
+    planned = _answer(method, path, dry, body, headers)
+    try:
+        actions = json.loads(planned["stdout"])["plan"]["actions"]
+    except (ValueError, KeyError, TypeError):
+        return frozenset(), ""  # a failing plan: the run itself says why
+    lost = [f"{a['kind']}/{a['owner']}/{a['name']}" for a in actions if a["action"] == "destroy"]
+    if not lost:
+        return frozenset(), ""
+    shown = ""
+    out = sys.stderr  # with -o json the plan is not shown, and the question goes where the CLI puts it
+    if query["output"] != "json":
+        shown, out = str(_answer(method, path, query | {"dry_run": "true"}, body, headers)["stdout"]), sys.stdout
+        sys.stdout.write(shown)
+    listed = ", ".join(a.replace("/", " ", 1) for a in lost)
+    print(f"\nThis plan destroys {len(lost)} resource{'s' if len(lost) != 1 else ''} ({listed}).", file=out)
+    print("Do you want to apply it? Only 'yes' is accepted: ", end="", file=out, flush=True)
+    answer = sys.stdin.readline()
+    if answer.strip() != "yes":
+        if not answer.endswith("\n"):
+            print(file=out)
+        print("error: not confirmed; nothing of the plan was applied", file=sys.stderr)
+        return None, shown
+    return frozenset(lost), shown
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _named_variables(files: list[dict[str, Any]]) -> dict[str, str]:
+    """The variables of this environment that the manifests' {env: NAME} secrets name: nothing else of it
+    leaves this process."""
+    from epfiot.api.secret_refs import secret_refs
+
+    names = {name for f in files for _, name in secret_refs(f["text"], "env")}
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
 
 
 def _sources(paths: list[str]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from epfiot import authz
 from epfiot.api.backend import Live
+from epfiot.api.secret_files import foreign_files
 from epfiot.desired.sources import SourceText
 from epfiot.errors import EpfiotError, ManifestError
 from epfiot.hostconfig import Caller, HostConfig
@@ -36,6 +37,7 @@ class Manifests:
 
     sources: tuple[SourceText, ...]
     env: Mapping[str, str]
+    peer_uid: int | None = None  # the local user who sent them (the Unix socket); None over HTTP
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Options:
     detailed_exitcode: bool = False
     parallel: int = 8
     verbose: bool = False
+    approved: frozenset[str] | None = None  # addresses the caller agreed to destroy (epfiot.approval)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ def load(caller: Caller, manifests: Manifests) -> Desired:
     from epfiot.desired import _load
 
     problems: list = []  # type: ignore[type-arg]
+    if unreadable := foreign_files(manifests.sources, caller, manifests.peer_uid):
+        raise ManifestError(unreadable)  # before anything of them is read by the service
     desired = _load(manifests.sources, manifests.env, problems)
     if foreign := authz.foreign_owners(desired, caller):
         raise ManifestError(foreign)
@@ -77,7 +82,7 @@ def args_for(live: Live, options: Options) -> argparse.Namespace:
         image_dir=config.image_dir, virt_type=config.virt_type, output=options.output, prune=options.prune,
         dry_run=options.dry_run, force=options.force, keep_disks=options.keep_disks, auto_approve=options.auto_approve,
         detailed_exitcode=options.detailed_exitcode, parallel=max(1, options.parallel), verbose=options.verbose,
-        files=[],
+        files=[], approved=options.approved,
     )
 
 

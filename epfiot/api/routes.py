@@ -224,9 +224,9 @@ async def count_requests(request: web.Request, handler: Callable[[web.Request], 
         return response
     except web.HTTPException as e:
         status = e.status
-        if e.status >= 400 and e.status != 405:
-            status = e.status
-            return error(e.status, e.reason)
+        if e.status >= 400:  # aiohttp's own (404, 405, 413...): as JSON problems too
+            allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
+            return error(e.status, e.reason, **allow)
         raise
     except NotFound as e:
         status = 404

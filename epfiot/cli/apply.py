@@ -35,7 +35,7 @@ def reconcile(args: argparse.Namespace, what: Manifests | Desired, *, deletion: 
     result = svc.apply_run(
         caller,
         what,
-        approve=functools.partial(approve, auto_approve=args.auto_approve, stdin=sys.stdin, out=out),
+        approve=functools.partial(approve, auto_approve=args.auto_approve, stdin=sys.stdin, out=out, approved=getattr(args, "approved", None)),
         options=options_from(args),
         dry_run=args.dry_run,
         deletion=deletion,

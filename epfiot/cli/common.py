@@ -11,16 +11,15 @@ from typing import TYPE_CHECKING
 from epfiot.errors import UsageError
 
 if TYPE_CHECKING:
-    from epfiot.hostconfig import Caller
+    from epfiot.hostconfig import Caller, HostConfig
     from epfiot.plan import Options
     from epfiot.registry import Registry
     from epfiot.service import Manifests, Service
 
 
 def state_dir(args: argparse.Namespace) -> Path:
-    from epfiot.state import default_state_dir
-
-    return Path(args.state_dir) if args.state_dir else default_state_dir()
+    """The state directory by the rules of `service` (the host configuration's, when there is one)."""
+    return service(args)[0].state_dir
 
 
 def service(args: argparse.Namespace) -> tuple[Service, Caller]:
@@ -34,10 +33,9 @@ def service(args: argparse.Namespace) -> tuple[Service, Caller]:
     """
     from dataclasses import replace
 
-    from epfiot.hostconfig import load_host_config
     from epfiot.service import Service
 
-    config = load_host_config(args.host_config)
+    config = _host_config(args.host_config)
     given_state = Path(args.state_dir) if args.state_dir else (Path(env) if (env := os.environ.get("EPFIOT_STATE_DIR")) else None)
     found = Service.from_host_config(
         config,
@@ -52,18 +50,33 @@ def service(args: argparse.Namespace) -> tuple[Service, Caller]:
     if not config.has_tenants:
         return found, caller
     overrides: dict[str, object] = {}
-    for option, given, hosts, name in (
-        ("--state-dir", given_state, found.state_dir, "state_dir"),
-        ("--policy", args.policy, found.policy_path, "policy_path"),
+    from epfiot.policy import DEFAULT_POLICY_PATH
+
+    for option, given, hosts, name, consequence in (
+        ("--state-dir", given_state, found.state_dir, "state_dir", "runs with it are not serialised with the host's"),
+        ("--policy", args.policy, found.policy_path, "policy_path", "the host's USB policy does not apply"),
     ):
         if given is None or (hosts is not None and Path(given).resolve() == Path(hosts).resolve()):
             continue
-        shown = hosts if hosts is not None else "the default"
+        shown = hosts if hosts is not None else f"{DEFAULT_POLICY_PATH}, if present"
         if not caller.is_admin:
             raise UsageError(f"{option} {given}: this host's is {shown} (host configuration {config.path}); a tenant cannot choose another")
-        print(f"warning: {option} {given} is not this host's ({shown}, host configuration {config.path}): runs with it are not serialised with the host's", file=sys.stderr)
+        print(f"warning: {option} {given} is not this host's ({shown}, host configuration {config.path}): {consequence}", file=sys.stderr)
         overrides[name] = Path(given)
     return replace(found, **overrides) if overrides else found, caller  # type: ignore[arg-type]
+
+
+def _host_config(path: Path | None) -> HostConfig:
+    """The host configuration named (or the default). Where the host has one at the default path, only its
+    administrators may name another: a tenant must not choose the rules it runs under."""
+    from epfiot.authz import local_caller
+    from epfiot.hostconfig import DEFAULT_HOST_CONFIG, host_config_path, load_host_config
+
+    chosen, explicit = host_config_path(path)
+    other = explicit and DEFAULT_HOST_CONFIG.exists() and chosen.resolve() != DEFAULT_HOST_CONFIG.resolve()
+    if other and not local_caller(load_host_config(DEFAULT_HOST_CONFIG)).is_admin:
+        raise UsageError(f"host configuration {chosen}: this host's is {DEFAULT_HOST_CONFIG}; only its administrators may name another")
+    return load_host_config(chosen if explicit else None)
 
 
 def uri(args: argparse.Namespace) -> str:

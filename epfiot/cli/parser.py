@@ -170,7 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from epfiot.api import client
 
             if client.should_use(args):  # no libvirt of one's own: the service acts for this user
-                return client.run(args)
+                try:
+                    return client.run(args)
+                except client.Refused:
+                    if "-" in (getattr(args, "files", None) or []):
+                        raise  # standard input is read: the command cannot start over
+
         command = importlib.import_module(f"epfiot.cli.{COMMANDS[args.command]}")
         return int(command.run(args))
     except EpfiotError as error:

@@ -42,17 +42,19 @@ def load_manifests(
     stdin: TextIO | None = None,
     env: Mapping[str, str] | None = None,
     base_dir: str | Path | None = None,
+    secret_dirs: Sequence[Path] | None = None,
 ) -> Desired:
     """Load, validate and merge manifests into one desired state.
 
     `paths`: files, directories, or "-" for `stdin` (default sys.stdin). `env`: where {env: NAME} passwords are
     looked up (default os.environ). `base_dir`: the directory {file: PATH} passwords of documents read from
     stdin are relative to (default: the current directory); a file's documents use the file's own directory.
+    `secret_dirs`: the directories {file: PATH} secrets may lie in (None: anywhere the process may read).
     Raises ManifestError with every problem found; nothing else has any effect.
     """
     problems: list[ManifestProblem] = []
     stdin_dir = Path(base_dir) if base_dir is not None else Path.cwd()
-    return _load(read_sources(paths, stdin, stdin_dir, problems), env, problems)
+    return _load(read_sources(paths, stdin, stdin_dir, problems), env, problems, secret_dirs)
 
 
 def load_manifest_text(
@@ -72,18 +74,25 @@ def load_manifest_texts(
     *,
     env: Mapping[str, str] | None = None,
     base_dir: str | Path | None = None,
+    secret_dirs: Sequence[Path] | None = None,
 ) -> Desired:
     """load_manifests for several (filename, text) pairs already in memory, as one load (an API body)."""
     directory = Path(base_dir) if base_dir is not None else Path.cwd()
-    return _load([SourceText(name, text, directory) for name, text in texts], env, [])
+    return _load([SourceText(name, text, directory) for name, text in texts], env, [], secret_dirs)
 
 
-def _load(sources: Iterable[SourceText], env: Mapping[str, str] | None, problems: list[ManifestProblem]) -> Desired:
+def _load(
+    sources: Iterable[SourceText],
+    env: Mapping[str, str] | None,
+    problems: list[ManifestProblem],
+    secret_dirs: Sequence[Path] | None = None,
+) -> Desired:
     budget = ExpansionBudget()  # one for the whole load: many files or documents do not multiply it
     texts = list(sources)
     documents = [doc for source in texts for doc in parse_documents(source, budget, problems)]
     checked = [check_document(doc, problems) for doc in documents]
-    desired = build_desired(checked, os.environ if env is None else env, budget, problems)
+    within = None if secret_dirs is None else tuple(secret_dirs)
+    desired = build_desired(checked, os.environ if env is None else env, budget, problems, within)
     roots = tuple(dict.fromkeys(str(t.root) for t in texts if t.root is not None))
     files = frozenset(str((t.root / t.manifest).resolve()) for t in texts if t.root is not None and t.manifest)
     return replace(desired, origin=ManifestOrigin(roots, files))

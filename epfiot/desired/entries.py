@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -51,6 +52,7 @@ class Entries:
     env: Mapping[str, str]  # where {env: NAME} passwords are looked up
     budget: ExpansionBudget  # the load's, for the #cloud-config of user_data
     problems: list[ManifestProblem] = field(default_factory=list)
+    secret_dirs: tuple[Path, ...] | None = None  # where {file: PATH} secrets may lie (None: anywhere)
 
     def fail(self, where: tuple[str, int, str], message: str) -> None:
         self.problems.append(ManifestProblem(*where, message))
@@ -179,6 +181,7 @@ class Entries:
                     base_dir=where.doc.directory,
                     env=self.env,
                     allow_literal=block.get("allow_literal_password", False),
+                    within=self.secret_dirs,
                 )
             except secrets.SecretError as e:
                 self.fail(where.at("credentials", "password"), str(e))
@@ -313,7 +316,7 @@ class Entries:
         if block is None:
             return None
         try:
-            text, origin = secrets.read_secret(block["key"], base_dir=where.doc.directory, env=self.env, what="key")
+            text, origin = secrets.read_secret(block["key"], base_dir=where.doc.directory, env=self.env, what="key", within=self.secret_dirs)
         except secrets.SecretError as e:
             self.fail(where.at(name, "key"), str(e))
             return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from epfiot.addressing import dhcp_range
 from epfiot.desired.entries import Entries, reserved_addresses
@@ -41,11 +42,15 @@ class _Declared:
 
 
 def build_desired(
-    documents: list[CheckedDocument], env: Mapping[str, str], budget: ExpansionBudget, problems: list[ManifestProblem]
+    documents: list[CheckedDocument],
+    env: Mapping[str, str],
+    budget: ExpansionBudget,
+    problems: list[ManifestProblem],
+    secret_dirs: tuple[Path, ...] | None = None,
 ) -> Desired:
     """The desired state of all `documents`, or ManifestError with every problem: those in `problems` already
     (reading, YAML, schema) and those found here. `budget`: the load's, for YAML in user_data."""
-    entries = Entries(env, budget, problems)
+    entries = Entries(env, budget, problems, secret_dirs)
     stacks: list[StackSpec] = []
     vms: list[tuple[VmSpec, Where]] = []
     networks: list[tuple[NetworkSpec, Where]] = []

@@ -7,18 +7,19 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from epfiot.errors import EpfiotError, HostError, ManifestError
+from epfiot.errors import EpfiotError, HostError, ManifestError, ManifestProblem
 from epfiot.eventlog import EventLog, EventRecorder
 from epfiot.hostconfig import ADMIN, Caller
 from epfiot.logs import Log
 from epfiot.model import Desired, StackSpec
 from epfiot.watch.config import WatchConfig, manifest_files
+from epfiot.watch.runs import Observer, record_run
 from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
-from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty, with_scopes
+from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, is_under, scope_is_empty, with_scopes
 from epfiot.wording import counted
 
 if TYPE_CHECKING:
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
 
 # The reasons that read the manifests again.
 LOAD_REASONS = frozenset({"start", "manifest", "resync"})
-
-
-class Observer(Protocol):
-    """What the service's metrics (epfiot.api.metrics) learn of each reconcile."""
-
-    def reconciled(self, seconds: float, outcome: str, at: float) -> None: ...
-    def action(self, kind: str, verb: str, ok: bool) -> None: ...
-    def drift_corrected(self, kind: str) -> None: ...
-    def vm_states(self, states: Iterable[str]) -> None: ...
-    def thing_statuses(self, statuses: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -114,12 +105,16 @@ class Reconciler:
         open_host: Callable[[WatchConfig], Host] | None = None,
         caller: Caller = ADMIN,
         scopes_file: str = SCOPES_FILE,
+        confined: bool = False,
     ) -> None:
         self.config = config
         # Whom the manifests under config.paths act for (epfiot.authz): a tenant's may name only itself as
         # owner. Its events carry the tenant, so that it sees them (epfiot.service.event_owner).
         self.caller = caller
         self.tag: dict[str, object] = {} if caller.tenant is None else {"tenant": caller.tenant}
+        # Read for someone who cannot read all this process can (watch as root, for a tenant): the
+        # manifests' {file:} secrets only from under its own paths, {env:} ones not from this environment.
+        self.confined = confined
         self.clock = clock
         self.open_host = open_host or _open_libvirt
         self.log = log
@@ -161,7 +156,7 @@ class Reconciler:
         from epfiot.api.backend import Live
 
         host = self._open()
-        return Live(host, self.registry, self.config.state_dir, self.events, self.policy, self.config)
+        return Live(host, self.registry, self.config.state_dir, self.events, self.policy, self.config, self.observer)
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -214,7 +209,15 @@ class Reconciler:
         files = [p for p in self.config.paths if p.is_file() or any(manifest_files(p))]
         if not files:
             return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
-        return load_for(self.caller, Manifests.from_paths(files))
+        manifests = Manifests.from_paths(files)
+        if self.confined:
+            # A link to a file outside its paths would have this process read it as a manifest.
+            roots = self.config.paths
+            outside = [f for p in files for f in manifest_files(p) if not any(is_under(f.resolve(), r) for r in roots)]
+            if outside:
+                raise ManifestError([ManifestProblem(str(f), 0, "", "a link to a file outside the manifest directories: not read") for f in outside])
+            manifests = replace(manifests, env={}, secret_dirs=roots)
+        return load_for(self.caller, manifests)
 
     # --- one run -----------------------------------------------------------------------------------------
 
@@ -256,27 +259,8 @@ class Reconciler:
 
     def _record(self, reasons: frozenset[str], outcome: str) -> None:
         taken, self._result = self._result, None
-        if taken is None:
-            return
-        from epfiot import render
-        from epfiot.service import outcome_as_dict
-
-        result, seconds = taken
-        at = time.time()
-        self.last_run = {
-            "at": at,
-            "reasons": sorted(reasons),
-            "outcome": outcome,
-            "seconds": round(seconds, 3),
-            "plan": render.plan_as_dict(result.plan, pool=result.pool, pool_created=result.pool_created),
-            "outcomes": [outcome_as_dict(o) for o in result.outcomes],
-        }
-        if self.observer is None:
-            return
-        self.observer.reconciled(seconds, outcome, at)
-        self.observer.vm_states(v.condition for v in result.observed.vms if v.ownership is not None)
-        if self.registry is not None:
-            self.observer.thing_statuses(r.status for r in self.registry.things())
+        if taken is not None:
+            self.last_run = record_run(taken[0], taken[1], reasons, outcome, self.observer, self.registry)
 
     def _open(self) -> Host:
         if self.host is None:

@@ -3,7 +3,9 @@
 With a host configuration (epfiot.hostconfig), the administrator's `epfiot watch` reconciles the manifest
 directories of every tenant, each by a Reconciler of its own acting as that tenant: a document under alice's
 directory saying `owner: bob` is a manifest problem at its file and line, and alice's manifests stay as they
-last were valid (nothing of her new load is applied), while bob's and everyone else's runs go on. Each has
+last were valid (nothing of her new load is applied), while bob's and everyone else's runs go on. Watch
+reads what alice cannot (it runs as root): her manifests' `{file: PATH}` secrets are read only from under
+her own directories, and `{env: NAME}` ones never from watch's environment. Each has
 its own removal rule, retries and remembered scopes (watch-scopes.<tenant>.json), so a tenant's broken
 manifests, plan problems or failing actions never hold back another's. The administrator's own -f paths, if
 any, are one more member, acting as the administrator. A tenant running watch itself reconciles its -f
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
-from epfiot.watch.reconciler import Observer, Reconciler, RunReport
+from epfiot.watch.reconciler import Reconciler, RunReport
+from epfiot.watch.runs import Observer
 from epfiot.watch.scopes import SCOPES_FILE
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ class Member:
     caller: Caller
     config: WatchConfig
     scopes_file: str = SCOPES_FILE
+    confined: bool = False  # its secrets only from its own paths, none from watch's environment
 
 
 def members(config: WatchConfig, host: HostConfig, caller: Caller) -> list[Member]:
@@ -52,7 +56,7 @@ def members(config: WatchConfig, host: HostConfig, caller: Caller) -> list[Membe
     if not host.has_tenants or not caller.is_admin:
         return [Member(caller, config)]
     found = [
-        Member(Caller(f"watch for {t.name}", t.name), replace(config, paths=t.manifests), f"watch-scopes.{t.name}.json")
+        Member(Caller(f"watch for {t.name}", t.name), replace(config, paths=t.manifests), f"watch-scopes.{t.name}.json", confined=True)
         for t in sorted(host.tenants.values(), key=lambda t: t.name)
         if t.manifests
     ]
@@ -80,7 +84,10 @@ class Reconcilers:
         *,
         open_host: Callable[[WatchConfig], Host] | None = None,
     ) -> None:
-        self.members = [Reconciler(m.config, log, events, policy, open_host=open_host, caller=m.caller, scopes_file=m.scopes_file) for m in group]
+        self.members = [
+            Reconciler(m.config, log, events, policy, open_host=open_host, caller=m.caller, scopes_file=m.scopes_file, confined=m.confined)
+            for m in group
+        ]
 
     @property
     def managed(self) -> frozenset[str]:
