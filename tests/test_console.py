@@ -40,6 +40,7 @@ from tests.stacks import vm, write_stack
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PAGES = ("vms", "usb", "things", "events", "plan")
+ADMIN = "(admin)"
 WAIT = 60.0  # seconds a page may take to show what watch did (it refreshes every 2 s)
 
 
@@ -78,9 +79,14 @@ class ConsoleWatch:
 
 
 def host_yaml(state: Path, tokens: dict[str, str]) -> str:
-    lines = ["version: 1", f"state_dir: {state}", "tenants:"]
+    """Tenants with one token each; the token named ADMIN is the administrator's."""
+    lines = ["version: 1", f"state_dir: {state}"]
+    if ADMIN in tokens:
+        lines.append(f'admin: {{tokens: ["{token_hash(tokens[ADMIN])}"]}}')
+    lines.append("tenants:")
     for tenant, token in tokens.items():
-        lines += [f"  {tenant}:", f'    tokens: ["{token_hash(token)}"]']
+        if tenant != ADMIN:
+            lines += [f"  {tenant}:", f'    tokens: ["{token_hash(token)}"]']
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +180,7 @@ def rows(browser: WebDriver, attribute: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleWatch]:
-    running = start_watch(tmp_path_factory.mktemp("console"), ("alice", "bob"))
+    running = start_watch(tmp_path_factory.mktemp("console"), ("alice", "bob", ADMIN))
     yield running
     assert running.stop() == 0
 
@@ -278,6 +284,16 @@ def test_a_tenant_sees_its_own_only_and_the_pages_follow_watch(watch: ConsoleWat
     browser.get(watch.url + "/console/plan")
     actions = rows(browser, "data-action")
     assert actions and all(a.startswith(("vm/alice/", "network/alice/", "thing/alice/")) for a in actions)
+
+
+def test_the_administrator_sees_every_tenant_with_its_owner(watch: ConsoleWatch, browser: WebDriver) -> None:
+    alice_stack(watch)
+    bob_stack(watch)
+    watch.until("both tenants' VMs run", lambda: vm_state(watch, "alice", "web") == vm_state(watch, "bob", "bobs-secret-vm") == "running")
+    log_in(browser, watch, watch.tokens[ADMIN])
+    assert browser.find_element(By.ID, "caller").text == "administrator"
+    assert {"alice/web", "bob/bobs-secret-vm"} <= rows(browser, "data-vm")
+    assert "Owner" in [h.get_attribute("textContent") for h in browser.find_elements(By.CSS_SELECTOR, ".rows th")]
 
 
 def test_logging_out_or_a_revoked_token_ends_the_session(browser: WebDriver, tmp_path: Path) -> None:

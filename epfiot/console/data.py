@@ -19,7 +19,7 @@ Rows = list[dict[str, Any]]
 
 RECENT_EVENTS = 24 * 3600.0  # seconds of the event log the events page reads
 SHOWN_EVENTS = 200  # the newest of them, newest first
-VM_EVENTS = 3600.0  # seconds of events in which a VM's last change is looked for
+VM_EVENTS = RECENT_EVENTS  # seconds of events in which a VM's last change is looked for
 
 
 def last_by_subject(events: Rows) -> dict[str, dict[str, Any]]:
