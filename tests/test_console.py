@@ -120,6 +120,7 @@ def new_browser(width: int = 1280, height: int = 900) -> WebDriver:
     """Debian's chromium, headless, through Debian's chromium-driver (nothing is downloaded)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's errors, CSP refusals included
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -169,6 +170,10 @@ def wait_for_field(browser: WebDriver, row: str, field: str, wanted: Callable[[s
     except TimeoutException:
         raise AssertionError(f"the page did not show {what}: {field} is {field_of(browser, row, field)!r}") from None
     return field_of(browser, row, field)
+
+
+def page_errors(browser: WebDriver) -> list[str]:
+    return [str(entry["message"]) for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def rows(browser: WebDriver, attribute: str) -> set[str]:
@@ -284,6 +289,7 @@ def test_a_tenant_sees_its_own_only_and_the_pages_follow_watch(watch: ConsoleWat
     browser.get(watch.url + "/console/plan")
     actions = rows(browser, "data-action")
     assert actions and all(a.startswith(("vm/alice/", "network/alice/", "thing/alice/")) for a in actions)
+    assert page_errors(browser) == []  # no script error, nothing the Content-Security-Policy refused
 
 
 def test_the_administrator_sees_every_tenant_with_its_owner(watch: ConsoleWatch, browser: WebDriver) -> None:
