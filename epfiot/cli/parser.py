@@ -65,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[everywhere], **kwargs)
 
-    def manifests(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
+    def manifests(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+        p.add_argument("-f", "--filename", dest="files", action="append", required=required, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
+
+    def targets(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", dest="targets", action="append", type=target, metavar="KIND/OWNER/NAME", help="plan only this resource and what it needs; KIND: vm, network or thing (repeatable)")
 
     def changes(p: argparse.ArgumentParser) -> None:
         p.add_argument("--force", action="store_true", help="power VMs off at once instead of a graceful shutdown")
@@ -81,10 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-disks", action="store_true", help="plan pruning that keeps disks")
+    targets(p)
+    p.add_argument("-out", "--out", dest="out", metavar="FILE", type=Path, help="save the plan to FILE, for epfiot apply FILE")
 
-    p = add_command("apply", help="make the host match the manifests")
-    manifests(p)
+    p = add_command("apply", help="make the host match the manifests, or apply a saved plan")
+    p.add_argument("plan_file", nargs="?", type=Path, metavar="FILE", help="a plan saved by epfiot plan -out FILE: applied exactly, if the host has not changed since")
+    manifests(p, required=False)
     changes(p)
+    targets(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
     p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -139,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("version", help="print the version of epfiot and of what it runs on")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return parser
+
+
+def target(text: str) -> str:
+    from epfiot.plan.targets import parse_target
+
+    try:
+        return parse_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def dtls_options(p: argparse.ArgumentParser) -> None:
