@@ -19,6 +19,7 @@ COMMANDS = {
     "diff": "plan",
     "apply": "apply",
     "delete": "delete",
+    "adopt": "adopt",
     "get": "get",
     "watch": "watch",
     "serve": "serve",
@@ -101,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="*", metavar="vm OWNER/NAME", help="e.g.: vm charlie/example1")
     changes(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
+
+    p = add_command("adopt", help="take an unmanaged libvirt domain under management, and print its manifest entry")
+    p.add_argument("kind", choices=("vm",), help="what to adopt")
+    p.add_argument("name", metavar="NAME", help="the domain: OWNER.NAME (its libvirt name), or NAME")
+    p.add_argument("--owner", required=True, help="the tenant it will belong to")
+    p.add_argument("--stack", required=True, help="the stack it will belong to")
+    p.add_argument("-y", "--auto-approve", action="store_true", help="adopt without asking (needed without a terminal)")
 
     p = add_command("get", help="list VMs, USB devices, images, networks, things")
     p.add_argument("resource", choices=("vms", "vm", "usb", "images", "networks", "things"))
