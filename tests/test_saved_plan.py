@@ -64,6 +64,8 @@ def test_a_saved_plan_is_applied_as_it_was_made(run, tmp_path: Path, host: libvi
     assert "Apply complete: 2 created" in out
     assert names(host) == {"alice.a1", "alice.a2"}
     assert run("plan", "-f", str(stack), "--detailed-exitcode")[0] == 0
+    code, _, err = run("apply", str(saved))  # a plan is applied once: the host it was made for is gone
+    assert code == 1 and "new: domain alice.a1" in err
 
 
 def test_a_saved_plan_is_refused_once_the_host_changed(run, tmp_path: Path, host: libvirt.virConnect) -> None:  # type: ignore[no-untyped-def]

@@ -82,11 +82,20 @@ def test_a_targeted_plan_and_apply_touch_only_the_target_and_what_it_needs(run, 
     assert WARNING in out and "Apply complete: 2 created" in out
     assert names(host) == {"alice.a1"} and networks(host) == {"alice.n1"}
 
+    saved = tmp_path / "t2.plan"
+    assert run("plan", "-f", str(manifest), "--target", "thing/alice/t2", "-out", str(saved))[0] == 0
+    code, out, err = run("apply", str(saved))
+    assert code == 0, out + err
+    assert "Warning: targeted plan (thing/alice/t2)" in out
+    assert names(host) == {"alice.a1", "alice.a2"} and "t3" not in run("get", "things")[1]
+    assert "t2" in run("get", "things")[1]
+    run("delete", "-f", str(manifest), "-y", "--force")
+
     code, out, _ = run("plan", "-f", str(manifest), "--target", "thing/alice/t2")  # its VM and that VM's network
     assert "+ thing alice/t2: create" in out and "+ vm alice/a2: create" in out and "+ network alice/n2: create" in out
     assert "t3" not in out and "vm alice/a1" not in out
     code, out, _ = run("plan", "-f", str(manifest))
-    assert "Warning: targeted" not in out and "Plan: 4 to create, 0 to change, 0 to destroy, 2 unchanged." in out
+    assert "Warning: targeted" not in out and "Plan: 6 to create, 0 to change, 0 to destroy, 0 unchanged." in out
 
 
 def test_a_target_that_names_nothing_is_a_problem_and_a_malformed_one_a_usage_error(run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
