@@ -127,3 +127,24 @@ def test_adopt_follows_the_naming_rule_and_asks_first(run, host: libvirt.virConn
     assert code == 1 and "pass -y (--auto-approve)" in err and out == ""
     assert "epfiot:resource" not in host.lookupByName("alice.legacy").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert {d.name() for d in host.listAllDomains()} >= {"alice_legacy", "bob.legacy", "alice.legacy"}  # renamed none
+
+
+class Terminal(io.StringIO):
+    """Typed answers on a stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_adopt_asks_and_only_yes_goes_on(run, host: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    define(host, "alice.legacy", start=False)
+    monkeypatch.setattr(sys, "stdin", Terminal("no\n"))
+    code, out, err = run("adopt", "vm", "legacy", "--owner", "alice", "--stack", "legacy")
+    assert code == 1 and "Go on with adopting domain alice.legacy? Only 'yes' is accepted:" in err
+    assert "not confirmed; nothing was changed" in err and out == ""
+    assert "epfiot:resource" not in host.lookupByName("alice.legacy").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    monkeypatch.setattr(sys, "stdin", Terminal("yes\n"))
+    code, out, err = run("adopt", "vm", "legacy", "--owner", "alice", "--stack", "legacy")
+    assert code == 0, err
+    assert yaml.safe_load(out)[0]["state"] == "shutoff"
+    assert "epfiot:resource" in host.lookupByName("alice.legacy").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

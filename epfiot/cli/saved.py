@@ -67,6 +67,8 @@ def apply_saved(args: argparse.Namespace) -> int:
     if args.connect and uri(args) != saved.host.uri:
         raise UsageError(f"{path} was planned for {saved.host.uri}, not {uri(args)}")
     args.connect, args.image_pool, args.image_dir = saved.host.uri, saved.host.image_pool, saved.host.image_dir
+    if args.virt_type and saved.host.virt_type and args.virt_type != saved.host.virt_type:
+        raise UsageError(f"{path} was planned with --virt-type {saved.host.virt_type}, not {args.virt_type}")
     args.virt_type = args.virt_type or saved.host.virt_type
     args.force, args.keep_disks, args.prune, args.targets = saved.force, saved.keep_disks, saved.prune, list(saved.targets)
     args.files = list(saved.paths)
