@@ -32,7 +32,7 @@ def foreign_parts(xml: str, *, owner: str, name: str, image_pool: str) -> tuple[
     parts: list[str] = []
     for device in domain.iterfind("devices/*"):
         tag = str(device.tag)
-        if tag in _COMMON:
+        if tag in _COMMON or (tag == "audio" and device.get("type") == "none"):  # libvirt adds a silent one
             continue
         source = device.find("source")
         target = device.find("target")
