@@ -119,6 +119,9 @@ class Silent:
         pass
 
 
+Verify = Callable[[Observed, Plan, CreatePool | None], None]
+
+
 @dataclass(frozen=True)
 class Request:
     """One run: what to make true of which host, and how."""
@@ -138,6 +141,10 @@ class Request:
     # Asked once the plan is reported, before any of it is applied; raises to stop the run with nothing
     # applied (epfiot.approval: a plan that destroys anything needs a yes). None: never asked (watch).
     approve: Callable[[Plan], None] | None = None
+    # Given the first observation, the plan made from it and the image pool it needs, before anything is
+    # done (the pool included); raises to stop the run with nothing changed (a saved plan that no longer
+    # matches the host: epfiot.savedplan).
+    verify: Verify | None = None
 
 
 def run_once(request: Request) -> Result:
@@ -155,6 +162,8 @@ def _run(request: Request) -> Result:
     host, reporter = request.host, request.reporter
     observed = observe(host, request.registry, request.desired)
     pool = _pool_needed(request, observed)
+    if request.verify is not None:
+        request.verify(observed, _plan(request, observed), pool)
     if pool is not None and not request.dry_run:
         started = time.monotonic()
         host.ensure_image_pool(pool.path)
@@ -170,7 +179,7 @@ def _run(request: Request) -> Result:
         return planned
     if held:
         held_ids = {id(a) for a in held}
-        plan = Plan(tuple(a for a in plan.actions if id(a) not in held_ids), plan.problems)
+        plan = replace(plan, actions=tuple(a for a in plan.actions if id(a) not in held_ids))
     if request.approve is not None:
         request.approve(plan)
     outcomes, observed, remaining = _apply(request, plan, held)

@@ -93,6 +93,7 @@ def options_from(args: argparse.Namespace) -> Options:
         force=getattr(args, "force", False),
         keep_disks=getattr(args, "keep_disks", False),
         prune=getattr(args, "prune", True),
+        targets=frozenset(getattr(args, "targets", None) or ()),
     )
 
 

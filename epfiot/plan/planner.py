@@ -7,6 +7,7 @@ from epfiot.model import Desired, Observed
 from epfiot.plan.actions import Options, Plan, UsbResolution
 from epfiot.plan.context import Context, describes
 from epfiot.plan.networks import plan_network_pruning, plan_networks
+from epfiot.plan.targets import restrict
 from epfiot.plan.things import plan_thing_pruning, plan_things, unregister_thing
 from epfiot.plan.vms import destroy_vm, plan_vm, plan_vm_pruning
 
@@ -41,7 +42,8 @@ def make_plan(
     plan_things(ctx)
     if options.prune:
         plan_thing_pruning(ctx)
-    return Plan.ordered(ctx.actions, ctx.problems)
+    plan = Plan.ordered(ctx.actions, ctx.problems)
+    return restrict(plan, options.targets, desired, observed) if options.targets else plan
 
 
 def plan_deletion(desired: Desired, observed: Observed, options: Options = DEFAULT_OPTIONS) -> Plan:
