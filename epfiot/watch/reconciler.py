@@ -5,6 +5,7 @@ thread (one connection, one registry handle)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -166,12 +167,17 @@ class Reconciler:
             self.events.record("removal.pending", key, f"no longer declared; pruned after {self.config.prune_after:g}s")
 
     def _load_manifests(self) -> Desired:
-        from epfiot.desired import load_manifests
+        from epfiot.desired import SecretAccess, load_manifests
+        from epfiot.salts import SaltStore
 
         files = [p for p in self.config.paths if p.is_file() or any(manifest_files(p))]
         if not files:
             return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
-        return load_manifests([str(p) for p in files])
+        salts = SaltStore.in_state_dir(self.config.state_dir)
+        access = SecretAccess(os.environ, self.config.secrets_dirs, salts)
+        desired = load_manifests([str(p) for p in files], access=access)
+        salts.save()
+        return desired
 
     # --- one run -----------------------------------------------------------------------------------------
 
