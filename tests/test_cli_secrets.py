@@ -76,3 +76,6 @@ def test_a_manifest_with_a_problem_records_no_salt(run, tmp_path: Path, monkeypa
     stack = write_stack(tmp_path, "alice", vms=[vm("example1", credentials=credentials), vm("example2", vcpu=0)])
     assert run("plan", "-f", str(stack))[0] == 2
     assert not (tmp_path / "state" / "salts.json").exists()
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1", credentials=credentials), vm("example2")])
+    assert run("plan", "-f", str(stack))[0] == 0
+    assert list(json.loads((tmp_path / "state" / "salts.json").read_text())) == ["alice/alice-stack/example1"]
