@@ -41,8 +41,9 @@ ROUNDS_DEFAULT = 5000
 ROUNDS_MIN = 1000
 ROUNDS_MAX = 999_999_999
 SALT_MAX = 16
-# epfiot's rounds: SHA-512 crypt meant to cost. This pure-Python implementation takes about 0.14 s per hash at
-# 100,000 rounds on a 2-core edge host (glibc's about a third of that): paid once per VM password and load.
+# epfiot's rounds: twenty times crypt's default, what SHA-512 crypt is meant to cost today. This pure-Python
+# implementation takes about 90 ms per hash at 100,000 rounds on a 2-core host, 1.5 times openssl's C code
+# (bench/bench_crypt.py): paid once per VM password and load, a cost a guesser pays per guess.
 ROUNDS = 100_000
 SECRET_FILE_MAX = 64 * 1024  # a password or a key is a line, not a file to read whole whatever its size
 
