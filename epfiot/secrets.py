@@ -7,8 +7,9 @@ A manifest gives a VM's password in one of four ways:
     password: {hash: "$6$..."}            # a crypt(3) hash made elsewhere (mkpasswd -m sha-512, openssl passwd -6)
     password: "s3cret"                    # a literal: refused unless the credentials set allow_literal_password: true
 
-This module is the only place that ever holds a plain password. It returns a SHA-512 crypt hash ("$6$...") at
-once; model objects, reprs, errors and logs only ever see that hash. Error messages name the variable or the file,
+This module (with epfiot.salts, which hashes with a recorded salt) is the only place that ever holds a plain
+password. It returns a SHA-512 crypt hash ("$6$...") at once; model objects, reprs, errors and logs only ever
+see that hash. Error messages name the variable or the file,
 never a value.
 
 Random salt, many rounds. epfiot's own hashes are "$6$rounds=100000$SALT$...": a salt of 16 characters
