@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from secrets import token_bytes
 
 from epfiot.secrets import ROUNDS, random_salt, sha512_crypt
 
@@ -34,12 +37,20 @@ class SaltStore:
         self.path = path
         self._records: dict[str, dict[str, str]] = {}
         self._changed: dict[str, dict[str, str] | None] = {}  # account -> new record, None: forgotten
-        if path is not None:
-            self._records = {
-                account: record for account, record in self._read_file().items()
-                if isinstance(record, dict) and isinstance(record.get("user"), str)
-                and isinstance(record.get("hash"), str)
-            }  # fmt: skip
+        # account -> (user, MAC of the password, hash) of the hashes this process computed or checked, so that
+        # a long-lived store (watch) checks a recorded hash once rather than at every reload. The MAC's key
+        # lives only in this process, as the passwords it reads do.
+        self._checked: dict[str, tuple[str, bytes, str]] = {}
+        self._key = token_bytes(32)
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file again (another epfiot may have recorded or dropped salts); unsaved changes are lost."""
+        self._changed.clear()
+        self._records = {
+            account: record for account, record in (self._read_file() if self.path is not None else {}).items()
+            if isinstance(record, dict) and isinstance(record.get("user"), str) and isinstance(record.get("hash"), str)
+        }  # fmt: skip
 
     @classmethod
     def in_state_dir(cls, directory: Path) -> SaltStore:
@@ -49,15 +60,20 @@ class SaltStore:
         """The SHA-512 crypt hash of `password` for `user` of the VM `account` ("owner/stack/name"): the
         recorded one when it is still this password's, else a new one with a random salt."""
         record = self._records.get(account)
+        mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
         if record is not None and record["user"] == user:
+            if self._checked.get(account) == (user, mac, record["hash"]):
+                return record["hash"]
             parts = record["hash"].split("$")
             if len(parts) == 5 and parts[1] == "6" and parts[2] == f"rounds={ROUNDS}":
                 again = sha512_crypt(password, parts[3], ROUNDS)
-                if again == record["hash"]:
+                if hmac.compare_digest(again, record["hash"]):
+                    self._checked[account] = (user, mac, again)
                     return again
         hashed = sha512_crypt(password, random_salt(), ROUNDS)
         self._records[account] = {"user": user, "hash": hashed}
         self._changed[account] = self._records[account]
+        self._checked[account] = (user, mac, hashed)
         return hashed
 
     def forget(self, accounts: Iterable[str]) -> None:

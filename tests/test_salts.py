@@ -61,3 +61,19 @@ def test_forget_drops_records_and_keeps_those_of_other_stores(tmp_path: Path) ->
     one.forget([ACCOUNT])
     assert json.loads((tmp_path / "salts.json").read_text()) == {"alice/s/b": {"user": "alice", "hash": b}}
     assert SaltStore.in_state_dir(tmp_path).hash(ACCOUNT, "alice", PASSWORD) != a
+
+
+def test_a_long_lived_store_follows_the_file_on_reload(tmp_path: Path) -> None:
+    watch, other = SaltStore.in_state_dir(tmp_path), SaltStore.in_state_dir(tmp_path)
+    first = watch.hash(ACCOUNT, "alice", PASSWORD)
+    watch.save()
+    assert watch.hash(ACCOUNT, "alice", PASSWORD) == first  # checked once, the same hash since
+    other.reload()
+    renewed = other.hash(ACCOUNT, "alice", "another password")
+    other.save()
+    watch.reload()
+    assert watch.hash(ACCOUNT, "alice", "another password") == renewed  # the other epfiot's record
+    assert watch.hash(ACCOUNT, "alice", PASSWORD) not in (first, renewed)
+    other.forget([ACCOUNT])
+    watch.reload()
+    assert watch.hash(ACCOUNT, "alice", "another password") != renewed  # dropped: a fresh salt
