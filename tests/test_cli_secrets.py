@@ -79,3 +79,14 @@ def test_a_manifest_with_a_problem_records_no_salt(run, tmp_path: Path, monkeypa
     stack = write_stack(tmp_path, "alice", vms=[vm("example1", credentials=credentials), vm("example2")])
     assert run("plan", "-f", str(stack))[0] == 0
     assert list(json.loads((tmp_path / "state" / "salts.json").read_text())) == ["alice/alice-stack/example1"]
+
+
+def test_delete_vm_drops_the_salt_of_that_vm_only(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EPFIOT_TEST_CLI_PASSWORD", "Zebra-Quokka-417")
+    credentials = {"user": "edge", "password": {"env": "EPFIOT_TEST_CLI_PASSWORD"}}
+    stack = write_stack(tmp_path, "alice", vms=[vm("example1", credentials=credentials), vm("example2", credentials=credentials)])
+    assert run("--image-dir", str(tmp_path / "images"), "apply", "-f", str(stack))[0] == 0
+    salts = tmp_path / "state" / "salts.json"
+    kept = json.loads(salts.read_text())["alice/alice-stack/example2"]
+    assert run("delete", "vm", "alice/example1", "--force", "-y")[0] == 0
+    assert json.loads(salts.read_text()) == {"alice/alice-stack/example2": kept}
