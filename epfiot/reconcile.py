@@ -35,7 +35,7 @@ from epfiot.model import (
     credentials_digest,
     libvirt_name,
 )
-from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, make_plan, plan_deletion
+from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
 from epfiot.psk import ThingKeys, key_file_path, read_key_file
 from epfiot.wording import counted
 
@@ -183,7 +183,25 @@ def _run(request: Request) -> Result:
     if request.approve is not None:
         request.approve(plan)
     outcomes, observed, remaining = _apply(request, plan, held)
+    _forget_salts(request, outcomes)
     return replace(planned, observed=observed, outcomes=outcomes, remaining=remaining)
+
+
+def _forget_salts(request: Request, outcomes: tuple[Outcome, ...]) -> None:
+    """The password salts of the VMs this run destroyed and that are not declared (any more) go from the state
+    directory (the lock's: a run without a lock has none). A declared VM destroyed to be made anew keeps its
+    salt, or its next seed would differ from the one just made."""
+    if request.lock is None:
+        return
+    declared = set() if request.deletion else {(v.owner, v.stack, v.name) for v in request.desired.vms}
+    gone = {
+        (a.owner, a.stack, a.name) for o in outcomes
+        if o.ok and (a := o.action).kind is Kind.VM and a.verb is Verb.DESTROY
+    } - declared  # fmt: skip
+    if gone:
+        from epfiot.salts import SaltStore
+
+        SaltStore.in_state_dir(request.lock.state_dir).forget("/".join(key) for key in sorted(gone))
 
 
 def _pool_needed(request: Request, observed: Observed) -> CreatePool | None:

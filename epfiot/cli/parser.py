@@ -43,6 +43,7 @@ def add_global_options(parser: argparse.ArgumentParser, default: object = None) 
 
     group.add_argument("-c", "--connect", metavar="URI", default=default, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     group.add_argument("--state-dir", type=Path, default=default, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
+    group.add_argument("--secrets-dir", type=Path, default=default, help="where {file: PATH} secrets may also be, besides the manifest's directory (default: $EPFIOT_SECRETS_DIR)")
     group.add_argument("--policy", type=Path, default=default, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
     group.add_argument("--image-pool", default=own(image_pool), help=f"storage pool of base images and VM disks (default: {image_pool})")
     group.add_argument("--image-dir", default=own(image_dir), help=f"directory of the image pool when apply creates it (default: {image_dir})")
