@@ -4,8 +4,10 @@ A password's SHA-512 crypt hash goes into the VM's cloud-init seed, whose digest
 salt at every apply would rebuild every seed. So the first hash of a password gets a random salt (16
 characters of crypt's alphabet from the `secrets` module, 96 bits) and is recorded in salts.json, keyed by
 the VM's owner/stack/name; a later load hashes the password again with the recorded salt and rounds, and
-when that gives the recorded hash (same password, same user) it is used as it is. Another password or user
-gets a fresh salt, which replaces the record. A VM that is destroyed and no longer declared loses its record.
+when that gives the recorded hash (same password, same user) it is used as it is. Another password keeps
+the VM's salt: its hash differs, so the seed is rebuilt, and going back to the earlier password gives the
+earlier hash again (a plan saved with `plan -out` before someone tried another password still applies).
+Another user gets a fresh salt. A VM that is destroyed and no longer declared loses its record.
 
 What the file holds is the hash itself, which the seed carries anyway; never a password. It is written with
 mode 0600, in the state directory (0700), atomically (a temporary file renamed over it), never in libvirt's
@@ -61,18 +63,17 @@ class SaltStore:
         recorded one when it is still this password's, else a new one with a random salt."""
         record = self._records.get(account)
         mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+        salt = random_salt()
         if record is not None and record["user"] == user:
             if self._checked.get(account) == (user, mac, record["hash"]):
                 return record["hash"]
             parts = record["hash"].split("$")
             if len(parts) == 5 and parts[1] == "6" and parts[2] == f"rounds={ROUNDS}":
-                again = sha512_crypt(password, parts[3], ROUNDS)
-                if hmac.compare_digest(again, record["hash"]):
-                    self._checked[account] = (user, mac, again)
-                    return again
-        hashed = sha512_crypt(password, random_salt(), ROUNDS)
-        self._records[account] = {"user": user, "hash": hashed}
-        self._changed[account] = self._records[account]
+                salt = parts[3]
+        hashed = sha512_crypt(password, salt, ROUNDS)
+        if record is None or record != {"user": user, "hash": hashed}:
+            self._records[account] = {"user": user, "hash": hashed}
+            self._changed[account] = self._records[account]
         self._checked[account] = (user, mac, hashed)
         return hashed
 

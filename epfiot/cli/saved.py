@@ -55,7 +55,7 @@ def apply_saved(args: argparse.Namespace) -> int:
     """epfiot apply FILE: the saved plan's manifests and host, checked, then applied as apply -f would."""
     from epfiot import savedplan
     from epfiot.cli.apply import reconcile
-    from epfiot.desired import load_manifests
+    from epfiot.cli.common import load
 
     path: Path = args.plan_file
     given = [flag for name, flag in PLAN_SHAPING.items() if getattr(args, name, None)]
@@ -72,7 +72,7 @@ def apply_saved(args: argparse.Namespace) -> int:
     args.virt_type = args.virt_type or saved.host.virt_type
     args.force, args.keep_disks, args.prune, args.targets = saved.force, saved.keep_disks, saved.prune, list(saved.targets)
     args.files = list(saved.paths)
-    desired = load_manifests(args.files)
+    desired = load(args)  # with the recorded password salts, as the plan was made
     savedplan.check_manifests(path, saved, desired.origin.files)
 
     def verify(observed: Observed, plan: Plan, pool: CreatePool | None) -> None:
