@@ -6,6 +6,8 @@ addresses: one's DHCP range covers the other's reservations, and routes to eithe
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
+from typing import NamedTuple
 
 from epfiot.addressing import IpNetwork
 from epfiot.model import NetworkSpec, ObservedNetwork, libvirt_name
@@ -22,33 +24,58 @@ def check_networks(ctx: Context) -> None:
     removed = {libvirt_name(a.owner, a.name) for a in ctx.actions if a.kind is Kind.NETWORK and a.verb is Verb.DESTROY}
     declared = {n.libvirt_name for n in ctx.desired.networks}
     staying = [
-        (net, subnet)
+        (net, span)
         for net in sorted(ctx.observed.networks, key=lambda n: n.libvirt_name)
         if net.libvirt_name not in declared and net.libvirt_name not in removed
-        for subnet in _parsed(net.address_ranges)
+        for text in net.address_ranges
+        if (span := _span(text)) is not None
     ]
     ranges = ", ".join(str(r) for r in rules.network_ranges)
-    earlier: list[tuple[NetworkSpec, IpNetwork]] = []
+    earlier: list[tuple[NetworkSpec, Span]] = []
     for spec in sorted(ctx.desired.networks, key=lambda n: (n.source, n.libvirt_name)):
-        parsed = _parsed((spec.cidr,))
-        if not parsed:
+        span = _span(spec.cidr)
+        if span is None:
             continue  # the manifest's own checks report a malformed range
-        subnet = parsed[0]
         where = f"{spec.source}: network {spec.name} ({spec.cidr})"
-        if not rules.allows_range(spec.owner, subnet):
+        if not rules.allows_range(spec.owner, span.network):
             ctx.problems.append(f"{where} lies outside the ranges this host gives tenants' networks ({ranges})")
-        for other, other_subnet in staying:
-            if _overlap(subnet, other_subnet):
-                ctx.problems.append(f"{where} overlaps {_describe(ctx, other, other_subnet)}: {_WHY}")
-        for other_spec, other_subnet in earlier:
-            if _overlap(subnet, other_subnet):
+        for other, other_span in staying:
+            if span.overlaps(other_span):
+                ctx.problems.append(f"{where} overlaps {_describe(ctx, other, other_span.network)}: {_WHY}")
+        for other_spec, other_span in earlier:
+            if span.overlaps(other_span):
                 ctx.problems.append(
                     f"{where} overlaps network {other_spec.name} ({other_spec.cidr}) declared at {other_spec.source}: {_WHY}"
                 )
-        earlier.append((spec, subnet))
+        earlier.append((spec, span))
 
 
 _WHY = "networks on one host must not overlap (their DHCP ranges and reservations would collide)"
+
+
+class Span(NamedTuple):
+    """A network as the integers of its first and last address: compared without ipaddress's overhead, as a
+    plan on a shared host compares every declared network with every other on the host."""
+
+    version: int
+    first: int
+    last: int
+    network: IpNetwork
+
+    def overlaps(self, other: Span) -> bool:
+        return self.version == other.version and self.first <= other.last and other.first <= self.last
+
+
+@lru_cache(maxsize=4096)
+def _span(text: str) -> Span | None:
+    """The span of "10.9.0.0/24" (host bits allowed, as libvirt allows them); None when it is no network.
+    Cached: watch plans the same host's networks again and again."""
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+    first = int(network.network_address)
+    return Span(network.version, first, first + network.num_addresses - 1, network)
 
 
 def _describe(ctx: Context, net: ObservedNetwork, subnet: IpNetwork) -> str:
@@ -56,17 +83,3 @@ def _describe(ctx: Context, net: ObservedNetwork, subnet: IpNetwork) -> str:
     owner = net.ownership.owner if net.ownership is not None else None
     text = ctx.rules.describe("network", net.libvirt_name, net.ownership)
     return f"{text}, {subnet}" if ctx.rules.sees(owner) else text
-
-
-def _overlap(a: IpNetwork, b: IpNetwork) -> bool:
-    return a.version == b.version and a.overlaps(b)
-
-
-def _parsed(texts: tuple[str, ...]) -> list[IpNetwork]:
-    found: list[IpNetwork] = []
-    for text in texts:
-        try:
-            found.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            continue
-    return found

@@ -13,7 +13,7 @@ network and each thing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from epfiot.model import Source, VmSpec, is_epfiot_volume, overlay_volume_name
 from epfiot.plan.actions import Kind, Verb
@@ -35,9 +35,8 @@ QUOTAS = {
 }
 
 
-@dataclass(frozen=True)
-class Item:
-    """One resource counted toward a tenant's quotas."""
+class Item(NamedTuple):
+    """One resource counted toward a tenant's quotas (a named tuple: a shared host has thousands)."""
 
     kind: Kind
     name: str
@@ -53,12 +52,17 @@ def check_quotas(ctx: Context) -> None:
     rules = ctx.rules
     if rules is None:
         return
-    for owner in sorted({owner for owner, _ in ctx.scopes if owner in rules.quotas}):
+    owners = sorted({owner for owner, _ in ctx.scopes if owner in rules.quotas})
+    if not owners:
+        return
+    capacities = {v.name: v.capacity_bytes for v in ctx.observed.volumes}
+    for owner in owners:
         quotas = rules.quotas[owner]
-        before = list(_on_host(ctx, owner))
+        before = list(_on_host(ctx, owner, capacities))
+        declared = list(_declared(ctx, owner, capacities))
         removed = {(a.kind, a.name) for a in ctx.actions if a.owner == owner and a.verb is Verb.DESTROY}
-        redeclared = {(i.kind, i.name) for i in _declared(ctx, owner)}
-        after = [i for i in before if (i.kind, i.name) not in removed and (i.kind, i.name) not in redeclared] + list(_declared(ctx, owner))
+        removed |= {(i.kind, i.name) for i in declared}  # counted as declared
+        after = [i for i in before if (i.kind, i.name) not in removed] + declared
         for quota, unit in QUOTAS.items():
             limit = getattr(quotas, quota)
             if limit is None:
@@ -73,37 +77,36 @@ def check_quotas(ctx: Context) -> None:
             )
 
 
-def _on_host(ctx: Context, owner: str) -> Iterable[Item]:
+def _on_host(ctx: Context, owner: str, capacities: dict[str, int]) -> Iterable[Item]:
     """What `owner` has on the host now, in all its stacks."""
-    capacities = {v.name: v.capacity_bytes for v in ctx.observed.volumes}
     for vm in ctx.observed.vms:
         o = vm.ownership
         if o is None or o.owner != owner or not describes(vm.libvirt_name, o):
             continue
         disk = capacities.get(vm.disk_volume or overlay_volume_name(o.owner, o.name), 0)
         amounts = _vm_amounts(vm.vcpu, vm.memory_mib, _gib(disk), len(vm.devices))
-        yield Item(Kind.VM, o.name, o.stack, amounts, planned=False)
+        yield Item(Kind.VM, o.name, o.stack, amounts, False)
     for net in ctx.observed.networks:
         o = net.ownership
         if o is not None and o.owner == owner and describes(net.libvirt_name, o):
-            yield Item(Kind.NETWORK, o.name, o.stack, {"networks": 1}, planned=False)
+            yield Item(Kind.NETWORK, o.name, o.stack, {"networks": 1}, False)
     for thing in ctx.observed.things:
         if thing.owner == owner:
-            yield Item(Kind.THING, thing.name, thing.stack, {"things": 1}, planned=False)
+            yield Item(Kind.THING, thing.name, thing.stack, {"things": 1}, False)
 
 
-def _declared(ctx: Context, owner: str) -> Iterable[Item]:
+def _declared(ctx: Context, owner: str, capacities: dict[str, int]) -> Iterable[Item]:
     """What this plan declares for `owner`."""
     for vm in ctx.desired.vms:
         if vm.owner == owner:
-            amounts = _vm_amounts(vm.vcpu, vm.memory_mib, _disk_gib(ctx, vm), len(vm.devices))
-            yield Item(Kind.VM, vm.name, vm.stack, amounts, planned=True, source=vm.source)
+            amounts = _vm_amounts(vm.vcpu, vm.memory_mib, _disk_gib(vm, capacities), len(vm.devices))
+            yield Item(Kind.VM, vm.name, vm.stack, amounts, True, vm.source)
     for net in ctx.desired.networks:
         if net.owner == owner:
-            yield Item(Kind.NETWORK, net.name, net.stack, {"networks": 1}, planned=True, source=net.source)
+            yield Item(Kind.NETWORK, net.name, net.stack, {"networks": 1}, True, net.source)
     for thing in ctx.desired.things:
         if thing.owner == owner:
-            yield Item(Kind.THING, thing.name, thing.stack, {"things": 1}, planned=True, source=thing.source)
+            yield Item(Kind.THING, thing.name, thing.stack, {"things": 1}, True, thing.source)
 
 
 def _amount(total: int, unit: str) -> str:
@@ -114,17 +117,16 @@ def _vm_amounts(vcpus: int, memory_mib: int, disk_gib: int, usb: int) -> dict[st
     return {"vms": 1, "vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib, "usb": usb}
 
 
-def _disk_gib(ctx: Context, spec: VmSpec) -> int:
+def _disk_gib(spec: VmSpec, capacities: dict[str, int]) -> int:
     """The disk a declared VM has once applied: its overlay as the pool has it (apply keeps an existing one as it
     is), else the one apply makes: as large as its base image, or disk_size when larger."""
     if not spec.image:
         return 0
-    overlay = overlay_volume_name(spec.owner, spec.name)
-    existing = next((v for v in ctx.observed.volumes if v.name == overlay), None)
+    existing = capacities.get(overlay_volume_name(spec.owner, spec.name))
     if existing is not None:
-        return _gib(existing.capacity_bytes)
-    base = next((v for v in ctx.observed.volumes if v.name == spec.image and not is_epfiot_volume(v.name)), None)
-    return _gib(max(base.capacity_bytes if base else 0, (spec.disk_size_gib or 0) * GIB))
+        return _gib(existing)
+    base = 0 if is_epfiot_volume(spec.image) else capacities.get(spec.image, 0)
+    return _gib(max(base, (spec.disk_size_gib or 0) * GIB))
 
 
 def _gib(size: int) -> int:
