@@ -6,6 +6,8 @@ addresses: one's DHCP range covers the other's reservations, and routes to eithe
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_right
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -23,13 +25,13 @@ def check_networks(ctx: Context) -> None:
         return
     removed = {libvirt_name(a.owner, a.name) for a in ctx.actions if a.kind is Kind.NETWORK and a.verb is Verb.DESTROY}
     declared = {n.libvirt_name for n in ctx.desired.networks}
-    staying = [
+    staying = _Spans(
         (net, span)
-        for net in sorted(ctx.observed.networks, key=lambda n: n.libvirt_name)
+        for net in ctx.observed.networks
         if net.libvirt_name not in declared and net.libvirt_name not in removed
         for text in net.address_ranges
         if (span := _span(text)) is not None
-    ]
+    )
     ranges = ", ".join(str(r) for r in rules.network_ranges)
     earlier: list[tuple[NetworkSpec, Span]] = []
     for spec in sorted(ctx.desired.networks, key=lambda n: (n.source, n.libvirt_name)):
@@ -39,9 +41,8 @@ def check_networks(ctx: Context) -> None:
         where = f"{spec.source}: network {spec.name} ({spec.cidr})"
         if not rules.allows_range(spec.owner, span.network):
             ctx.problems.append(f"{where} lies outside the ranges this host gives tenants' networks ({ranges})")
-        for other, other_span in staying:
-            if span.overlaps(other_span):
-                ctx.problems.append(f"{where} overlaps {_describe(ctx, other, other_span.network)}: {_WHY}")
+        for other, other_span in staying.overlapping(span):
+            ctx.problems.append(f"{where} overlaps {_describe(ctx, other, other_span.network)}: {_WHY}")
         for other_spec, other_span in earlier:
             if span.overlaps(other_span):
                 ctx.problems.append(
@@ -64,6 +65,29 @@ class Span(NamedTuple):
 
     def overlaps(self, other: Span) -> bool:
         return self.version == other.version and self.first <= other.last and other.first <= self.last
+
+
+class _Spans:
+    """The networks' spans, sorted, each with the furthest last address of it and those before it (of its
+    version): the spans overlapping one are found by bisection, not by comparing it with every network."""
+
+    def __init__(self, items: Iterable[tuple[ObservedNetwork, Span]]) -> None:
+        self.items = sorted(items, key=lambda item: (item[1].version, item[1].first))
+        self.keys = [(span.version, span.first) for _, span in self.items]
+        self.reach: list[int] = []
+        for i, (_, span) in enumerate(self.items):
+            before = self.reach[-1] if i and self.items[i - 1][1].version == span.version else -1
+            self.reach.append(max(before, span.last))
+
+    def overlapping(self, span: Span) -> list[tuple[ObservedNetwork, Span]]:
+        """The networks overlapping `span`, by name."""
+        found = []
+        i = bisect_right(self.keys, (span.version, span.last)) - 1
+        while i >= 0 and self.keys[i][0] == span.version and self.reach[i] >= span.first:
+            if self.items[i][1].last >= span.first:
+                found.append(self.items[i])
+            i -= 1
+        return sorted(found, key=lambda item: (item[0].libvirt_name, item[1].first))
 
 
 @lru_cache(maxsize=4096)

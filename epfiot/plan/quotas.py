@@ -33,6 +33,7 @@ QUOTAS = {
     "networks": "network",
     "things": "thing",
 }
+COUNTED_KIND = {"networks": Kind.NETWORK, "things": Kind.THING}  # the other quotas count VMs
 
 
 class Item(NamedTuple):
@@ -58,8 +59,11 @@ def check_quotas(ctx: Context) -> None:
     capacities = {v.name: v.capacity_bytes for v in ctx.observed.volumes}
     for owner in owners:
         quotas = rules.quotas[owner]
-        before = list(_on_host(ctx, owner, capacities))
-        declared = list(_declared(ctx, owner, capacities))
+        kinds = {COUNTED_KIND.get(q, Kind.VM) for q in QUOTAS if getattr(quotas, q) is not None}
+        if not kinds:
+            continue
+        before = list(_on_host(ctx, owner, capacities, kinds))
+        declared = list(_declared(ctx, owner, capacities, kinds))
         removed = {(a.kind, a.name) for a in ctx.actions if a.owner == owner and a.verb is Verb.DESTROY}
         removed |= {(i.kind, i.name) for i in declared}  # counted as declared
         after = [i for i in before if (i.kind, i.name) not in removed] + declared
@@ -77,34 +81,34 @@ def check_quotas(ctx: Context) -> None:
             )
 
 
-def _on_host(ctx: Context, owner: str, capacities: dict[str, int]) -> Iterable[Item]:
-    """What `owner` has on the host now, in all its stacks."""
-    for vm in ctx.observed.vms:
+def _on_host(ctx: Context, owner: str, capacities: dict[str, int], kinds: set[Kind]) -> Iterable[Item]:
+    """What `owner` has on the host now, in all its stacks (of the kinds its quotas count)."""
+    for vm in ctx.observed.vms if Kind.VM in kinds else ():
         o = vm.ownership
         if o is None or o.owner != owner or not describes(vm.libvirt_name, o):
             continue
         disk = capacities.get(vm.disk_volume or overlay_volume_name(o.owner, o.name), 0)
         amounts = _vm_amounts(vm.vcpu, vm.memory_mib, _gib(disk), len(vm.devices))
         yield Item(Kind.VM, o.name, o.stack, amounts, False)
-    for net in ctx.observed.networks:
+    for net in ctx.observed.networks if Kind.NETWORK in kinds else ():
         o = net.ownership
         if o is not None and o.owner == owner and describes(net.libvirt_name, o):
             yield Item(Kind.NETWORK, o.name, o.stack, {"networks": 1}, False)
-    for thing in ctx.observed.things:
+    for thing in ctx.observed.things if Kind.THING in kinds else ():
         if thing.owner == owner:
             yield Item(Kind.THING, thing.name, thing.stack, {"things": 1}, False)
 
 
-def _declared(ctx: Context, owner: str, capacities: dict[str, int]) -> Iterable[Item]:
-    """What this plan declares for `owner`."""
-    for vm in ctx.desired.vms:
+def _declared(ctx: Context, owner: str, capacities: dict[str, int], kinds: set[Kind]) -> Iterable[Item]:
+    """What this plan declares for `owner` (of the kinds its quotas count)."""
+    for vm in ctx.desired.vms if Kind.VM in kinds else ():
         if vm.owner == owner:
             amounts = _vm_amounts(vm.vcpu, vm.memory_mib, _disk_gib(vm, capacities), len(vm.devices))
             yield Item(Kind.VM, vm.name, vm.stack, amounts, True, vm.source)
-    for net in ctx.desired.networks:
+    for net in ctx.desired.networks if Kind.NETWORK in kinds else ():
         if net.owner == owner:
             yield Item(Kind.NETWORK, net.name, net.stack, {"networks": 1}, True, net.source)
-    for thing in ctx.desired.things:
+    for thing in ctx.desired.things if Kind.THING in kinds else ():
         if thing.owner == owner:
             yield Item(Kind.THING, thing.name, thing.stack, {"things": 1}, True, thing.source)
 
