@@ -7,17 +7,21 @@ The planner's side of each rule, case by case, is in tests/plan_cases/host_rules
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from epfiot.desired import load_manifests
 from epfiot.hostconfig import Caller, parse_host_config
 from epfiot.libvirt.host import LibvirtHost
-from epfiot.model import Desired
+from epfiot.model import Desired, ObservedNetwork
 from epfiot.plan import HostRules, Options
+from epfiot.plan.host_networks import Spans, span_of
 from epfiot.reconcile import Request, Result, observe, plan_changes, run_once
 from epfiot.registry import Registry
 from tests.hosts.usbhost import write_usb_host
@@ -207,3 +211,32 @@ def test_quotas_count_the_tenants_other_stacks_and_what_the_plan_removes(tmp_pat
     result = run(host, both, ALICE)
     assert result.plan.problems == () and not result.failed
     assert {v.libvirt_name for v in host.observe().vms} >= {"alice.b", "alice.c"}
+
+
+# --- overlap search ----------------------------------------------------------------------------------------------
+
+ipv4_networks = st.builds(
+    lambda address, prefix: str(ipaddress.ip_network(f"{ipaddress.IPv4Address(address)}/{prefix}", strict=False)),
+    st.integers(0, 2**32 - 1),
+    st.integers(8, 30),
+)
+ipv6_networks = st.builds(
+    lambda address, prefix: str(ipaddress.ip_network(f"{ipaddress.IPv6Address(address)}/{prefix}", strict=False)),
+    st.integers(0, 2**128 - 1),
+    st.integers(8, 64),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(ipv4_networks, ipv6_networks), max_size=30), st.one_of(ipv4_networks, ipv6_networks))
+def test_the_overlap_search_finds_exactly_what_comparing_with_every_network_finds(host_ranges: list[str], new: str) -> None:
+    observed = [ObservedNetwork(f"n{i}", None, True, None, None, subnets=(text,)) for i, text in enumerate(host_ranges)]
+    spans = [(net, span) for net in observed if (span := span_of(net.subnets[0])) is not None]
+    wanted = ipaddress.ip_network(new)
+    expected = sorted(
+        net.libvirt_name for net in observed
+        if (other := ipaddress.ip_network(net.subnets[0])).version == wanted.version and other.overlaps(wanted)  # type: ignore[arg-type]
+    )
+    span = span_of(new)
+    assert span is not None
+    assert sorted(net.libvirt_name for net, _ in Spans(spans).overlapping(span)) == expected

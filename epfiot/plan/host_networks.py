@@ -25,17 +25,17 @@ def check_networks(ctx: Context) -> None:
         return
     removed = {libvirt_name(a.owner, a.name) for a in ctx.actions if a.kind is Kind.NETWORK and a.verb is Verb.DESTROY}
     declared = {n.libvirt_name for n in ctx.desired.networks}
-    staying = _Spans(
+    staying = Spans(
         (net, span)
         for net in ctx.observed.networks
         if net.libvirt_name not in declared and net.libvirt_name not in removed
         for text in net.address_ranges
-        if (span := _span(text)) is not None
+        if (span := span_of(text)) is not None
     )
     ranges = ", ".join(str(r) for r in rules.network_ranges)
     earlier: list[tuple[NetworkSpec, Span]] = []
     for spec in sorted(ctx.desired.networks, key=lambda n: (n.source, n.libvirt_name)):
-        span = _span(spec.cidr)
+        span = span_of(spec.cidr)
         if span is None:
             continue  # the manifest's own checks report a malformed range
         where = f"{spec.source}: network {spec.name} ({spec.cidr})"
@@ -67,7 +67,7 @@ class Span(NamedTuple):
         return self.version == other.version and self.first <= other.last and other.first <= self.last
 
 
-class _Spans:
+class Spans:
     """The networks' spans, sorted, each with the furthest last address of it and those before it (of its
     version): the spans overlapping one are found by bisection, not by comparing it with every network."""
 
@@ -91,7 +91,7 @@ class _Spans:
 
 
 @lru_cache(maxsize=4096)
-def _span(text: str) -> Span | None:
+def span_of(text: str) -> Span | None:
     """The span of "10.9.0.0/24" (host bits allowed, as libvirt allows them); None when it is no network.
     Cached: watch plans the same host's networks again and again."""
     try:
