@@ -199,9 +199,9 @@ def test_quotas_count_the_tenants_other_stacks_and_what_the_plan_removes(tmp_pat
 
     assert result.plan.problems == (
         f"{tmp_path / 'alice' / 'two.yaml'}:5: tenant alice would have 3 VMs after this plan, over its quota of 2 "
-        "(vms); counted: vm b (this plan, stack two), vm c (this plan, stack two), vm a (stack one)",
+        "(quotas.vms); counted: vm b (this plan, stack two), vm c (this plan, stack two), vm a (stack one)",
         f"{tmp_path / 'alice' / 'two.yaml'}:5: tenant alice would have 4 vCPUs after this plan, over its quota of 3 "
-        "(vcpus); counted: vm b 1 (this plan, stack two), vm c 1 (this plan, stack two), vm a 2 (stack one)",
+        "(quotas.vcpus); counted: vm b 1 (this plan, stack two), vm c 1 (this plan, stack two), vm a 2 (stack one)",
     )
     assert {"alice.b", "alice.c"}.isdisjoint(v.libvirt_name for v in host.observe().vms)
 

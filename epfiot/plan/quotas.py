@@ -23,15 +23,15 @@ from epfiot.wording import counted
 GIB = 1024**3
 SHOWN = 8  # items listed in a problem; the rest are counted
 
-# quota field (of epfiot.hostconfig.Quotas) -> what its total counts
+# quota field (of epfiot.hostconfig.Quotas) -> its key in the host configuration's quotas:, what its total counts
 QUOTAS = {
-    "vms": "VM",
-    "vcpus": "vCPU",
-    "memory_mib": "MiB of memory",
-    "disk_gib": "GiB of disk",
-    "usb": "USB device",
-    "networks": "network",
-    "things": "thing",
+    "vms": ("vms", "VM"),
+    "vcpus": ("vcpus", "vCPU"),
+    "memory_mib": ("memory", "MiB of memory"),
+    "disk_gib": ("disk", "GiB of disk"),
+    "usb": ("usb", "USB device"),
+    "networks": ("networks", "network"),
+    "things": ("things", "thing"),
 }
 COUNTED_KIND = {"networks": Kind.NETWORK, "things": Kind.THING}  # the other quotas count VMs
 
@@ -67,7 +67,7 @@ def check_quotas(ctx: Context) -> None:
         removed = {(a.kind, a.name) for a in ctx.actions if a.owner == owner and a.verb is Verb.DESTROY}
         removed |= {(i.kind, i.name) for i in declared}  # counted as declared
         after = [i for i in before if (i.kind, i.name) not in removed] + declared
-        for quota, unit in QUOTAS.items():
+        for quota, (key, unit) in QUOTAS.items():
             limit = getattr(quotas, quota)
             if limit is None:
                 continue
@@ -77,7 +77,7 @@ def check_quotas(ctx: Context) -> None:
             counted = [i for i in after if i.amounts.get(quota, 0)]
             ctx.problems.append(
                 f"{_where(ctx, owner, counted)}: tenant {owner} would have {_amount(total, unit)} after this plan, over its "
-                f"quota of {limit} ({quota}); counted: {_listing(counted, quota)}"
+                f"quota of {_amount(limit, unit, quota=True)} (quotas.{key}); counted: {_listing(counted, quota)}"
             )
 
 
@@ -113,8 +113,11 @@ def _declared(ctx: Context, owner: str, capacities: dict[str, int], kinds: set[K
             yield Item(Kind.THING, thing.name, thing.stack, {"things": 1}, True, thing.source)
 
 
-def _amount(total: int, unit: str) -> str:
-    return f"{total} {unit}" if " of " in unit else counted(total, unit)
+def _amount(total: int, unit: str, *, quota: bool = False) -> str:
+    """"3 VMs", "320 MiB of memory"; as a quota: "2", "256 MiB"."""
+    if " of " in unit:
+        return f"{total} {unit.split(' of ')[0]}" if quota else f"{total} {unit}"
+    return str(total) if quota else counted(total, unit)
 
 
 def _vm_amounts(vcpus: int, memory_mib: int, disk_gib: int, usb: int) -> dict[str, int]:
