@@ -9,17 +9,25 @@ import time
 from typing import TYPE_CHECKING
 
 from epfiot.cli.common import load, options_from, pool_from, session, uri
+from epfiot.errors import UsageError
 
 if TYPE_CHECKING:
     from epfiot.apply import Outcome
     from epfiot.model import Desired
+    from epfiot.reconcile import Verify
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan_file is not None:
+        from epfiot.cli.saved import apply_saved
+
+        return apply_saved(args)
+    if not args.files:
+        raise UsageError("apply needs manifests (-f PATH) or a saved plan (epfiot apply FILE, from epfiot plan -out FILE)")
     return reconcile(args, load(args), deletion=False)
 
 
-def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> int:
+def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool, verify: Verify | None = None) -> int:
     """One reconcile run (epfiot.reconcile.run_once) with terminal output; the exit code."""
     from epfiot import render
     from epfiot.approval import approve
@@ -46,6 +54,7 @@ def reconcile(args: argparse.Namespace, desired: Desired, *, deletion: bool) -> 
             parallel=args.parallel,
             reporter=reporter,
             approve=functools.partial(approve, auto_approve=args.auto_approve, stdin=sys.stdin, out=out),
+            verify=verify,
         )
         try:
             result = run_once(request)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from epfiot.errors import EpfiotError
+
 if TYPE_CHECKING:
     from epfiot.host import Host
     from epfiot.model import Desired
@@ -80,10 +82,22 @@ def open_registry(directory: Path, *, create: bool) -> Registry | None:
     return Registry(path)
 
 
-def load(args: argparse.Namespace) -> Desired:
-    from epfiot.desired import load_manifests
+def load(args: argparse.Namespace, *, read_secrets: bool = True) -> Desired:
+    """The manifests of -f. Passwords hash with the salts recorded in the state directory, and new ones are
+    recorded once the manifests load. `read_secrets` False: identities only (delete), no secret is read."""
+    from epfiot.desired import SecretAccess, load_manifests
+    from epfiot.salts import SaltStore
+    from epfiot.secrets import secrets_dirs
 
-    return load_manifests(args.files, stdin=sys.stdin)
+    salts = SaltStore.in_state_dir(state_dir(args)) if read_secrets else None
+    access = SecretAccess(os.environ, secrets_dirs(getattr(args, "secrets_dir", None)), salts, read=read_secrets)
+    desired = load_manifests(args.files, stdin=sys.stdin, access=access)
+    if salts is not None:
+        try:
+            salts.save()
+        except OSError as error:
+            raise EpfiotError(f"cannot record password salts in {salts.path}: {error.strerror or error}") from None
+    return desired
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -93,6 +107,7 @@ def options_from(args: argparse.Namespace) -> Options:
         force=getattr(args, "force", False),
         keep_disks=getattr(args, "keep_disks", False),
         prune=getattr(args, "prune", True),
+        targets=frozenset(getattr(args, "targets", None) or ()),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from epfiot.cli.common import load, options_from, pool_from, session
 
@@ -14,6 +15,10 @@ def run(args: argparse.Namespace) -> int:
     from epfiot.plan import Verb
     from epfiot.reconcile import Request, run_once
 
+    if args.out is not None:
+        from epfiot.cli.saved import refuse_stdin
+
+        refuse_stdin(args)
     desired = load(args)
     with session(args, desired) as ses:
         request = Request(ses.host, desired, options_from(args), ses.registry, ses.policy, dry_run=True, pool=pool_from(args))
@@ -23,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
         print(render.to_json(render.plan_as_dict(plan, pool=result.pool)))
     else:
         print(render.render_plan(plan, verbose=args.verbose, pool=result.pool))
+    if args.out is not None:
+        from epfiot.cli.saved import save
+
+        print(save(args, desired, result), file=sys.stderr if args.output == "json" else sys.stdout)
     if plan.problems:
         return 1
     if args.detailed_exitcode:

@@ -11,6 +11,7 @@ from epfiot.plan.host_rules import HostRules
 from epfiot.plan.host_usb import check_usb
 from epfiot.plan.networks import plan_network_pruning, plan_networks
 from epfiot.plan.quotas import check_quotas
+from epfiot.plan.targets import restrict
 from epfiot.plan.things import plan_thing_pruning, plan_things, unregister_thing
 from epfiot.plan.vms import destroy_vm, plan_vm, plan_vm_pruning
 
@@ -49,10 +50,12 @@ def make_plan(
     plan_things(ctx)
     if options.prune:
         plan_thing_pruning(ctx)
-    # Last: what this plan removes no longer counts against what it adds.
+    # Last: what this plan removes no longer counts against what it adds. On the whole plan, before a
+    # --target cuts it down: problems stay whole.
     check_networks(ctx)
     check_quotas(ctx)
-    return Plan.ordered(ctx.actions, ctx.problems)
+    plan = Plan.ordered(ctx.actions, ctx.problems)
+    return restrict(plan, options.targets, desired, observed) if options.targets else plan
 
 
 def plan_deletion(desired: Desired, observed: Observed, options: Options = DEFAULT_OPTIONS) -> Plan:

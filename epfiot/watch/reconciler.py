@@ -5,6 +5,7 @@ thread (one connection, one registry handle)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from epfiot.errors import EpfiotError, HostError, ManifestError
 from epfiot.eventlog import EventLog, EventRecorder
 from epfiot.logs import Log
 from epfiot.model import Desired, StackSpec
+from epfiot.salts import SaltStore
 from epfiot.watch.config import WatchConfig, manifest_files
 from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
 from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, scope_is_empty, with_scopes
@@ -111,6 +113,7 @@ class Reconciler:
         self.gate = RemovalGate(config.prune_after, clock())
         self.scopes = ScopeMemory(config.state_dir / SCOPES_FILE, config.paths)
         self.scopes.load()
+        self.salts = SaltStore.in_state_dir(config.state_dir)  # one for the daemon: it checks each hash once
         self.requeue = Requeue()
         self.reporter = WatchReporter(log, events, self._planned)
         self.managed: frozenset[str] = frozenset()
@@ -166,12 +169,15 @@ class Reconciler:
             self.events.record("removal.pending", key, f"no longer declared; pruned after {self.config.prune_after:g}s")
 
     def _load_manifests(self) -> Desired:
-        from epfiot.desired import load_manifests
+        from epfiot.desired import SecretAccess, load_manifests
 
         files = [p for p in self.config.paths if p.is_file() or any(manifest_files(p))]
         if not files:
             return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
-        return load_manifests([str(p) for p in files])
+        self.salts.reload()  # a run of this daemon, or another epfiot, may have dropped or renewed salts
+        desired = load_manifests([str(p) for p in files], access=SecretAccess(os.environ, self.config.secrets_dirs, self.salts))
+        self.salts.save()
+        return desired
 
     # --- one run -----------------------------------------------------------------------------------------
 
