@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from epfiot.addressing import within_ranges
 from epfiot.desired.messages import check_document
 from epfiot.desired.nodes import ExpansionBudget, parse_documents
 from epfiot.desired.schema import HOST_SCHEMA_PATH
@@ -160,9 +161,7 @@ class HostConfig:
 
     def allows_range(self, network: Network) -> bool:
         """Whether a tenant's network may use `network`: inside one of network_ranges (none given: any)."""
-        if not self.network_ranges:
-            return True
-        return any(network.version == r.version and network.subnet_of(r) for r in self.network_ranges)  # type: ignore[arg-type]
+        return within_ranges(network, self.network_ranges)
 
 
 def new_token() -> str:

@@ -35,7 +35,7 @@ from epfiot.model import (
     credentials_digest,
     libvirt_name,
 )
-from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
+from epfiot.plan import Action, HostRules, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
 from epfiot.psk import ThingKeys, key_file_path, read_key_file
 from epfiot.wording import counted
 
@@ -145,6 +145,9 @@ class Request:
     # done (the pool included); raises to stop the run with nothing changed (a saved plan that no longer
     # matches the host: epfiot.savedplan).
     verify: Verify | None = None
+    # The host's rules for the one asking (HostRules.of(host config, caller)): with them the plan is checked
+    # against the whole host, every tenant's resources included. None: only within this run's scopes.
+    rules: HostRules | None = None
 
 
 def run_once(request: Request) -> Result:
@@ -213,7 +216,7 @@ def _pool_needed(request: Request, observed: Observed) -> CreatePool | None:
 def _plan(request: Request, observed: Observed) -> Plan:
     if request.deletion:
         return plan_deletion(request.desired, observed, request.options)
-    return plan_changes(request.desired, observed, request.options, request.policy)
+    return plan_changes(request.desired, observed, request.options, request.policy, request.rules)
 
 
 def _apply(
@@ -290,14 +293,18 @@ def resolve_usb(desired: Desired, observed: Observed, policy: UsbPolicy | None) 
     return UsbResolution(assignments, tuple(problems))
 
 
-def plan_changes(desired: Desired, observed: Observed, options: Options, policy: UsbPolicy | None) -> Plan:
+def plan_changes(
+    desired: Desired, observed: Observed, options: Options, policy: UsbPolicy | None, rules: HostRules | None = None
+) -> Plan:
     digests = {}
     if any(vm.credentials for vm in desired.vms):
         from epfiot import cloudinit  # only stacks with credentials need it (and its imports)
 
         digests = {vm.libvirt_name: cloudinit.seed_digest(vm) for vm in desired.vms if vm.credentials}
     usb = resolve_usb(desired, observed, policy)
-    return make_plan(desired, observed, options, usb=usb, seed_digests=digests, unread_manifests=unread(desired, observed))
+    return make_plan(
+        desired, observed, options, usb=usb, seed_digests=digests, unread_manifests=unread(desired, observed), rules=rules
+    )
 
 
 def unread(desired: Desired, observed: Observed) -> frozenset[str]:
