@@ -48,8 +48,9 @@ if TYPE_CHECKING:
     from epfiot.host import Host
     from epfiot.model import Desired
     from epfiot.plan import Options, Plan
+    from epfiot.plan.host_rules import HostRules
     from epfiot.policy import UsbPolicy
-    from epfiot.reconcile import Reporter, Result
+    from epfiot.reconcile import Reporter, Result, Verify
     from epfiot.registry import Registry
 
 DEFAULT_IMAGE_POOL = "epfiot-images"
@@ -214,7 +215,9 @@ class Service:
 
         desired = self._desired(caller, manifests)
         with self._session(desired) as (host, registry, policy):
-            return run_once(Request(host, desired, _options(options), registry, policy, dry_run=True, pool=self._pool()))
+            return run_once(
+                Request(host, desired, _options(options), registry, policy, dry_run=True, pool=self._pool(), rules=self.rules(caller))
+            )
 
     def plan(self, caller: Caller, manifests: Manifests | Desired, options: Options | None = None) -> dict[str, Any]:
         from epfiot import render
@@ -234,11 +237,13 @@ class Service:
         parallel: int | None = None,
         reporter: Callable[[EventLog], Reporter] | None = None,
         source: str | None = None,
+        verify: Verify | None = None,
     ) -> Result:
         """One reconcile under the host lock; its events go to the state directory's event log (`reporter`
         builds the Reporter on it; default: events only, marked `source`, default "apply"/"delete").
         `approve`: True applies a plan that destroys anything, False refuses it (NotApproved, nothing
-        applied), a callable decides (epfiot.approval.approve asks on a terminal)."""
+        applied), a callable decides (epfiot.approval.approve asks on a terminal). `verify`: as
+        reconcile.Request's (a saved plan checked against the host before anything is done)."""
         from epfiot.eventlog import EventLog, EventRecorder
         from epfiot.reconcile import HostLock, Request, run_once
 
@@ -260,6 +265,8 @@ class Service:
                     parallel=parallel or self.parallel,
                     reporter=recorder,
                     approve=_approval(approve),
+                    verify=verify,
+                    rules=self.rules(caller),
                 )
                 return run_once(request)
             finally:
@@ -307,9 +314,30 @@ class Service:
 
     # --- what the operations share ----------------------------------------------------------------------
 
+    def load(self, caller: Caller, manifests: Manifests) -> Desired:
+        """The manifests' desired state for `caller` (load_for). Passwords hash with the salts recorded in the
+        state directory, so that the same password makes the same seed from one run to the next; new salts
+        are recorded once the manifests load (and none when they do not)."""
+        from epfiot.salts import SaltStore
+
+        salts = SaltStore.in_state_dir(self.state_dir) if manifests.read else None
+        desired = load_for(caller, manifests, salts)
+        if salts is not None:
+            try:
+                salts.save()
+            except OSError as error:
+                raise EpfiotError(f"cannot record password salts in {salts.path}: {error.strerror or error}") from None
+        return desired
+
+    def rules(self, caller: Caller) -> HostRules:
+        """The host's rules for `caller`: its plans are checked against the whole host (epfiot.plan.host_rules)."""
+        from epfiot.plan.host_rules import HostRules
+
+        return HostRules.of(self.config, caller)
+
     def _desired(self, caller: Caller, manifests: Manifests | Desired) -> Desired:
         if isinstance(manifests, Manifests):
-            return load_for(caller, manifests)
+            return self.load(caller, manifests)
         if problems := authz.foreign_owners(manifests, caller):
             raise ManifestError(problems)
         return manifests
@@ -318,6 +346,10 @@ class Service:
         from epfiot.reconcile import CreatePool
 
         return CreatePool(self.image_pool, self.image_dir)
+
+    def connection(self) -> contextlib.AbstractContextManager[Host]:
+        """The host, open for the length of a `with` (commands that read and change it themselves: adopt)."""
+        return self._host()
 
     @contextlib.contextmanager
     def _host(self) -> Iterator[Host]:

@@ -19,6 +19,7 @@ COMMANDS = {
     "diff": "plan",
     "apply": "apply",
     "delete": "delete",
+    "adopt": "adopt",
     "get": "get",
     "watch": "watch",
     "serve": "serve",
@@ -43,6 +44,7 @@ def add_global_options(parser: argparse.ArgumentParser, default: object = None) 
     group.add_argument("-c", "--connect", metavar="URI", default=default, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     group.add_argument("--host-config", type=Path, default=default, help="the host configuration: tenants, state directory, image pool, USB policy (default: $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present; none: one administrator)")
     group.add_argument("--state-dir", type=Path, default=default, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
+    group.add_argument("--secrets-dir", type=Path, default=default, help="where {file: PATH} secrets may also be, besides the manifest's directory (default: $EPFIOT_SECRETS_DIR)")
     group.add_argument("--policy", type=Path, default=default, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
     group.add_argument("--image-pool", default=own(image_pool), help=f"storage pool of base images and VM disks (default: {image_pool})")
     group.add_argument("--image-dir", default=own(image_dir), help=f"directory of the image pool when apply creates it (default: {image_dir})")
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     def manifests(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         p.add_argument("-f", "--filename", dest="files", action="append", required=required, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
 
+    def targets(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", dest="targets", action="append", type=target, metavar="KIND/OWNER/NAME", help="plan only this resource and what it needs; KIND: vm, network or thing (repeatable)")
+
     def changes(p: argparse.ArgumentParser) -> None:
         p.add_argument("--force", action="store_true", help="power VMs off at once instead of a graceful shutdown")
         p.add_argument("--keep-disks", action="store_true", help="keep the disks of destroyed VMs")
@@ -82,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-disks", action="store_true", help="plan pruning that keeps disks")
+    targets(p)
+    p.add_argument("-out", "--out", dest="out", metavar="FILE", type=Path, help="save the plan to FILE, for epfiot apply FILE")
 
-    p = add_command("apply", help="make the host match the manifests")
-    manifests(p)
+    p = add_command("apply", help="make the host match the manifests, or apply a saved plan")
+    p.add_argument("plan_file", nargs="?", type=Path, metavar="FILE", help="a plan saved by epfiot plan -out FILE: applied exactly, if the host has not changed since")
+    manifests(p, required=False)
     changes(p)
+    targets(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
     p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -95,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="*", metavar="vm OWNER/NAME", help="e.g.: vm charlie/example1")
     changes(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
+
+    p = add_command("adopt", help="take an unmanaged libvirt domain under management, and print its manifest entry")
+    p.add_argument("kind", choices=("vm",), help="what to adopt")
+    p.add_argument("name", metavar="NAME", help="the domain: OWNER.NAME (its libvirt name), or NAME")
+    p.add_argument("--owner", required=True, help="the tenant it will belong to")
+    p.add_argument("--stack", required=True, help="the stack it will belong to")
+    p.add_argument("-y", "--auto-approve", action="store_true", help="adopt without asking (needed without a terminal)")
 
     p = add_command("get", help="list VMs, USB devices, images, networks, things")
     p.add_argument("resource", choices=("vms", "vm", "usb", "images", "networks", "things"))
@@ -140,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("version", help="print the version of epfiot and of what it runs on")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return parser
+
+
+def target(text: str) -> str:
+    from epfiot.plan.targets import parse_target
+
+    try:
+        return parse_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def dtls_options(p: argparse.ArgumentParser) -> None:

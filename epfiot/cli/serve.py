@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from epfiot.cli.common import open_registry, state_dir
-from epfiot.errors import UsageError
+from epfiot.errors import EpfiotError, UsageError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
 
     dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
 
+    listening = False
+
     def ready(server: BootstrapServer) -> None:
+        nonlocal listening
+        listening = True
         print(f"LwM2M bootstrap server on [{args.bind}]:{server.port} (registry {directory / 'registry.db'})", flush=True)
         print(dtls_note if dtls_port is None else f"CoAP over DTLS on [{dtls_bind}]:{server.dtls_port}", flush=True)
 
@@ -52,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
             await run_bootstrap_server(directory / "registry.db", bind=args.bind, port=args.port, on_event=on_event, ready=ready, rebootstrap_count=rule.count, rebootstrap_window=rule.window, dtls_port=dtls_port, dtls_bind=dtls_bind)
         except asyncio.CancelledError:
             print("stopped", flush=True)
+        except OSError as error:
+            if listening:
+                raise
+            # a port in use, an address not on this host: said in one line, as watch says it
+            raise EpfiotError(f"cannot serve LwM2M bootstrap: {error.strerror or error}") from None
 
     try:
         asyncio.run(serve())

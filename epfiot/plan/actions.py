@@ -82,6 +82,7 @@ class Action(NamedTuple):
 class Plan:
     actions: tuple[Action, ...] = ()
     problems: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()  # a targeted plan (--target): only these resources and what they need
 
     @classmethod
     def ordered(cls, actions: list[Action], problems: list[str]) -> Plan:
@@ -113,6 +114,7 @@ class Options:
     force: bool = False  # power off at once instead of a graceful shutdown
     keep_disks: bool = False  # pruning a VM keeps its overlay and seed volumes
     prune: bool = True  # destroy managed resources of the given stacks that the manifests no longer declare
+    targets: frozenset[str] = frozenset()  # "vm/alice/example1" ...: plan only these (epfiot.plan.targets)
 
 
 @dataclass(frozen=True)

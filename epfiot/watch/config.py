@@ -36,6 +36,7 @@ class WatchConfig:
     dtls_port: int | None = None  # no CoAP over DTLS
     dtls_bind: str | None = None
     dtls_note: str = "CoAP over DTLS off"
+    secrets_dirs: tuple[Path, ...] = ()  # where {file: PATH} secrets may also be
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WatchConfig:
@@ -56,6 +57,7 @@ class WatchConfig:
         if args.resync == 0:
             raise UsageError("--resync must be positive")
         from epfiot.psk import dtls_listener
+        from epfiot.secrets import secrets_dirs
 
         dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
         return cls(
@@ -78,6 +80,7 @@ class WatchConfig:
             dtls_note=dtls_note,
             log_format=args.log_format,
             verbose=bool(getattr(args, "verbose", False)),
+            secrets_dirs=secrets_dirs(getattr(args, "secrets_dir", None)),
         )
 
     @property
