@@ -141,3 +141,11 @@ def test_a_tenants_plan_meets_the_host_rules_without_learning_whose_resources_th
     assert applied.returncode == 1
     assert "tenant alice would have 2 VMs after this plan, over its quota of 1 (quotas.vms)" in applied.stdout + applied.stderr
     assert "nothing was changed" in applied.stdout + applied.stderr
+
+
+def test_a_state_directory_the_tenant_cannot_make_is_one_line(host: tuple[str, Path], shared: Path) -> None:
+    uri, config = host  # its state directory is not there, and only root may make it
+    stack = write_stack(shared, "alice", vms=[vm("web")], filename="alice.yaml")
+    stack.chmod(0o644)
+    planned = as_tenant(uri, config, "plan", "-f", str(stack))
+    assert (planned.returncode, planned.stderr) == (1, f"error: cannot create the state directory {shared / 'state'}: Permission denied\n")
