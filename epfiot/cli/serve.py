@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from epfiot.eventlog import EventLog, describe_bootstrap
+    from epfiot.eventlog import EventLog, describe_bootstrap, retention_from_options
     from epfiot.lwm2m.rebootstrap import RebootstrapRule
     from epfiot.lwm2m.server import BootstrapServer, run_bootstrap_server
     from epfiot.psk import dtls_listener
@@ -23,11 +23,12 @@ def run(args: argparse.Namespace) -> int:
         rule = RebootstrapRule(args.rebootstrap_count, args.rebootstrap_window)
     except ValueError as error:
         raise UsageError(f"serve: {error}") from None
+    retention = retention_from_options(args.event_log_max_bytes, args.event_log_max_age)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     directory = ensure_state_dir(state_dir(args))
     open_registry(directory, create=True).close()  # type: ignore[union-attr]
-    events = EventLog.in_state_dir(directory)
+    events = EventLog.in_state_dir(directory, retention)
 
     def on_event(kind: str, fields: dict[str, object]) -> None:
         subject, message = describe_bootstrap(kind, fields)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from epfiot.errors import UsageError
+from epfiot.eventlog import Retention, retention_from_options
 from epfiot.logs import Format
 from epfiot.watch.scopes import is_under
 
@@ -36,6 +37,7 @@ class WatchConfig:
     dtls_port: int | None = None  # no CoAP over DTLS
     dtls_bind: str | None = None
     dtls_note: str = "CoAP over DTLS off"
+    event_retention: Retention | None = None  # the bound the event log was last given
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WatchConfig:
@@ -57,6 +59,9 @@ class WatchConfig:
         from epfiot.psk import dtls_listener
 
         dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
+        retention = retention_from_options(
+            getattr(args, "event_log_max_bytes", None), getattr(args, "event_log_max_age", None)
+        )
         return cls(
             paths=tuple(paths),
             uri=str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"),
@@ -75,6 +80,7 @@ class WatchConfig:
             dtls_port=dtls_port,
             dtls_bind=dtls_bind,
             dtls_note=dtls_note,
+            event_retention=retention,
             log_format=args.log_format,
             verbose=bool(getattr(args, "verbose", False)),
         )

@@ -283,7 +283,7 @@ def run_watch(args: argparse.Namespace) -> int:
     handler = log.bridge_logging("epfiot", "aiocoap", level=10 if config.verbose else 30)
     ensure_state_dir(config.state_dir)
     policy = load_policy(config.policy)
-    events = EventLog.in_state_dir(config.state_dir)
+    events = EventLog.in_state_dir(config.state_dir, config.event_retention)
     try:
         return asyncio.run(Watcher(config, log).run(events, policy))
     finally:
