@@ -282,6 +282,17 @@ class EventRecorder:
 
 def describe_bootstrap(kind: str, fields: dict[str, object]) -> tuple[str, str]:
     """Subject and one-line message for an event of the bootstrap server (fields hold no written values)."""
+    if kind.endswith(".refused") and "endpoint" not in fields and "endpoints" not in fields:
+        return "lwm2m/refusals", f"refused ({fields.get('client', '?')}): {fields.get('reason')}"
+    if "endpoints" in fields:  # refusals summed up (epfiot.lwm2m.refusals)
+        endpoints, clients_seen = fields["endpoints"], fields.get("clients")
+        samples = ", ".join(str(e) for e in endpoints) if isinstance(endpoints, list) else ""
+        clients = ", ".join(str(c) for c in clients_seen) if isinstance(clients_seen, list) else "?"
+        example = f" (e.g. {samples} from {clients})" if samples else f" (from {clients})"
+        return "lwm2m/refusals", (
+            f"{fields.get('count')} more requests refused over {fields.get('transport')}"
+            f" in {fields.get('seconds')} s: {fields.get('reason')}{example}"
+        )
     endpoint = str(fields.get("endpoint", "?"))
     owner = fields.get("owner")
     subject = f"thing/{owner}/{endpoint}" if owner else f"thing/{endpoint}"
