@@ -7,8 +7,10 @@ address and the port."""
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -37,18 +39,22 @@ class Listener:
 
 
 def _cannot(what: str, host: str, port: int, error: OSError) -> ListenError:
-    reason = error.strerror or str(error)
-    if isinstance(error, socket.gaierror) or error.errno == 99:  # EADDRNOTAVAIL: not this host's address
+    reason = os.strerror(error.errno) if error.errno and not isinstance(error, socket.gaierror) else str(error)
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
         reason += f" ({host} is not an address of this host)"
     return ListenError(f"cannot listen for {what} on {host} port {port}: {reason}")
 
 
+def _ensure_port_free(what: str, host: str, port: int) -> None:
+    try:
+        compat.ensure_port_free(host, port)
+    except OSError as error:
+        raise _cannot(what, host, port, error) from None
+
+
 async def open_plain(host: str, port: int) -> Listener:
     if port != 0:
-        try:
-            compat.ensure_port_free(host, port)
-        except OSError as error:
-            raise ListenError(f"CoAP: {error}") from None
+        _ensure_port_free("CoAP", host, port)
     try:
         ctx = await aiocoap.Context.create_server_context(
             None, bind=(host, port), loggername="epfiot.lwm2m.coap", transports=["udp6"]
@@ -79,10 +85,7 @@ async def open_dtls(host: str, port: int, keys: KeyFileCache) -> Listener:
     except ValueError as error:
         raise ListenError(f"--dtls-bind {host or '(none)'}: {error}") from None
     if port != 0:
-        try:
-            compat.ensure_port_free(host, port)  # aiocoap binds with SO_REUSEPORT here too
-        except OSError as error:
-            raise ListenError(f"CoAP over DTLS: {error}") from None
+        _ensure_port_free("CoAP over DTLS", host, port)  # aiocoap binds with SO_REUSEPORT here too
     try:
         ctx = await aiocoap.Context.create_server_context(
             None,

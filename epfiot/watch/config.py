@@ -31,7 +31,7 @@ class WatchConfig:
     parallel: int
     serve: bool
     bind: str
-    port: int
+    port: int | None  # None: no plain CoAP (--no-coap), only CoAP over DTLS
     log_format: Format
     verbose: bool
     dtls_port: int | None = None  # no CoAP over DTLS
@@ -56,9 +56,10 @@ class WatchConfig:
                 raise UsageError(f"--{option.replace('_', '-')} must not be negative")
         if args.resync == 0:
             raise UsageError("--resync must be positive")
-        from epfiot.psk import dtls_listener
+        from epfiot.psk import coap_listener, dtls_listener
 
         dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
+        port = coap_listener(getattr(args, "coap", True), args.port, dtls_port) if args.serve else args.port
         retention = retention_from_options(
             getattr(args, "event_log_max_bytes", None), getattr(args, "event_log_max_age", None)
         )
@@ -76,7 +77,7 @@ class WatchConfig:
             parallel=max(1, args.parallel),
             serve=args.serve,
             bind=args.bind,
-            port=args.port,
+            port=port,
             dtls_port=dtls_port,
             dtls_bind=dtls_bind,
             dtls_note=dtls_note,
