@@ -5,6 +5,7 @@ them, so a flood can neither bury the log in rows nor push its real history out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from pathlib import Path
 
@@ -164,6 +165,24 @@ def test_failed_dtls_handshakes_are_counted(tmp_path: Path) -> None:
     failed = [f for f in refusals(events) if f["reason"] == "DTLS handshake failed"]
     assert failed[0]["transport"] == "coaps" and failed[0]["count"] == 1
     assert describe_bootstrap("bootstrap.refused", failed[0])[0] == "lwm2m/refusals"
+
+
+def test_a_session_its_client_closed_ends_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = _setup(tmp_path)
+    events = Events()
+    caplog.set_level(logging.WARNING)
+
+    async def scenario() -> None:
+        async with BootstrapServer(db, HOST, 0, on_event=events, dtls_port=0) as bs:
+            for _ in range(3):
+                async with Lwm2mTestClient("sensor-a", HOST, bs.dtls_port, version="1.0", psk=("sensor-a", KEY_A)) as c:
+                    await c.bootstrap()
+            await asyncio.sleep(0.2)  # the close_notify of the last one
+
+    run(scenario())
+    assert not [r.getMessage() for r in caplog.records if "Unhandled alert" in r.getMessage()]
+    assert "Internal shutdown sequence mismatch" not in caplog.text
+    assert refusals(events) == []
 
 
 def test_dtls_sessions_are_bounded(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ def dtls_requester(ctx: aiocoap.Context) -> Requester:
 
 
 _DTLS_EVENT_CONNECTED = 0x01DE  # tinydtls: the handshake completed (level 0, no alert)
+_CLOSE_NOTIFY_WARNING = (1, 0)  # alert level warning, close_notify: what a client sends as it closes
 
 
 def _dtls_pool(ctx: aiocoap.Context) -> Any:
@@ -133,12 +134,12 @@ def guard_dtls_sessions(
     address and port a datagram comes from, and drops it only when the client sends a fatal alert: it
     never calls its own pool limit (``max_sockets``), and a failed handshake (a wrong key, an unknown
     identity: tinydtls answers with an alert and reports nothing) stays for good. So a flood of
-    ClientHellos from many ports grew memory without end, and failures went unseen. Here a session whose
-    handshake has not completed within ``handshake_timeout`` seconds is dropped and reported to
-    ``on_handshake_failed`` (with the client's address); beyond ``max_sessions``, the least recently
-    active session goes first, one still in its handshake before any other (also reported). The
-    session class of this one pool is replaced by a subclass (the pool makes sessions through
-    ``self._Address``); None when aiocoap is not laid out so.
+    ClientHellos from many ports grew memory without end, and failures went unseen. Here a session ends
+    when its client closes it (close_notify); a session whose handshake has not completed within
+    ``handshake_timeout`` seconds is dropped and reported to ``on_handshake_failed`` (with the client's
+    address); beyond ``max_sessions``, the least recently active session goes first, one still in its
+    handshake before any other (also reported). The session class of this one pool is replaced by a
+    subclass (the pool makes sessions through ``self._Address``); None when aiocoap is not laid out so.
 
     Returns the function to call before the context shuts down: it ends every session quietly while
     aiocoap can still take their errors (its own shutdown ends them after its message layer is gone,
@@ -184,6 +185,11 @@ def guard_dtls_sessions(
             if (level, code) == (0, _DTLS_EVENT_CONNECTED):
                 self._epfiot_handshake = False
                 self._epfiot_deadline.cancel()
+            elif (level, code) == _CLOSE_NOTIFY_WARNING:
+                # aiocoap ends a session on a fatal close_notify only, and logs this one as unhandled: the
+                # client is gone, and a later client from its address and port must start afresh
+                loop.call_soon(drop, self, "the client closed its DTLS session")
+                return None
             return super()._event(level, code)
 
         def _inject_error(self, exception: BaseException) -> Any:
