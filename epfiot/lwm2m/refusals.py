@@ -76,6 +76,7 @@ class RefusalCounter:
         self.interval = interval
         self._open: dict[tuple[str, str], Refusals] = {}
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._closed = False
 
     def refused(
         self,
@@ -87,6 +88,8 @@ class RefusalCounter:
         owner: str | None = None,
         detail: str | None = None,
     ) -> None:
+        if self._closed:
+            return  # the server is stopping: its listeners close in a moment
         key = (reason, transport)
         counted = self._open.get(key)
         if counted is not None:
@@ -110,6 +113,7 @@ class RefusalCounter:
 
     def close(self) -> None:
         """Report what was counted and not yet reported (the server stops)."""
+        self._closed = True
         for key, timer in list(self._timers.items()):
             timer.cancel()
             counted = self._open.pop(key)
