@@ -234,10 +234,18 @@ def coap_listener(enabled: bool, port: int, dtls_port: int | None) -> int | None
     return None
 
 
-def dtls_listener(bind: str, dtls_bind: str | None, port: int, enabled: bool) -> tuple[int | None, str | None, str]:
+DEFAULT_DTLS_PORT = 5684
+
+
+def dtls_listener(
+    bind: str, dtls_bind: str | None, port: int | None, enabled: bool, coap_port: int | None = None
+) -> tuple[int | None, str | None, str]:
     """Where ``epfiot serve`` and ``watch`` listen for CoAP over DTLS: (port, address, a line saying so).
     aiocoap's DTLS server binds one address, so with the any-address as ``bind`` and no ``dtls_bind`` it
-    stays off, and the line says how to turn it on."""
+    stays off, and the line says how to turn it on. Without a ``port``, it is 5684, or any free port when
+    the plain CoAP port is 0 (any free port) too: two servers started so never collide on 5684."""
+    if port is None:
+        port = 0 if coap_port == 0 else DEFAULT_DTLS_PORT
     if not enabled:
         return None, None, "CoAP over DTLS off (--no-dtls): things with keys cannot bootstrap"
     if dtls_bind is not None and dtls_bind.strip() in ("::", "0.0.0.0", "", "*"):

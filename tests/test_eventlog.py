@@ -120,3 +120,29 @@ def test_a_bad_retention_bound_is_a_clear_error(
     _, err = capsys.readouterr()
     assert code == 2 and expected in err and err.count("\n") == 1
     assert not (tmp_path / "state").exists()  # nothing changed
+
+
+def test_the_bound_given_to_serve_holds_for_later_writers(tmp_path: Path) -> None:
+    import asyncio
+    import signal
+
+    from tests.lwm2m_client import Lwm2mTestClient
+    from tests.lwm2m_support import epfiot_serve
+
+    state = tmp_path / "state"
+    with epfiot_serve(state, "--event-log-max-age", "7d", "--event-log-max-bytes", "1MiB") as child:
+
+        async def refused() -> None:
+            async with Lwm2mTestClient("nobody", "127.0.0.1", child.port) as client:
+                await client.request_bootstrap()
+
+        asyncio.run(refused())
+        child.wait_for_line(lambda line: line.startswith("bootstrap.refused"))
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.finish()[0] == 0
+    log = EventLog.in_state_dir(state)  # as apply opens it
+    try:
+        assert [e.kind for e in log.since()] == ["bootstrap.refused"]
+        assert log.retention == Retention(max_bytes=1024 * 1024, max_age=7 * 86400)
+    finally:
+        log.close()

@@ -135,7 +135,7 @@ def serve(state: Path, *argv: str) -> tuple[int, str]:
     [
         (["--no-coap", "--no-dtls"], 2, "--no-coap leaves only CoAP over DTLS, and that is off"),
         (["--dtls-bind", "::"], 2, "--dtls-bind '::': CoAP over DTLS listens on one address of this host"),
-        (["--dtls-bind", "192.0.2.1"], 1, "cannot listen for CoAP over DTLS on 192.0.2.1 port 5684: "),
+        (["--dtls-bind", "192.0.2.1", "--dtls-port", "5684"], 1, "cannot listen for CoAP over DTLS on 192.0.2.1 port 5684: "),
         (["--dtls-bind", "no-such-host.invalid"], 1, "cannot listen for CoAP over DTLS on no-such-host.invalid"),
     ],
     ids=["nothing left", "any-address", "not this host's", "unresolvable"],
@@ -178,6 +178,9 @@ def test_watch_takes_no_coap_too(tmp_path: Path) -> None:
         return WatchConfig.from_args(args)
 
     assert config("--bind", HOST).port == 5683
+    assert config("--bind", HOST).dtls_port == 5684
+    assert config("--bind", HOST, "--port", "0").dtls_port == 0  # any free port, as the plain one
+    assert config("--bind", HOST, "--port", "0", "--dtls-port", "5690").dtls_port == 5690
     secured = config("--bind", HOST, "--no-coap")
     assert secured.port is None and secured.dtls_port == 5684 and secured.dtls_bind == HOST
     with pytest.raises(UsageError, match="--no-coap leaves only CoAP over DTLS"):

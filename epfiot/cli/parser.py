@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dtls_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-coap", dest="coap", action="store_false", help="do not listen on plain CoAP: only CoAP over DTLS (needs --dtls-bind)")
-    p.add_argument("--dtls-port", type=int, default=5684, help="CoAP over DTLS (coaps) port, for things with keys (default: %(default)s)")
+    p.add_argument("--dtls-port", type=int, help="CoAP over DTLS (coaps) port, for things with keys (default: 5684; any free port when --port is 0)")
     p.add_argument("--dtls-bind", metavar="ADDRESS", help="the one address of this host the DTLS listener binds (default: --bind, unless that is :: or 0.0.0.0: then DTLS stays off)")
     p.add_argument("--no-dtls", dest="dtls", action="store_false", help="do not listen on CoAP over DTLS")
 

@@ -58,7 +58,7 @@ class WatchConfig:
             raise UsageError("--resync must be positive")
         from epfiot.psk import coap_listener, dtls_listener
 
-        dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
+        dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls, args.port)
         port = coap_listener(getattr(args, "coap", True), args.port, dtls_port) if args.serve else args.port
         retention = retention_from_options(
             getattr(args, "event_log_max_bytes", None), getattr(args, "event_log_max_age", None)
