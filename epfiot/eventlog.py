@@ -178,12 +178,8 @@ class EventLog:
                 self._since_prune, self._written = 1, 0
                 self._prune(db)
 
-    def prune(self) -> None:
-        """Drop what the retention bound no longer allows (done as events are recorded)."""
-        with self._lock:
-            self._prune(self._connection())
-
     def _prune(self, db: sqlite3.Connection) -> None:  # under self._lock
+        """Drop what the retention bound no longer allows: the old first."""
         db.execute("DELETE FROM events WHERE at < ?", (time.time() - self.retention.max_age,))
         # Freed pages are reused by later records, so the file stays about as large as its content.
         for _ in range(8):
