@@ -19,22 +19,33 @@ def parse_duration(text: str) -> float:
         raise UsageError(f"bad duration {text!r}: use e.g. 30s, 10m, 2h, 1d") from None
 
 
+def wanted_kinds(given: list[str] | None) -> list[str]:
+    """--kind, repeatable and comma-separated: "bootstrap.refused", "action.done,action.failed"."""
+    return [kind.strip() for text in given or () for kind in text.split(",") if kind.strip()]
+
+
 def run(args: argparse.Namespace) -> int:
     from epfiot import render
-    from epfiot.eventlog import EventLog
+    from epfiot.eventlog import KINDS, EventLog
 
     since = parse_duration(args.since) if args.since else None
+    kinds = wanted_kinds(getattr(args, "kind", None))
+    owner = getattr(args, "owner", None)
     path = state_dir(args) / "events.db"
-    if not path.exists():
-        print("[]" if args.output == "json" else "No events yet.")
-        return 0
-    log = EventLog(path)
+    log = EventLog(path) if path.exists() else None
     try:
-        events = log.since(since)
+        known = log.known_kinds() if log is not None else sorted(KINDS)
+        if unknown := [kind for kind in kinds if kind not in known]:
+            raise UsageError(f"unknown event kind {unknown[0]!r}; the log records: {', '.join(known)}")
+        events = [] if log is None else log.since(since, kinds=kinds, owner=owner)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     if args.output == "json":
         print(render.to_json([e.as_dict() for e in events]))
+    elif not events:
+        filtered = since is not None or kinds or owner is not None
+        print("No events match." if filtered and log is not None else "No events yet.")
     else:
         for e in events:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
