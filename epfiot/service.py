@@ -31,7 +31,7 @@ the plan has problems), HostError (1: libvirt).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,19 +188,30 @@ class Service:
             if not is_epfiot_volume(v.name)
         ]
 
-    def events(self, caller: Caller, since: float | None = None, kind: str | None = None, owner: str | None = None) -> list[dict[str, object]]:
-        """Events of the last `since` seconds (None: all), of `kind` (exact, or a prefix ending in "."), of
-        `owner`; a tenant's own only (authz.event_owner)."""
-        from epfiot.eventlog import EventLog
+    def events(
+        self,
+        caller: Caller,
+        since: float | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        kinds: Collection[str] = (),
+    ) -> list[dict[str, object]]:
+        """Events of the last `since` seconds (None: all), of `kind` (exact, or a prefix ending in ".") and of
+        `kinds` (exact; one the log does not know is a UsageError), of `owner`; a tenant's own only
+        (authz.event_owner)."""
+        from epfiot.errors import UsageError
+        from epfiot.eventlog import KINDS, EventLog
 
         path = self.state_dir / "events.db"
-        if not path.exists():
-            return []
-        log = EventLog(path)
+        log = EventLog(path) if path.exists() else None
         try:
-            events = log.since(since)
+            known = log.known_kinds() if log is not None else sorted(KINDS)
+            if unknown := [k for k in kinds if k not in known]:
+                raise UsageError(f"unknown event kind {unknown[0]!r}; the log records: {', '.join(known)}")
+            events = [] if log is None else log.since(since, kinds=kinds)
         finally:
-            log.close()
+            if log is not None:
+                log.close()
         if kind is not None:
             events = [e for e in events if e.kind == kind or (kind.endswith(".") and e.kind.startswith(kind))]
         if owner is not None:

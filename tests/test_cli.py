@@ -367,5 +367,5 @@ def test_serve_on_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr and "bug" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line == f"error: cannot serve LwM2M bootstrap: cannot listen on 127.0.0.1 port {port}: Address already in use", line
+    assert line == f"error: cannot serve LwM2M bootstrap: cannot listen for CoAP on 127.0.0.1 port {port}: Address already in use", line
 

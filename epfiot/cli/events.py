@@ -19,17 +19,25 @@ def parse_duration(text: str) -> float:
         raise UsageError(f"bad duration {text!r}: use e.g. 30s, 10m, 2h, 1d") from None
 
 
+def wanted_kinds(given: list[str] | None) -> list[str]:
+    """--kind, repeatable and comma-separated: "bootstrap.refused", "action.done,action.failed"."""
+    return [kind.strip() for text in given or () for kind in text.split(",") if kind.strip()]
+
+
 def run(args: argparse.Namespace) -> int:
     from epfiot import render
 
     since = parse_duration(args.since) if args.since else None
+    kinds = wanted_kinds(getattr(args, "kind", None))
+    owner = getattr(args, "owner", None)
     svc, caller = service(args)
-    events = svc.events(caller, since)
-    if not events and args.output != "json":
-        print("No events yet.")
-        return 0
+    events = svc.events(caller, since, owner=owner, kinds=kinds)
     if args.output == "json":
         print(render.to_json(events))
+    elif not events:
+        filtered = since is not None or kinds or owner is not None
+        logged = (svc.state_dir / "events.db").exists()
+        print("No events match." if filtered and logged else "No events yet.")
     else:
         for e in events:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e["at"])))  # type: ignore[arg-type]

@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="::", help="bootstrap server address (default: %(default)s)")
     p.add_argument("--port", type=int, default=5683, help="bootstrap server UDP port (default: %(default)s)")
     dtls_options(p)
+    event_log_options(p)
     p.add_argument("--log-format", choices=("human", "json"), default="human", help="one line per event: human or JSON lines (default: %(default)s)")
 
     from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW
@@ -137,11 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="::", help="address (default: %(default)s: IPv6 and IPv4)")
     p.add_argument("--port", type=int, default=5683, help="UDP port (default: %(default)s)")
     dtls_options(p)
+    event_log_options(p)
     p.add_argument("--rebootstrap-count", type=int, default=DEFAULT_COUNT, metavar="N", help="bootstraps of one thing within the window that make a loop, marked failed (default: %(default)s; see docs/things.md)")
     p.add_argument("--rebootstrap-window", type=float, default=DEFAULT_WINDOW, metavar="SECONDS", help="the window of --rebootstrap-count; 0 turns loop detection off (default: %(default)s)")
 
     p = add_command("events", help="what epfiot did, and what it saw")
     p.add_argument("--since", help="e.g. 10m, 2h, 1d (default: everything)")
+    p.add_argument("--owner", help="only events about this tenant's resources and things")
+    p.add_argument("--kind", action="append", metavar="KIND", help="only events of this kind, as the log records it: action.failed, bootstrap.refused ... (repeatable, or comma-separated)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     add_command("schema", help="print the manifest JSON Schema")
@@ -168,9 +172,15 @@ def target(text: str) -> str:
 
 
 def dtls_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtls-port", type=int, default=5684, help="CoAP over DTLS (coaps) port, for things with keys (default: %(default)s)")
-    p.add_argument("--dtls-bind", metavar="ADDRESS", help="address of the DTLS listener (default: --bind; one address, not ::)")
+    p.add_argument("--no-coap", dest="coap", action="store_false", help="do not listen on plain CoAP: only CoAP over DTLS (needs --dtls-bind)")
+    p.add_argument("--dtls-port", type=int, help="CoAP over DTLS (coaps) port, for things with keys (default: 5684; any free port when --port is 0)")
+    p.add_argument("--dtls-bind", metavar="ADDRESS", help="the one address of this host the DTLS listener binds (default: --bind, unless that is :: or 0.0.0.0: then DTLS stays off)")
     p.add_argument("--no-dtls", dest="dtls", action="store_false", help="do not listen on CoAP over DTLS")
+
+
+def event_log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--event-log-max-bytes", metavar="SIZE", help="the event log's bound: the oldest events go first beyond it (default: 64MiB, or the bound last given)")
+    p.add_argument("--event-log-max-age", metavar="DURATION", help="events older than this are dropped (default: 90d, or the bound last given)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from epfiot.errors import UsageError
+from epfiot.eventlog import Retention, retention_from_options
 from epfiot.logs import Format
 from epfiot.watch.scopes import is_under
 
@@ -30,13 +31,14 @@ class WatchConfig:
     parallel: int
     serve: bool
     bind: str
-    port: int
+    port: int | None  # None: no plain CoAP (--no-coap), only CoAP over DTLS
     log_format: Format
     verbose: bool
     dtls_port: int | None = None  # no CoAP over DTLS
     dtls_bind: str | None = None
     dtls_note: str = "CoAP over DTLS off"
     secrets_dirs: tuple[Path, ...] = ()  # where {file: PATH} secrets may also be
+    event_retention: Retention | None = None  # the bound the event log was last given
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WatchConfig:
@@ -56,10 +58,14 @@ class WatchConfig:
                 raise UsageError(f"--{option.replace('_', '-')} must not be negative")
         if args.resync == 0:
             raise UsageError("--resync must be positive")
-        from epfiot.psk import dtls_listener
+        from epfiot.psk import coap_listener, dtls_listener
         from epfiot.secrets import secrets_dirs
 
-        dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
+        dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls, args.port)
+        port = coap_listener(getattr(args, "coap", True), args.port, dtls_port) if args.serve else args.port
+        retention = retention_from_options(
+            getattr(args, "event_log_max_bytes", None), getattr(args, "event_log_max_age", None)
+        )
         return cls(
             paths=tuple(paths),
             uri=str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"),
@@ -74,10 +80,11 @@ class WatchConfig:
             parallel=max(1, args.parallel),
             serve=args.serve,
             bind=args.bind,
-            port=args.port,
+            port=port,
             dtls_port=dtls_port,
             dtls_bind=dtls_bind,
             dtls_note=dtls_note,
+            event_retention=retention,
             log_format=args.log_format,
             verbose=bool(getattr(args, "verbose", False)),
             secrets_dirs=secrets_dirs(getattr(args, "secrets_dir", None)),
