@@ -8,7 +8,8 @@ owner for one), or when the plan removes networks the table names. A stale bridg
 behind epfiot's back is no reason by itself: such an entry is harmless (see epfiot.firewall.ruleset), and
 it goes at the next rewrite.
 
-The action runs in Phase.FIREWALL, before the networks are defined: the table names the new bridges
+The action names no tenant (only counts and bridges, whose names are digests): every tenant's plan may
+show it. It runs in Phase.FIREWALL, before the networks are defined: the table names the new bridges
 before they exist, so that no observer ever sees a tenant's bridge the table does not name. Networks the
 plan removes stay in it until they are gone; the run then plans again with `tidy` and drops them.
 """
@@ -83,8 +84,8 @@ def plan_firewall(plan: Plan, networks: tuple[ObservedNetwork, ...], facts: Fact
     if not facts.nft:
         if len(wanted.isolation.tenants) > 1:
             problems.append(
-                f"firewall: tenants {', '.join(wanted.isolation.owners)} have networks on this host, but nft "
-                "is not installed, so their VMs could reach each other: install nftables (scripts/setup.sh)"
+                f"firewall: {len(wanted.isolation.tenants)} tenants have networks on this host, but nft is not "
+                "installed, so their VMs could reach each other: install nftables (scripts/setup.sh)"
             )
         return replace(plan, problems=(*plan.problems, *problems))
     action = firewall_action(wanted, facts.installed, tidy=tidy)
@@ -102,12 +103,13 @@ def firewall_action(wanted: Target, installed: Installed, *, tidy: bool = False)
     elif current is None:
         reason, verb = "the table is not as epfiot writes it", Verb.UPDATE
     elif not current.covers(final):
-        missing = sorted(set(final.bridges.items()) - set(current.bridges.items()))
-        reason, verb = f"the table does not name {', '.join(f'{b} ({o})' for b, o in missing)}", Verb.UPDATE
+        missing = sorted(b for b, owner in final.bridges.items() if current.bridges.get(b) != owner)
+        reason, verb = f"the table does not name the bridge{'s' if len(missing) > 1 else ''} {', '.join(missing)}", Verb.UPDATE
     elif (wanted.removes or tidy) and current != final:
         reason, verb = "it names networks that are removed", Verb.UPDATE
     else:
         return None
+    # Counts, not names: every tenant's plan shows this action, and tenants' names are not for each other.
     before = current.describe() if current is not None else None
     changes = (Change("tenants", before, final.describe()),)
     steps = (s.SyncFirewall(wanted.adding),)

@@ -65,9 +65,9 @@ class Isolation:
         return other.bridges.items() <= self.bridges.items()
 
     def describe(self) -> str:
-        """"t1 (2 bridges), t2 (1 bridge)"; "none"."""
-        parts = [f"{owner} ({len(b)} bridge{'s' if len(b) != 1 else ''})" for owner, b in self.tenants]
-        return ", ".join(parts) or "none"
+        """"2 tenants, 3 bridges": counts only, no names."""
+        tenants, bridges = len(self.tenants), len(self.bridges)
+        return f"{tenants} tenant{'s' if tenants != 1 else ''}, {bridges} bridge{'s' if bridges != 1 else ''}"
 
 
 def managed_bridges(networks: Iterable[ObservedNetwork], *, leaving: Iterable[str] = ()) -> dict[str, str]:

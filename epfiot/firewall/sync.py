@@ -25,7 +25,7 @@ def sync_firewall(host: Host, adding: tuple[tuple[str, str], ...] = ()) -> bool:
         if not nft.available():
             if len(wanted.tenants) > 1:
                 raise HostError(
-                    f"tenants {', '.join(wanted.owners)} have networks, but nft is not installed: "
+                    f"{len(wanted.tenants)} tenants have networks, but nft is not installed: "
                     "install nftables to keep them apart",
                     permanent=True,
                 )
