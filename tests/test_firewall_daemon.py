@@ -20,8 +20,8 @@ import pytest
 from epfiot.cli import main
 from epfiot.firewall import nft
 from epfiot.model import NetworkMode, NetworkSpec
+from tests.guests import in_own_network_namespace
 from tests.stacks import write_stack
-from tests.test_real_guest import in_own_network_namespace
 
 pytestmark = pytest.mark.daemon
 
