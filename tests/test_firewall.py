@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from epfiot.desired import load_manifest_text
-from epfiot.firewall import guard
+from epfiot.firewall import guard, nft
 from epfiot.firewall.planning import NAME, Facts, plan_firewall, target
 from epfiot.firewall.ruleset import (
     ABSENT,
@@ -231,3 +231,15 @@ def test_the_table_is_kept_only_for_a_local_system_daemon(uri: str, kept: bool) 
     plan = plan_for("alice", ["lan"], (alice,))
     if not kept:  # neither read nor written: nothing is added, whatever nft says
         assert guard.with_firewall(uri, plan, (alice,)) is plan
+
+
+def test_without_nft_on_the_path_a_local_daemons_second_tenant_is_a_problem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no nft
+    alice = network("alice", "lan", active=False)
+    plan = plan_for("bob", ["lan"], (alice,))
+    [problem] = guard.with_firewall("qemu:///system", plan, (alice,)).problems
+    assert problem.startswith("firewall: 2 tenants have networks on this host, but nft is not installed")
+
+
+def test_bridges_are_looked_up_in_this_processs_network_namespace() -> None:
+    assert nft.absent_bridges(["lo", "epfnosuchbr0"]) == ["epfnosuchbr0"]

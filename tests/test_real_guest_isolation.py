@@ -61,7 +61,7 @@ class Tenant:
     def stack(self, key: Path) -> dict[str, Any]:
         return {
             "version": 1,
-            "stack": "isolation",
+            "stack": f"isolation-{self.owner}",
             "owner": self.owner,
             "networks": [{"name": "lan", "mode": "route", "cidr": f"{self.subnet}.0/24"}],
             "vms": [
