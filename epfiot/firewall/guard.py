@@ -15,6 +15,7 @@ from epfiot.firewall.planning import Facts, plan_firewall
 from epfiot.firewall.ruleset import ABSENT
 from epfiot.model import ObservedNetwork
 from epfiot.plan import Plan
+from epfiot.plan.steps import DefineNetwork
 
 
 def applies_to(uri: str) -> bool:
@@ -28,7 +29,13 @@ def with_firewall(uri: str, plan: Plan, networks: tuple[ObservedNetwork, ...], *
     run has just removed networks (epfiot.firewall.planning)."""
     if not applies_to(uri):
         return plan
+    if not tidy and not any(n.ownership is not None for n in networks) and not _defines_networks(plan):
+        return plan  # no tenant's network before or after: nothing to keep apart (and no nft to run)
     found = nft.available()
     running = [n.bridge for n in networks if n.ownership is not None and n.active and n.bridge]
     facts = Facts(found, nft.read() if found else ABSENT, tuple(nft.absent_bridges(running)))
     return plan_firewall(plan, networks, facts, tidy=tidy)
+
+
+def _defines_networks(plan: Plan) -> bool:
+    return any(isinstance(step, DefineNetwork) for action in plan.changes for step in action.steps)
