@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from epfiot.firewall import nft
-from epfiot.firewall.planning import Facts, plan_firewall
-from epfiot.firewall.ruleset import ABSENT
 from epfiot.model import ObservedNetwork
 from epfiot.plan import Plan
 from epfiot.plan.steps import DefineNetwork
@@ -31,6 +28,10 @@ def with_firewall(uri: str, plan: Plan, networks: tuple[ObservedNetwork, ...], *
         return plan
     if not tidy and not any(n.ownership is not None for n in networks) and not _defines_networks(plan):
         return plan  # no tenant's network before or after: nothing to keep apart (and no nft to run)
+    from epfiot.firewall import nft
+    from epfiot.firewall.planning import Facts, plan_firewall
+    from epfiot.firewall.ruleset import ABSENT
+
     found = nft.available()
     running = [n.bridge for n in networks if n.ownership is not None and n.active and n.bridge]
     facts = Facts(found, nft.read() if found else ABSENT, tuple(nft.absent_bridges(running)))
