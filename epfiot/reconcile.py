@@ -36,6 +36,7 @@ from epfiot.model import (
     libvirt_name,
 )
 from epfiot.plan import Action, HostRules, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
+from epfiot.plan.steps import RemoveNetwork
 from epfiot.psk import ThingKeys, key_file_path, read_key_file
 from epfiot.wording import counted
 
@@ -213,29 +214,41 @@ def _pool_needed(request: Request, observed: Observed) -> CreatePool | None:
     return request.pool if any(vm.image or vm.credentials for vm in request.desired.vms) else None
 
 
-def _plan(request: Request, observed: Observed) -> Plan:
+def _plan(request: Request, observed: Observed, *, removed_networks: bool = False) -> Plan:
     if request.deletion:
-        return plan_deletion(request.desired, observed, request.options)
-    return plan_changes(request.desired, observed, request.options, request.policy, request.rules)
+        plan = plan_deletion(request.desired, observed, request.options)
+    else:
+        plan = plan_changes(request.desired, observed, request.options, request.policy, request.rules)
+    from epfiot.firewall.guard import with_firewall  # host-wide: the table follows every tenant's networks
+
+    return with_firewall(request.host.uri, plan, observed.networks, tidy=removed_networks)
 
 
 def _apply(
     request: Request, plan: Plan, held: tuple[Action, ...]
 ) -> tuple[tuple[Outcome, ...], Observed, tuple[Action, ...]]:
     """Execute `plan`, then plan afresh. A VM that came up (or got its lease) meanwhile has an address for
-    its things now: their registrations are applied at once rather than at the next run. Whatever else the
-    fresh plan changes is `remaining`."""
+    its things now: their registrations are applied at once rather than at the next run, and so is the
+    firewall table's tidying (it names the networks removed until they are gone). Whatever else the fresh
+    plan changes is `remaining`."""
     host, registry, reporter = request.host, request.registry, request.reporter
     outcomes = execute(plan, host, registry=registry, parallel=request.parallel, reporter=reporter)
     observed = observe(host, registry, request.desired)
-    fresh = _plan(request, observed)
+    fresh = _plan(request, observed, removed_networks=_removes_networks(plan))
     excused = {a.address for a in held} | {o.action.address for o in outcomes if not o.ok}
-    if request.desired.things and not request.deletion and not fresh.problems:
-        things = Plan(tuple(a for a in fresh.changes if a.kind is Kind.THING and a.address not in excused))
-        outcomes += execute(things, host, registry=registry, parallel=1, reporter=reporter)
-        excused |= {a.address for a in things.actions}
+    # The firewall too: it still names the networks just removed (or another run defined some meanwhile).
+    things = request.desired.things and not request.deletion
+    if not fresh.problems:
+        again = (Kind.THING, Kind.FIREWALL) if things else (Kind.FIREWALL,)
+        second = Plan(tuple(a for a in fresh.changes if a.kind in again and a.address not in excused))
+        outcomes += execute(second, host, registry=registry, parallel=1, reporter=reporter)
+        excused |= {a.address for a in second.actions}
     remaining = tuple(a for a in fresh.changes if a.address not in excused)
     return tuple(outcomes), observed, remaining
+
+
+def _removes_networks(plan: Plan) -> bool:
+    return any(a.kind is Kind.NETWORK and any(isinstance(st, RemoveNetwork) for st in a.steps) for a in plan.changes)
 
 
 def apply_plan(

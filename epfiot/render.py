@@ -32,7 +32,7 @@ def change_line(change: Change) -> str:
 
 
 def action_title(action: Action) -> str:
-    return f"{action.kind} {action.owner}/{action.name}"
+    return f"{action.kind} {action.owner}/{action.name}" if action.owner else f"{action.kind} {action.name}"
 
 
 def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = None) -> str:
