@@ -3,7 +3,7 @@
 same run: p50 latency and bootstraps per second with N concurrent clients on loopback.
 
 The bootstrap server (epfiot.lwm2m.server.BootstrapServer, listening on both) runs in a child process;
-the clients run in this process. Every client is the real aiocoap LwM2M 1.0 client of the tests
+the clients of each row run in a child process of their own. Every client is the real aiocoap LwM2M 1.0 client of the tests
 (tests/lwm2m_client.py), started fresh for each bootstrap: over DTLS that is a new DTLS session, so
 each measured bootstrap includes its full handshake (the same client code bootstraps over plain CoAP,
 so the difference is DTLS). Every bootstrap uses a fresh endpoint with its own identity and key.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -93,14 +94,32 @@ async def run_level(
     return latencies, time.perf_counter() - started, failed
 
 
+def level_in_a_client_process(
+    port: int, dtls: bool, concurrency: int, base: int, count: int
+) -> tuple[list[float], float, list[int]]:
+    """One row, its clients in a process of their own: in a process that has made and closed hundreds of
+    aiocoap tinydtls client contexts, some later handshakes never went on past the server's ServerHello
+    (the server sent and resent it; fresh client processes against the same server never failed)."""
+    command = [sys.executable, __file__, "--clients-of", str(port), str(int(dtls)), str(concurrency), str(base), str(count)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "AIOCOAP_REUSE_PORT": "0"})
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return row["latencies"], row["wall"], row["failed"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--clients", type=int, action="append", help="concurrent clients (repeatable)")
     parser.add_argument("--count", type=int, default=200, help="bootstraps per N and transport")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--clients-of", nargs=5, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
         asyncio.run(serve(args.serve))
+        return 0
+    if args.clients_of is not None:
+        port, dtls, concurrency, base, count = args.clients_of
+        lat, wall, failed = asyncio.run(run_level(port, bool(dtls), concurrency, list(range(base, base + count))))
+        print(json.dumps({"latencies": lat, "wall": wall, "failed": failed}))
         return 0
     levels = args.clients or [1, 10, 100]
     total = args.count * len(levels)
@@ -124,9 +143,8 @@ def main() -> int:
             failures = 0
             for li, n in enumerate(levels):
                 for dtls, base in ((False, total + li * args.count), (True, li * args.count)):
-                    names = list(range(base, base + args.count))
                     port = dtls_port if dtls else plain_port
-                    lat, wall, failed = asyncio.run(run_level(port, dtls, n, names))
+                    lat, wall, failed = level_in_a_client_process(port, dtls, n, base, args.count)
                     failures += len(failed)
                     q = statistics.quantiles(lat, n=10) if len(lat) > 1 else [lat[0] if lat else 0.0] * 9
                     print(

@@ -10,6 +10,8 @@ import ipaddress
 
 from epfiot.model import NetworkSpec
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 def dhcp_range(spec: NetworkSpec) -> tuple[str, str]:
     """The dynamic range: as declared, else the upper half of the network (the lower half is for reservations)."""
@@ -18,3 +20,10 @@ def dhcp_range(spec: NetworkSpec) -> tuple[str, str]:
     net = ipaddress.IPv4Network(spec.cidr)
     hosts = net.num_addresses
     return str(net.network_address + hosts // 2), str(net.broadcast_address - 1)
+
+
+def within_ranges(network: IpNetwork, ranges: tuple[IpNetwork, ...]) -> bool:
+    """Whether `network` lies inside one of `ranges` (no ranges: anywhere)."""
+    if not ranges:
+        return True
+    return any(network.version == r.version and network.subnet_of(r) for r in ranges)  # type: ignore[arg-type]

@@ -153,6 +153,10 @@ def run_step(step: s.Step, host: Host, registry: Registry | None) -> None:
         case s.DeleteThing(name):
             _require(registry).delete(name)
             set_thing_keys(_require(registry).path, name, None)
+        case s.SyncFirewall(adding):
+            from epfiot.firewall.sync import sync_firewall
+
+            sync_firewall(host, adding)
         case _:  # pragma: no cover - the Step union is closed; mypy checks exhaustiveness
             raise AssertionError(f"no executor for {step!r}")
 

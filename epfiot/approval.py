@@ -56,6 +56,20 @@ def approve(plan: Plan, *, auto_approve: bool, stdin: TextIO, out: TextIO, appro
         raise NotApproved("not confirmed; nothing of the plan was applied")
 
 
+def confirm(what: str, *, auto_approve: bool, stdin: TextIO, out: TextIO) -> None:
+    """The same rule for another change that needs a yes (epfiot adopt): -y, else 'yes' on a terminal."""
+    if auto_approve:
+        return
+    if not _is_terminal(stdin):
+        raise NotApproved(f"{what} needs a confirmation and standard input is not a terminal: pass -y (--auto-approve). Nothing was changed.")
+    print(f"Go on with {what}? Only 'yes' is accepted: ", end="", file=out, flush=True)
+    answer = stdin.readline()
+    if answer.strip() != "yes":
+        if not answer.endswith("\n"):
+            print(file=out)
+        raise NotApproved("not confirmed; nothing was changed")
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()

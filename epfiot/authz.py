@@ -62,12 +62,16 @@ def require(caller: Caller, owner: str, what: str) -> None:
 
 
 def event_owner(event: Event) -> str | None:
-    """Whose an event is: the owner in its subject ("vm/alice/web", "thing/alice/t1"), else its `tenant`
-    field (watch's events about one tenant's manifests); None: the host's (the administrator's only). The
-    event log's writers keep to these forms (epfiot.eventlog, epfiot.watch.reconciler)."""
+    """Whose an event is: the owner in its subject ("vm/alice/web", "thing/alice/t1"), else its `owner` field
+    (the server's events about a registered thing), else its `tenant` field (watch's events about one
+    tenant's manifests); None: the host's (the administrator's only). The event log's writers keep to these
+    forms (epfiot.eventlog, epfiot.watch.reconciler)."""
     parts = event.subject.split("/")
     if len(parts) == 3 and parts[0] in ("vm", "network", "thing", "stack"):
         return parts[1]
+    owner = event.fields.get("owner")
+    if isinstance(owner, str) and owner:
+        return owner
     tenant = event.fields.get("tenant")
     return tenant if isinstance(tenant, str) else None
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from epfiot.addressing import within_ranges
 from epfiot.errors import ManifestProblem, UsageError
 
 DEFAULT_HOST_CONFIG = Path("/etc/epfiot/host.yaml")
@@ -155,9 +156,7 @@ class HostConfig:
 
     def allows_range(self, network: Network) -> bool:
         """Whether a tenant's network may use `network`: inside one of network_ranges (none given: any)."""
-        if not self.network_ranges:
-            return True
-        return any(network.version == r.version and network.subnet_of(r) for r in self.network_ranges)  # type: ignore[arg-type]
+        return within_ranges(network, self.network_ranges)
 
 
 def new_token() -> str:

@@ -381,6 +381,16 @@ class ObservedNetwork:
     dhcp_end: str | None = None
     dhcp_hosts: tuple[tuple[str, str], ...] = ()  # (mac, ip) reservations
     bridge: str | None = None
+    # Every address range the network serves, IPv4 and IPv6 ("10.9.0.0/24", "fd00::/64"), epfiot's or not:
+    # a new network must overlap none of them. `cidr` is the first IPv4 one, the one epfiot manages.
+    subnets: tuple[str, ...] = ()
+
+    @property
+    def address_ranges(self) -> tuple[str, ...]:
+        """What the network occupies: its subnets, or its cidr when it was built without them."""
+        if self.subnets:
+            return self.subnets
+        return (self.cidr,) if self.cidr else ()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from epfiot.errors import EpfiotError
+from epfiot.errors import EpfiotError, UsageError
 
 log = logging.getLogger("epfiot.psk")
 
@@ -222,12 +222,37 @@ class KeyFileCache:
         self._keys, self._by_identity = keys, by_identity
 
 
-def dtls_listener(bind: str, dtls_bind: str | None, port: int, enabled: bool) -> tuple[int | None, str | None, str]:
+def coap_listener(enabled: bool, port: int, dtls_port: int | None) -> int | None:
+    """The plain CoAP port of ``epfiot serve`` and ``watch``; None with --no-coap, which leaves CoAP over
+    DTLS alone, so that must be on."""
+    if enabled:
+        return port
+    if dtls_port is None:
+        raise UsageError(
+            "--no-coap leaves only CoAP over DTLS, and that is off: give --dtls-bind ADDRESS (without --no-dtls)"
+        )
+    return None
+
+
+DEFAULT_DTLS_PORT = 5684
+
+
+def dtls_listener(
+    bind: str, dtls_bind: str | None, port: int | None, enabled: bool, coap_port: int | None = None
+) -> tuple[int | None, str | None, str]:
     """Where ``epfiot serve`` and ``watch`` listen for CoAP over DTLS: (port, address, a line saying so).
     aiocoap's DTLS server binds one address, so with the any-address as ``bind`` and no ``dtls_bind`` it
-    stays off, and the line says how to turn it on."""
+    stays off, and the line says how to turn it on. Without a ``port``, it is 5684, or any free port when
+    the plain CoAP port is 0 (any free port) too: two servers started so never collide on 5684."""
+    if port is None:
+        port = 0 if coap_port == 0 else DEFAULT_DTLS_PORT
     if not enabled:
         return None, None, "CoAP over DTLS off (--no-dtls): things with keys cannot bootstrap"
+    if dtls_bind is not None and dtls_bind.strip() in ("::", "0.0.0.0", "", "*"):
+        raise UsageError(
+            f"--dtls-bind {dtls_bind!r}: CoAP over DTLS listens on one address of this host, not on all of them"
+            " (give one, e.g. 192.0.2.1 or ::1)"
+        )
     address = dtls_bind or bind
     if address in ("::", "0.0.0.0", ""):
         return None, None, (

@@ -35,7 +35,8 @@ from epfiot.model import (
     credentials_digest,
     libvirt_name,
 )
-from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, make_plan, plan_deletion
+from epfiot.plan import Action, HostRules, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
+from epfiot.plan.steps import RemoveNetwork
 from epfiot.psk import ThingKeys, key_file_path, read_key_file
 from epfiot.wording import counted
 
@@ -119,6 +120,9 @@ class Silent:
         pass
 
 
+Verify = Callable[[Observed, Plan, CreatePool | None], None]
+
+
 @dataclass(frozen=True)
 class Request:
     """One run: what to make true of which host, and how."""
@@ -138,6 +142,13 @@ class Request:
     # Asked once the plan is reported, before any of it is applied; raises to stop the run with nothing
     # applied (epfiot.approval: a plan that destroys anything needs a yes). None: never asked (watch).
     approve: Callable[[Plan], None] | None = None
+    # Given the first observation, the plan made from it and the image pool it needs, before anything is
+    # done (the pool included); raises to stop the run with nothing changed (a saved plan that no longer
+    # matches the host: epfiot.savedplan).
+    verify: Verify | None = None
+    # The host's rules for the one asking (HostRules.of(host config, caller)): with them the plan is checked
+    # against the whole host, every tenant's resources included. None: only within this run's scopes.
+    rules: HostRules | None = None
 
 
 def run_once(request: Request) -> Result:
@@ -155,6 +166,8 @@ def _run(request: Request) -> Result:
     host, reporter = request.host, request.reporter
     observed = observe(host, request.registry, request.desired)
     pool = _pool_needed(request, observed)
+    if request.verify is not None:
+        request.verify(observed, _plan(request, observed), pool)
     if pool is not None and not request.dry_run:
         started = time.monotonic()
         host.ensure_image_pool(pool.path)
@@ -170,11 +183,29 @@ def _run(request: Request) -> Result:
         return planned
     if held:
         held_ids = {id(a) for a in held}
-        plan = Plan(tuple(a for a in plan.actions if id(a) not in held_ids), plan.problems)
+        plan = replace(plan, actions=tuple(a for a in plan.actions if id(a) not in held_ids))
     if request.approve is not None:
         request.approve(plan)
     outcomes, observed, remaining = _apply(request, plan, held)
+    _forget_salts(request, outcomes)
     return replace(planned, observed=observed, outcomes=outcomes, remaining=remaining)
+
+
+def _forget_salts(request: Request, outcomes: tuple[Outcome, ...]) -> None:
+    """The password salts of the VMs this run destroyed and that are not declared (any more) go from the state
+    directory (the lock's: a run without a lock has none). A declared VM destroyed to be made anew keeps its
+    salt, or its next seed would differ from the one just made."""
+    if request.lock is None:
+        return
+    declared = set() if request.deletion else {(v.owner, v.stack, v.name) for v in request.desired.vms}
+    gone = {
+        (a.owner, a.stack, a.name) for o in outcomes
+        if o.ok and (a := o.action).kind is Kind.VM and a.verb is Verb.DESTROY
+    } - declared  # fmt: skip
+    if gone:
+        from epfiot.salts import SaltStore
+
+        SaltStore.in_state_dir(request.lock.state_dir).forget("/".join(key) for key in sorted(gone))
 
 
 def _pool_needed(request: Request, observed: Observed) -> CreatePool | None:
@@ -183,29 +214,41 @@ def _pool_needed(request: Request, observed: Observed) -> CreatePool | None:
     return request.pool if any(vm.image or vm.credentials for vm in request.desired.vms) else None
 
 
-def _plan(request: Request, observed: Observed) -> Plan:
+def _plan(request: Request, observed: Observed, *, removed_networks: bool = False) -> Plan:
     if request.deletion:
-        return plan_deletion(request.desired, observed, request.options)
-    return plan_changes(request.desired, observed, request.options, request.policy)
+        plan = plan_deletion(request.desired, observed, request.options)
+    else:
+        plan = plan_changes(request.desired, observed, request.options, request.policy, request.rules)
+    from epfiot.firewall.guard import with_firewall  # host-wide: the table follows every tenant's networks
+
+    return with_firewall(request.host.uri, plan, observed.networks, tidy=removed_networks)
 
 
 def _apply(
     request: Request, plan: Plan, held: tuple[Action, ...]
 ) -> tuple[tuple[Outcome, ...], Observed, tuple[Action, ...]]:
     """Execute `plan`, then plan afresh. A VM that came up (or got its lease) meanwhile has an address for
-    its things now: their registrations are applied at once rather than at the next run. Whatever else the
-    fresh plan changes is `remaining`."""
+    its things now: their registrations are applied at once rather than at the next run, and so is the
+    firewall table's tidying (it names the networks removed until they are gone). Whatever else the fresh
+    plan changes is `remaining`."""
     host, registry, reporter = request.host, request.registry, request.reporter
     outcomes = execute(plan, host, registry=registry, parallel=request.parallel, reporter=reporter)
     observed = observe(host, registry, request.desired)
-    fresh = _plan(request, observed)
+    fresh = _plan(request, observed, removed_networks=_removes_networks(plan))
     excused = {a.address for a in held} | {o.action.address for o in outcomes if not o.ok}
-    if request.desired.things and not request.deletion and not fresh.problems:
-        things = Plan(tuple(a for a in fresh.changes if a.kind is Kind.THING and a.address not in excused))
-        outcomes += execute(things, host, registry=registry, parallel=1, reporter=reporter)
-        excused |= {a.address for a in things.actions}
+    # The firewall too: it still names the networks just removed (or another run defined some meanwhile).
+    things = request.desired.things and not request.deletion
+    if not fresh.problems:
+        again = (Kind.THING, Kind.FIREWALL) if things else (Kind.FIREWALL,)
+        second = Plan(tuple(a for a in fresh.changes if a.kind in again and a.address not in excused))
+        outcomes += execute(second, host, registry=registry, parallel=1, reporter=reporter)
+        excused |= {a.address for a in second.actions}
     remaining = tuple(a for a in fresh.changes if a.address not in excused)
     return tuple(outcomes), observed, remaining
+
+
+def _removes_networks(plan: Plan) -> bool:
+    return any(a.kind is Kind.NETWORK and any(isinstance(st, RemoveNetwork) for st in a.steps) for a in plan.changes)
 
 
 def apply_plan(
@@ -263,14 +306,18 @@ def resolve_usb(desired: Desired, observed: Observed, policy: UsbPolicy | None) 
     return UsbResolution(assignments, tuple(problems))
 
 
-def plan_changes(desired: Desired, observed: Observed, options: Options, policy: UsbPolicy | None) -> Plan:
+def plan_changes(
+    desired: Desired, observed: Observed, options: Options, policy: UsbPolicy | None, rules: HostRules | None = None
+) -> Plan:
     digests = {}
     if any(vm.credentials for vm in desired.vms):
         from epfiot import cloudinit  # only stacks with credentials need it (and its imports)
 
         digests = {vm.libvirt_name: cloudinit.seed_digest(vm) for vm in desired.vms if vm.credentials}
     usb = resolve_usb(desired, observed, policy)
-    return make_plan(desired, observed, options, usb=usb, seed_digests=digests, unread_manifests=unread(desired, observed))
+    return make_plan(
+        desired, observed, options, usb=usb, seed_digests=digests, unread_manifests=unread(desired, observed), rules=rules
+    )
 
 
 def unread(desired: Desired, observed: Observed) -> frozenset[str]:

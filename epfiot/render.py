@@ -32,7 +32,7 @@ def change_line(change: Change) -> str:
 
 
 def action_title(action: Action) -> str:
-    return f"{action.kind} {action.owner}/{action.name}"
+    return f"{action.kind} {action.owner}/{action.name}" if action.owner else f"{action.kind} {action.name}"
 
 
 def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = None) -> str:
@@ -56,7 +56,18 @@ def render_plan(plan: Plan, *, verbose: bool = False, pool: CreatePool | None = 
         lines += [f"  {p}" for p in plan.problems]
     lines.append("")
     lines.append(summary_line(plan))
+    if plan.targets:
+        lines.append("")
+        lines += targeted_warning(plan)
     return "\n".join(lines)
+
+
+def targeted_warning(plan: Plan) -> list[str]:
+    """What terraform says of a targeted plan, for the same reason: the rest may still differ."""
+    return [
+        f"Warning: targeted plan ({', '.join(plan.targets)}): only these resources and what they need are",
+        "planned; the rest of the manifests may still differ from the host. A plan without --target shows it.",
+    ]
 
 
 def summary_line(plan: Plan) -> str:
@@ -72,7 +83,9 @@ def summary_line(plan: Plan) -> str:
 
 
 def plan_as_dict(plan: Plan, *, pool: CreatePool | None = None, pool_created: bool = False) -> dict[str, Any]:
-    setup = {"setup": [pool_as_dict(pool, done=pool_created)]} if pool else {}
+    setup: dict[str, Any] = {"setup": [pool_as_dict(pool, done=pool_created)]} if pool else {}
+    if plan.targets:
+        setup["targets"] = list(plan.targets)
     return setup | {
         "actions": [
             {

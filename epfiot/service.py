@@ -11,7 +11,7 @@ Every query returns the plain data (lists and dicts of JSON values) that the mat
 `vms`, `vm`, `usb`, `things`, `networks`, `images` (`epfiot get ...`), `events` (`epfiot events`), `plan`
 (`epfiot plan`), `apply` (`epfiot apply`), `delete` and `delete_vm` (`epfiot delete -f` / `delete vm`;
 these print no JSON today and return the apply form). The `*_run` forms return the reconcile Result for
-front ends that render it themselves (the CLI's text output).
+front ends that render it themselves (the CLI's text output). The reads are epfiot.queries.HostQueries'.
 
 What a caller is allowed (epfiot.authz): the administrator everything; a tenant only its own. A tenant's
 manifests that name another owner are refused whole (ManifestError, file:line, nothing applied); another
@@ -41,6 +41,7 @@ from epfiot.authz import event_owner
 from epfiot.errors import EpfiotError, ManifestError
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
 from epfiot.manifests import Manifests, load_for
+from epfiot.queries import HostQueries, NotFound
 
 if TYPE_CHECKING:
     from epfiot.apply import Outcome
@@ -48,26 +49,20 @@ if TYPE_CHECKING:
     from epfiot.host import Host
     from epfiot.model import Desired
     from epfiot.plan import Options, Plan
+    from epfiot.plan.host_rules import HostRules
     from epfiot.policy import UsbPolicy
-    from epfiot.reconcile import Reporter, Result
+    from epfiot.reconcile import Reporter, Result, Verify
     from epfiot.registry import Registry
 
 DEFAULT_IMAGE_POOL = "epfiot-images"
 DEFAULT_IMAGE_DIR = "/var/lib/epfiot/images"
 HOST_STATE_DIR = Path("/var/lib/epfiot")  # a host configuration's state_dir when it names none
-HELD_BY_ANOTHER = "(held)"  # what a tenant sees of a USB device another one holds: taken, not by whom
 
 Approval = bool | Callable[["Plan"], None]
 
 
-class NotFound(EpfiotError):
-    """The resource does not exist, or is not the caller's to see (the same answer, on purpose)."""
-
-    exit_code = 1
-
-
 @dataclass(frozen=True)
-class Service:
+class Service(HostQueries):
     """One host's operations. Built by `from_host_config` (which applies the host configuration's
     settings); `host`: an open Host to use instead of opening `uri` per call (tests, the test driver)."""
 
@@ -122,93 +117,6 @@ class Service:
         """The caller a local Unix user (default: this process's) acts as; NotAllowed for nobody."""
         return authz.local_caller(self.config, uid)
 
-    # --- queries (epfiot get, epfiot events) ------------------------------------------------------------
-
-    def vms(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
-        from dataclasses import replace
-
-        from epfiot import views
-
-        with self._host() as host:
-            observed = host.observe()
-            running = [v.libvirt_name for v in observed.vms if v.managed and v.active and caller.may_touch(v.ownership.owner if v.ownership else "")]
-            if running:  # their addresses only, not a second observation of everything
-                observed = replace(observed, vm_addresses={name: host.vm_addresses(name) for name in running})
-        return authz.visible(caller, views.vm_rows(observed, owner=owner), _owner)
-
-    def vm(self, caller: Caller, owner: str, name: str) -> dict[str, object]:
-        what = f"vm {owner}/{name}"
-        try:
-            authz.require(caller, owner, what)
-        except authz.NotAllowed as refused:
-            raise NotFound(str(refused)) from None
-        for row in self.vms(caller, owner):
-            if row["name"] == name:
-                return row
-        raise NotFound(f"{what} does not exist")
-
-    def usb(self, caller: Caller) -> list[dict[str, object]]:
-        """The host's USB devices; for a tenant, `held_by` names only its own VMs (another's: "(held)")."""
-        from epfiot import views
-        from epfiot.usb import held_by
-
-        with self._host() as host:
-            observed = host.observe()
-        holders = held_by(observed.vms, observed.usb)
-        if not caller.is_admin:
-            mine = f"{caller.tenant}/"
-            holders = {dev: (label if label.startswith(mine) else HELD_BY_ANOTHER) for dev, label in holders.items()}
-        return views.usb_rows(observed.usb, holders)
-
-    def networks(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
-        from epfiot import views
-
-        with self._host() as host:
-            observed = host.observe()
-        return authz.visible(caller, views.network_rows(observed, owner=owner), _owner)
-
-    def things(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
-        from epfiot import views
-
-        registry = self._registry(create=False)
-        if registry is None:
-            return []
-        try:
-            rows = views.thing_rows(registry.things(), owner=owner)
-        finally:
-            registry.close()
-        return authz.visible(caller, rows, _owner)
-
-    def images(self, caller: Caller) -> list[dict[str, object]]:
-        from epfiot.model import is_epfiot_volume
-
-        with self._host() as host:
-            observed = host.observe()
-        return [
-            {"name": v.name, "pool": v.pool, "capacity_mib": v.capacity_bytes // (1024 * 1024)}
-            for v in observed.volumes
-            if not is_epfiot_volume(v.name)
-        ]
-
-    def events(self, caller: Caller, since: float | None = None, kind: str | None = None, owner: str | None = None) -> list[dict[str, object]]:
-        """Events of the last `since` seconds (None: all), of `kind` (exact, or a prefix ending in "."), of
-        `owner`; a tenant's own only (authz.event_owner)."""
-        from epfiot.eventlog import EventLog
-
-        path = self.state_dir / "events.db"
-        if not path.exists():
-            return []
-        log = EventLog(path)
-        try:
-            events = log.since(since)
-        finally:
-            log.close()
-        if kind is not None:
-            events = [e for e in events if e.kind == kind or (kind.endswith(".") and e.kind.startswith(kind))]
-        if owner is not None:
-            events = [e for e in events if authz.event_owner(e) == owner]
-        return [e.as_dict() for e in authz.visible(caller, events, authz.event_owner)]
-
     # --- changes (epfiot plan, apply, delete) ------------------------------------------------------------
 
     def plan_run(self, caller: Caller, manifests: Manifests | Desired, options: Options | None = None) -> Result:
@@ -217,7 +125,9 @@ class Service:
 
         desired = self._desired(caller, manifests)
         with self._session(desired) as (host, registry, policy):
-            return run_once(Request(host, desired, _options(options), registry, policy, dry_run=True, pool=self._pool()))
+            return run_once(
+                Request(host, desired, _options(options), registry, policy, dry_run=True, pool=self._pool(), rules=self.rules(caller))
+            )
 
     def plan(self, caller: Caller, manifests: Manifests | Desired, options: Options | None = None) -> dict[str, Any]:
         from epfiot import render
@@ -237,11 +147,13 @@ class Service:
         parallel: int | None = None,
         reporter: Callable[[EventLog], Reporter] | None = None,
         source: str | None = None,
+        verify: Verify | None = None,
     ) -> Result:
         """One reconcile under the host lock; its events go to the state directory's event log (`reporter`
         builds the Reporter on it; default: events only, marked `source`, default "apply"/"delete").
         `approve`: True applies a plan that destroys anything, False refuses it (NotApproved, nothing
-        applied), a callable decides (epfiot.approval.approve asks on a terminal)."""
+        applied), a callable decides (epfiot.approval.approve asks on a terminal). `verify`: as
+        reconcile.Request's (a saved plan checked against the host before anything is done)."""
         from epfiot.eventlog import EventLog, EventRecorder
         from epfiot.reconcile import HostLock, Request, run_once
 
@@ -263,6 +175,8 @@ class Service:
                     parallel=parallel or self.parallel,
                     reporter=recorder,
                     approve=_approval(approve),
+                    verify=verify,
+                    rules=self.rules(caller),
                 )
                 return run_once(request)
             finally:
@@ -310,9 +224,30 @@ class Service:
 
     # --- what the operations share ----------------------------------------------------------------------
 
+    def load(self, caller: Caller, manifests: Manifests) -> Desired:
+        """The manifests' desired state for `caller` (load_for). Passwords hash with the salts recorded in the
+        state directory, so that the same password makes the same seed from one run to the next; new salts
+        are recorded once the manifests load (and none when they do not)."""
+        from epfiot.salts import SaltStore
+
+        salts = SaltStore.in_state_dir(self.state_dir) if manifests.read else None
+        desired = load_for(caller, manifests, salts)
+        if salts is not None:
+            try:
+                salts.save()
+            except OSError as error:
+                raise EpfiotError(f"cannot record password salts in {salts.path}: {error.strerror or error}") from None
+        return desired
+
+    def rules(self, caller: Caller) -> HostRules:
+        """The host's rules for `caller`: its plans are checked against the whole host (epfiot.plan.host_rules)."""
+        from epfiot.plan.host_rules import HostRules
+
+        return HostRules.of(self.config, caller)
+
     def _desired(self, caller: Caller, manifests: Manifests | Desired) -> Desired:
         if isinstance(manifests, Manifests):
-            return load_for(caller, manifests)
+            return self.load(caller, manifests)
         if problems := authz.foreign_owners(manifests, caller):
             raise ManifestError(problems)
         return manifests
@@ -321,6 +256,10 @@ class Service:
         from epfiot.reconcile import CreatePool
 
         return CreatePool(self.image_pool, self.image_dir)
+
+    def connection(self) -> contextlib.AbstractContextManager[Host]:
+        """The host, open for the length of a `with` (commands that read and change it themselves: adopt)."""
+        return self._host()
 
     @contextlib.contextmanager
     def _host(self) -> Iterator[Host]:
@@ -370,11 +309,6 @@ class Service:
         finally:
             if registry is not None:
                 registry.close()
-
-
-def _owner(row: dict[str, object]) -> str | None:
-    owner = row.get("owner")
-    return owner if isinstance(owner, str) else None
 
 
 def _options(options: Options | None) -> Options:

@@ -23,7 +23,14 @@ def default_state_dir() -> Path:
 
 
 def ensure_state_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """`path`, made when missing; an EpfiotError of one line when it cannot be (a tenant's user, say, when
+    the host's state directory has not been made for it)."""
+    from epfiot.errors import EpfiotError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        raise EpfiotError(f"cannot create the state directory {path}: {error.strerror or error}") from None
     return path
 
 

@@ -4,6 +4,7 @@ Memory:    512MiB, 1GiB, 1.5GiB, 2048 (a bare number is MiB), also Ki/Mi/Gi/Ti a
            QEMU reads "-m 512M"). Decimal units (MB, GB) are refused: they are ambiguous. The result must be a
            whole, positive number of MiB.
 Disk size: the same units; a bare number is GiB; the result must be a whole, positive number of GiB.
+Size:      the same units, for settings (the event log's bound); a bare number is bytes.
 Duration:  60s, 2m, 1h, 1m30s, 500ms, or a number of seconds (60, 2.5).
 
 Each parser raises ValueError with a message that completes "<value> is ..." style sentences: the manifest
@@ -25,6 +26,7 @@ _DURATION_RE = re.compile(DURATION_PATTERN)
 
 _KIB = 1024
 _UNIT_BYTES = {
+    "B": 1,  # the default unit of a plain byte count; no written unit starts with B
     "K": _KIB,
     "M": _KIB**2,
     "G": _KIB**3,
@@ -40,6 +42,7 @@ _SECONDS = {
 
 MEMORY_HINT = "use e.g. 512MiB, 1GiB, or a whole number of MiB"
 DISK_HINT = "use e.g. 10GiB, or a whole number of GiB"
+SIZE_HINT = "use e.g. 64MiB, 1GiB, or a number of bytes"
 DURATION_HINT = "use e.g. 30s, 2m, 1m30s, or a number of seconds"
 
 
@@ -88,6 +91,14 @@ def parse_disk_gib(value: object) -> int:
     if gib <= 0:
         raise ValueError(f"{value!r} is not a valid disk size (it must be more than 0)")
     return gib
+
+
+def parse_size_bytes(value: object) -> int:
+    """A size in bytes, for settings such as the event log's bound: "64MiB", "512K", 1048576."""
+    size = _size_bytes(value, "B", SIZE_HINT, "size")
+    if size <= 0:
+        raise ValueError(f"{value!r} is not a valid size (it must be more than 0)")
+    return size
 
 
 def parse_duration(value: object) -> float:

@@ -211,17 +211,26 @@ def _attached_order(a: AttachedUsb) -> tuple[str, int, int]:
 def held_by(vms: Iterable[ObservedVm], devices: Iterable[HostUsbDevice]) -> dict[str, str]:
     """Which domain's persistent definition holds each host device: nodedev name -> "owner/vm".
 
-    Managed VMs are named owner/name; other domains by their libvirt name. A hostdev pinning bus/device holds
-    the device at that address with that id; one without an address holds the device with its id only when
-    exactly one such device is plugged in (libvirt itself refuses to start an ambiguous one). A VM whose
-    definition still names a Coral's old identity holds nothing until apply updates the hostdev.
+    Managed VMs are named owner/name; other domains by their libvirt name (see holders)."""
+    result: dict[str, str] = {}
+    for nodedev, vm in holders(vms, devices).items():
+        result[nodedev] = f"{vm.ownership.owner}/{vm.ownership.name}" if vm.ownership is not None else vm.libvirt_name
+    return result
+
+
+def holders(vms: Iterable[ObservedVm], devices: Iterable[HostUsbDevice]) -> dict[str, ObservedVm]:
+    """Which domain's persistent definition holds each host device: nodedev name -> the domain.
+
+    A hostdev pinning bus/device holds the device at that address with that id; one without an address holds
+    the device with its id only when exactly one such device is plugged in (libvirt itself refuses to start
+    an ambiguous one). A VM whose definition still names a Coral's old identity holds nothing until apply
+    updates the hostdev. Of two domains naming one device, the first by name holds it.
     """
     devices = tuple(devices)
-    result: dict[str, str] = {}
+    result: dict[str, ObservedVm] = {}
     for vm in sorted(vms, key=lambda v: v.libvirt_name):
-        label = f"{vm.ownership.owner}/{vm.ownership.name}" if vm.ownership is not None else vm.libvirt_name
         for attached in vm.devices:
             hits = [d for d in devices if attached_matches(attached, d)]
             if len(hits) == 1:
-                result.setdefault(hits[0].nodedev, label)
+                result.setdefault(hits[0].nodedev, vm)
     return result

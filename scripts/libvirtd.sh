@@ -87,9 +87,12 @@ prepare() {
       echo "$netns" >"$run/netns"
     fi
     ip -n "$netns" link set lo up
-    # With only loopback addresses, getaddrinfo(AI_ADDRCONFIG) finds no IPv6 at all, and servers that bind
-    # "::" (aiocoap) fail with "No local bindable address". An address of a unique local prefix on lo
-    # (reachable only inside this namespace) makes IPv6 count as configured.
+    # With only the loopback addresses 127.0.0.1 and ::1, getaddrinfo(AI_ADDRCONFIG) takes neither family
+    # for configured, and aiocoap, which resolves its bind address that way, fails with "No local bindable
+    # address" for "::" and for 127.0.0.1 alike (until a libvirt network gives the namespace an address).
+    # glibc discounts exactly 127.0.0.1 and ::1: a second loopback address and one of a unique local
+    # prefix, both on lo and so reachable only inside this namespace, make both families count.
+    ip -n "$netns" addr replace 127.0.0.2/32 dev lo
     ip -n "$netns" addr replace fd65:7066:696f::1/128 dev lo nodad
   fi
 }

@@ -288,9 +288,10 @@ def test_a_tenant_cannot_have_the_service_read_a_file_secret_over_http(watch: Ap
         assert status == 422
         [problem] = body["problems"]
         assert problem["line"] == 11 and "read on the service's host" in problem["message"]
-    # The administrator's manifests are read as the CLI reads them: a missing file is the loader's own problem.
+    # The administrator's manifests are read as the CLI reads them: a file outside the manifest's directory and
+    # the secrets directory is the loader's own problem.
     status, _, body = call(watch, "POST", "/api/v1/plan", body=secret_yaml("alice", "{file: /nonexistent/secret}"))
-    assert status == 422 and "does not exist" in body["problems"][0]["message"]
+    assert status == 422 and "secret file not allowed or unreadable" in body["problems"][0]["message"]
 
 
 def test_a_body_that_is_not_utf8_is_a_manifest_problem_at_its_line(watch: ApiWatch) -> None:
@@ -334,3 +335,37 @@ def test_not_ready_while_libvirt_is_out_of_reach(tmp_path: Path) -> None:
         assert status == 503 and "libvirt" in body["problems"][0]["message"]
     finally:
         assert watch.stop() == 0
+
+
+def test_a_password_applied_twice_through_the_api_changes_nothing_the_second_time(watch: ApiWatch) -> None:
+    # The service hashes a password with the salt it recorded at the first apply, as the CLI does: the same
+    # password makes the same seed, so the second apply has nothing to do.
+    from epfiot.api.client import SOURCES_TYPE
+
+    body = json.dumps({"files": [{"name": "login.yaml", "text": secret_yaml("alice", "{env: LOGIN_PASSWORD}")}], "env": {"LOGIN_PASSWORD": "correct horse"}})
+    headers = {"Content-Type": SOURCES_TYPE}
+    status, _, first = call(watch, "POST", "/api/v1/apply", token="alice", body=body, headers=headers)
+    assert status == 200 and [(o["name"], o["action"], o["ok"]) for o in first["outcomes"]] == [("login", "create", True)]
+    status, _, second = call(watch, "POST", "/api/v1/apply", token="alice", body=body, headers=headers)
+    assert status == 200 and second["outcomes"] == []
+    assert second["plan"]["summary"]["create"] == second["plan"]["summary"]["update"] == 0
+
+
+def test_events_filtered_by_owner_and_kinds_as_the_cli_filters_them(watch: ApiWatch) -> None:
+    assert apply(watch, "alice", stack_yaml("alice", "filtered", stack="alice-filtered"))[0] == 200
+    assert apply(watch, "bob", stack_yaml("bob", "filtered", stack="bob-filtered"))[0] == 200
+    status, _, events = call(watch, "GET", "/api/v1/events?owner=bob&kinds=action.done")
+    assert status == 200 and events
+    assert ("action.done", "vm/bob/filtered") in [(e["kind"], e["subject"]) for e in events]
+    assert {e["kind"] for e in events} == {"action.done"} and all(e["subject"].startswith("vm/bob/") for e in events)
+    status, _, body = call(watch, "GET", "/api/v1/events?kinds=no.such.kind")
+    assert status == 400 and "unknown event kind 'no.such.kind'" in body["problems"][0]["message"]
+
+
+def test_a_targeted_plan_through_the_api_plans_only_its_target(watch: ApiWatch) -> None:
+    text = stack_yaml("alice", "aimed", "spared", stack="alice-targets")
+    status, _, planned = call(watch, "POST", "/api/v1/plan?target=vm/alice/aimed", token="alice", body=text)
+    assert status == 200
+    assert [(a["kind"], a["name"], a["action"]) for a in planned["actions"]] == [("vm", "aimed", "create")]
+    status, _, body = call(watch, "POST", "/api/v1/plan?target=vm/alice", token="alice", body=text)
+    assert status == 400 and "a target is KIND/OWNER/NAME" in body["problems"][0]["message"]

@@ -202,3 +202,13 @@ def test_env_secrets_come_from_the_users_environment(watch: ApiWatch, users: dic
     given = as_user(users["alice"], watch, "plan", "-f", path, env={"EPFIOT_TEST_PASSWORD": "s3cret-words"})
     assert given.returncode == 0 and "vm alice/login: create" in given.stdout, given.stderr
     assert "s3cret-words" not in given.stdout + given.stderr
+
+
+def test_saved_plans_are_not_made_through_the_socket(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    # apply FILE with no -f would otherwise send no manifests, and a plan of nothing prunes the user's stacks.
+    web = manifest(shared, "saved.yaml", stack_yaml("alice", "saved"))
+    for argv in (("plan", "-f", web, "-out", str(shared / "saved.plan")), ("apply", str(shared / "saved.plan"))):
+        result = as_user(users["alice"], watch, *argv)
+        assert result.returncode == 2 and "saved plans (plan -out FILE, apply FILE) are not made through the epfiot service" in result.stderr, result.stderr
+    targeted = as_user(users["alice"], watch, "plan", "-f", manifest(shared, "two.yaml", stack_yaml("alice", "aimed", "spared")), "--target", "vm/alice/aimed")
+    assert targeted.returncode == 0 and "vm alice/aimed: create" in targeted.stdout and "spared" not in targeted.stdout, targeted.stderr

@@ -5,6 +5,8 @@
   watch;
 - the planner and the pure modules (model, addressing, render, views) reach no driver, even through other
   modules, and import nothing of epfiot.lwm2m but its registry;
+- the planner and the firewall's pure modules (epfiot.firewall.ruleset, .planning) run no nft (nor reach
+  the modules that do) and reach no driver;
 - the things registry (epfiot.registry) reaches no CoAP code;
 - the manifest loader (epfiot.desired) reaches no driver and imports nothing that uses it (planner, cli,
   watch, cloudinit ...);

@@ -352,3 +352,20 @@ def test_counts_in_the_output_agree_with_their_noun(run, tmp_path: Path) -> None
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nstack: s\nowner: alice\nvms:\n  - name: v1\n    memory: lots\n    vcpu: 1\n")
     assert "error: 1 problem in the manifests; nothing was changed" in run("plan", "-f", str(bad))[2]
+
+
+def test_serve_on_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "epfiot", "--state-dir", str(tmp_path / "state"), "serve", "--bind", "127.0.0.1", "--port", str(port), "--no-dtls"],
+            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent,
+        )
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr and "bug" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"error: cannot serve LwM2M bootstrap: cannot listen for CoAP on 127.0.0.1 port {port}: Address already in use", line
+

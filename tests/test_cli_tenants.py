@@ -111,3 +111,41 @@ def test_the_administrator_uses_the_host_state_directory_or_is_warned(host: tupl
         assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["db"]
     finally:
         conn.close()
+
+
+def test_a_tenants_plan_meets_the_host_rules_without_learning_whose_resources_they_are(shared: Path) -> None:
+    from epfiot.libvirt.network import render_network_xml
+    from epfiot.model import NetworkMode, NetworkSpec
+
+    theirs = render_network_xml(NetworkSpec(owner="bob", stack="s", name="lan", mode=NetworkMode.NAT, cidr="10.78.0.0/24"))
+    domain = render(vm_spec("web", owner="alice"))
+    (shared / "host.xml").write_text(f"<node>\n{domain}{theirs}<pool type='dir'><name>{POOL}</name><target><path>/nonexistent</path></target></pool>\n</node>\n")
+    config = shared / "host.yaml"
+    config.write_text(f"version: 1\nstate_dir: {shared / 'state'}\ntenants:\n  alice: {{users: [{TENANT_USER}], quotas: {{vms: 1}}}}\n  bob: {{users: [bob]}}\n")
+    for path in (shared / "host.xml", config):
+        path.chmod(0o644)
+    (shared / "state").mkdir(mode=0o777)  # the host's, where a tenant's runs keep events and salts
+    (shared / "state").chmod(0o777)
+    uri = f"test://{shared / 'host.xml'}"
+
+    overlapping = write_stack(shared, "alice", stack="net", networks=[{"name": "lan", "mode": "nat", "cidr": "10.78.0.128/25"}], filename="net.yaml")
+    overlapping.chmod(0o644)
+    planned = as_tenant(uri, config, "plan", "-f", str(overlapping))
+    assert planned.returncode == 1, planned.stderr
+    assert f"{overlapping}:5: network lan (10.78.0.128/25) overlaps a network of another tenant" in planned.stdout
+    assert "bob" not in planned.stdout + planned.stderr
+
+    more = write_stack(shared, "alice", stack="more", vms=[vm("db")], filename="more.yaml")
+    more.chmod(0o644)
+    applied = as_tenant(uri, config, "apply", "-f", str(more), "-y")
+    assert applied.returncode == 1
+    assert "tenant alice would have 2 VMs after this plan, over its quota of 1 (quotas.vms)" in applied.stdout + applied.stderr
+    assert "nothing was changed" in applied.stdout + applied.stderr
+
+
+def test_a_state_directory_the_tenant_cannot_make_is_one_line(host: tuple[str, Path], shared: Path) -> None:
+    uri, config = host  # its state directory is not there, and only root may make it
+    stack = write_stack(shared, "alice", vms=[vm("web")], filename="alice.yaml")
+    stack.chmod(0o644)
+    planned = as_tenant(uri, config, "plan", "-f", str(stack))
+    assert (planned.returncode, planned.stderr) == (1, f"error: cannot create the state directory {shared / 'state'}: Permission denied\n")

@@ -1,5 +1,6 @@
 """Secrets never leave the secrets module: no password in the desired state, in a problem, or in what an error
-carries; the same password for the same VM and user gives the same hash."""
+carries; with the salts of a state directory, the same password for the same VM and user gives the same hash;
+deleting reads no secret at all."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 from test_manifest import ENV, VM, write
 
-from epfiot.desired import load_manifest_text
+from epfiot.desired import SecretAccess, load_manifest_text
 from epfiot.errors import ManifestError
+from epfiot.model import Desired
+from epfiot.salts import SaltStore
 
 # --- secrets never leave the secrets module ---------------------------------------------------------------
 
@@ -35,14 +38,49 @@ def _with_credentials(password_yaml: str, extra: str = "") -> str:
 def test_a_password_appears_nowhere_in_the_desired_state(password_yaml: str, tmp_path: Path) -> None:
     write(tmp_path / "pw", PASSWORD + "\n")
     text = _with_credentials(password_yaml, "      allow_literal_password: true\n")
-    desired = load_manifest_text(text, "a.yaml", env=ENV, base_dir=tmp_path)
+    state = tmp_path / "state"
+
+    def load() -> Desired:
+        salts = SaltStore.in_state_dir(state)
+        desired = load_manifest_text(text, "a.yaml", base_dir=tmp_path, access=SecretAccess(ENV, salts=salts))
+        salts.save()
+        return desired
+
+    desired = load()
     creds = desired.vms[0].credentials
     assert creds is not None and creds.password_hash is not None
     assert PASSWORD not in repr(desired) and PASSWORD not in str(desired)
     assert PASSWORD not in json.dumps(desired.vms[0].spec_hash())
-    # deterministic: the same password for the same VM and user gives the same hash, so a second apply is a no-op
-    again = load_manifest_text(text, "a.yaml", env=ENV, base_dir=tmp_path)
+    assert PASSWORD not in (state / "salts.json").read_text()
+    # the recorded salt: the same password for the same VM and user gives the same hash, so a second apply is
+    # a no-op; without the state directory's salts, the salt is new
+    again = load()
     assert again == desired and again.vms[0].spec_hash() == desired.vms[0].spec_hash()
+    assert load_manifest_text(text, "a.yaml", env=ENV, base_dir=tmp_path) != desired
+
+
+def test_salts_are_recorded_per_vm_and_user(tmp_path: Path) -> None:
+    text = _with_credentials("{env: EPFIOT_TEST_PASSWORD}")
+    salts = SaltStore.in_state_dir(tmp_path)
+    access = SecretAccess(ENV, salts=salts)
+    a = load_manifest_text(text, access=access).vms[0].credentials
+    b = load_manifest_text(text.replace("name: a", "name: b"), access=access).vms[0].credentials
+    assert a is not None and b is not None and a.password_hash != b.password_hash
+    salts.save()
+    assert sorted(json.loads((tmp_path / "salts.json").read_text())) == ["alice/s/a", "alice/s/b"]
+
+
+def test_identities_only_read_no_secret(tmp_path: Path) -> None:
+    text = _with_credentials("{env: EPFIOT_MISSING}") + (
+        "things:\n  - name: urn:dev:1\n    server: coaps://192.0.2.1:5684\n"
+        "    server_security: {mode: psk, identity: dev1, key: {file: /etc/shadow}}\n"
+    )
+    with pytest.raises(ManifestError):
+        load_manifest_text(text, "a.yaml", env=ENV)
+    desired = load_manifest_text(text, "a.yaml", access=SecretAccess({}, read=False))
+    assert [v.name for v in desired.vms] == ["a"] and [t.name for t in desired.things] == ["urn:dev:1"]
+    creds = desired.vms[0].credentials
+    assert creds is not None and creds.password_hash is None and desired.things[0].server_security is None
 
 
 def test_the_hash_differs_between_vms_and_users() -> None:

@@ -11,12 +11,14 @@ A change that is meant: regenerate the files, then read the diff in git before c
     EPFIOT_UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/test_golden_xml.py
 
 Without that variable nothing is written: a missing, different or left-over file (a case renamed or gone)
-fails. specs/lwm2m-guest.yaml reads ALICE_PASSWORD from the environment; its loader gets GOLDEN_ENV.
+fails. specs/lwm2m-guest.yaml reads ALICE_PASSWORD from the environment; its loader gets GOLDEN_ENV, and the
+salt of its hash recorded as in a state directory (GOLDEN_SALTS), so that its seed digest stays the same.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from pathlib import Path
 import pytest
 from hosts.usbhost import write_usb_host
 
-from epfiot.desired import load_manifest_text, load_manifests
+from epfiot.desired import SecretAccess, load_manifest_text, load_manifests
 from epfiot.libvirt import storage
 from epfiot.libvirt.domain import render_domain_xml
 from epfiot.libvirt.host import LibvirtHost
@@ -33,12 +35,16 @@ from epfiot.model import Desired, HostUsbDevice, NetworkMode, NetworkSpec, UsbId
 from epfiot.plan import Options
 from epfiot.plan import steps as s
 from epfiot.reconcile import observe, plan_changes
+from epfiot.salts import SaltStore
+from epfiot.secrets import ROUNDS, sha512_crypt
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("EPFIOT_UPDATE_GOLDEN") == "1"
 GOLDEN_ENV = {"ALICE_PASSWORD": "golden-password"}
+# account -> user and the salt its recorded hash has
+GOLDEN_SALTS = {"alice/alice-lwm2m/lwm2m-server": ("alice", "goldensaltgolden")}
 BASE_IMAGE = "debian-12.qcow2"
 UUID = "6c0e9a3e-7d4b-4f0e-9b1a-2f3c4d5e6f70"
 
@@ -126,9 +132,14 @@ def _redefinitions() -> dict[str, str]:
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, str]]]:
     """Golden directory name -> file name -> XML, for every case."""
     cases: dict[str, dict[str, str]] = {}
+    state = tmp_path_factory.mktemp("golden-state")
+    password = GOLDEN_ENV["ALICE_PASSWORD"]
+    records = {a: {"user": u, "hash": sha512_crypt(password, salt, ROUNDS)} for a, (u, salt) in GOLDEN_SALTS.items()}
+    (state / "salts.json").write_text(json.dumps(records))
+    access = SecretAccess(GOLDEN_ENV, salts=SaltStore.in_state_dir(state))
     with _host(tmp_path_factory.mktemp("golden-host")) as host:
         for spec in SPECS:
-            cases[spec.stem] = _defined(host, load_manifests([str(spec)], env=GOLDEN_ENV))
+            cases[spec.stem] = _defined(host, load_manifests([str(spec)], access=access))
         variants: dict[str, str] = {}
         for name, text in VARIANT_STACKS.items():
             for file, xml in _defined(host, load_manifest_text(text, f"<{name}>", env={})).items():

@@ -15,7 +15,7 @@ from aiocoap.numbers.codes import Code
 from lwm2m_client import Lwm2mTestClient
 from lwm2m_support import Events, record, run, seed, status_becomes, thing
 
-from epfiot.lwm2m import aiocoap_compat as compat
+from epfiot.lwm2m import aiocoap_dtls as dtls
 from epfiot.lwm2m.server import BootstrapServer
 from epfiot.psk import PskCredential, ThingKeys, key_file_path, write_key_file
 from epfiot.registry import STATUS_BOOTSTRAPPED
@@ -36,7 +36,7 @@ class Lwm2mServerSite:
         request = pipe.request
         ep = next((q[3:] for q in request.opt.uri_query if q.startswith("ep=")), "?")
         if tuple(request.opt.uri_path) == ("rd",) and request.code == Code.POST:
-            self.registrations.append((ep, compat.authenticated_endpoint(request.remote)))
+            self.registrations.append((ep, dtls.authenticated_endpoint(request.remote)))
             pipe.add_response(aiocoap.Message(code=Code.CREATED, location_path=("rd", "1")), is_last=True)
         else:
             pipe.add_response(aiocoap.Message(code=Code.NOT_FOUND), is_last=True)
@@ -45,9 +45,9 @@ class Lwm2mServerSite:
 async def _lwm2m_server(site: Lwm2mServerSite) -> Any:
     return await aiocoap.Context.create_server_context(
         site,
-        bind=compat.dtls_bind(HOST, 0),
+        bind=dtls.dtls_bind(HOST, 0),
         transports=["tinydtls_server"],
-        server_credentials=compat.dtls_credentials(
+        server_credentials=dtls.dtls_credentials(
             lambda identity: (SERVER_KEY, "server-account") if identity == b"sensor-a@server" else None
         ),
     )
@@ -79,7 +79,7 @@ def test_a_thing_bootstraps_over_dtls_and_registers_at_its_dtls_server(tmp_path:
         site = Lwm2mServerSite()
         lwm2m = await _lwm2m_server(site)
         try:
-            server_port = compat.dtls_udp_address(lwm2m)[1]  # type: ignore[index]
+            server_port = dtls.dtls_udp_address(lwm2m)[1]  # type: ignore[index]
             db = _setup(tmp_path, server_port)
             events = Events()
             async with BootstrapServer(db, HOST, 0, on_event=events, dtls_port=0) as bs:
@@ -184,7 +184,7 @@ def test_a_bootstrap_identity_two_things_declare_is_refused(tmp_path: Path) -> N
 
 def test_dtls_needs_one_address() -> None:
     with pytest.raises(ValueError, match="one address"):
-        compat.dtls_bind("::", 5684)
+        dtls.dtls_bind("::", 5684)
 
 
 def test_the_claim_is_that_of_the_latest_handshake() -> None:
@@ -192,9 +192,9 @@ def test_the_claim_is_that_of_the_latest_handshake() -> None:
     # port with another identity must be that identity (not an error, and never the earlier one)
     from aiocoap.transports import tinydtls_server
 
-    compat.claims_follow_the_latest_handshake()
+    dtls.claims_follow_the_latest_handshake()
     keys = {b"id-a": (KEY_A, "sensor-a"), b"id-b": (KEY_B, "sensor-b")}
-    store = tinydtls_server.SecurityStore(compat.dtls_credentials(keys.get))
+    store = tinydtls_server.SecurityStore(dtls.dtls_credentials(keys.get))
     assert store[b"id-a"] == KEY_A and store._claims == "sensor-a"
     assert store[b"id-b"] == KEY_B and store._claims == "sensor-b"
     with pytest.raises(KeyError):

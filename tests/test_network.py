@@ -197,6 +197,23 @@ def test_unmanaged_networks_are_observed_but_never_touched(conn: Any) -> None:
     assert conn.networkLookupByName("charlie.lan").name() == "charlie.lan"
 
 
+def test_every_address_range_of_an_unmanaged_network_is_observed(conn: Any) -> None:
+    """The host-wide overlap check needs what every network occupies, not only the first IPv4 range epfiot
+    manages: an unmanaged network with a netmask, a second IPv4 range and an IPv6 one."""
+    conn.networkDefineXML(
+        "<network><name>charlie.other</name><bridge name='virbr78'/>"
+        "<ip address='172.20.1.1' netmask='255.255.255.0'/>"
+        "<ip address='172.20.8.1' prefix='22'/>"
+        "<ip family='ipv6' address='fd00:20::1' prefix='64'/></network>"
+    )
+    other = observed(conn, "charlie.other")
+    assert other.ownership is None and other.cidr == "172.20.1.0/24"
+    assert other.subnets == ("172.20.1.0/24", "172.20.8.0/22", "fd00:20::/64")
+    assert observed(conn, "default").address_ranges == ("192.168.122.0/24",)
+    network.define_network(conn, spec())
+    assert observed(conn).subnets == ("10.128.0.0/24",)
+
+
 def test_libvirt_errors_become_host_errors_with_libvirts_message(conn: Any) -> None:
     network.define_network(conn, spec())
     with pytest.raises(

@@ -10,9 +10,11 @@ Case format (defaults keep cases short: owner "alice", stack "s"):
       usb: [[owner, vm, selector index, nodedev or null], ...]      # how claims resolved
       seed_digests: {alice.vm1: sha256:...}
       deletion: true                                                # plan_deletion instead of make_plan
+      rules: {asker: alice, tenants: [alice, bob], network_ranges: [10.128.0.0/16], quotas: {alice: {vms: 2}}}
       expect: [{vm: alice/vm1, verb: update, steps: [SetVcpus, DefineVm], changes: {vcpu: live}, notes: [...],
                 step_args: {SetVcpus.count: 2}, unchanged: [memory_mib], reason: substring}]
       problems: [substring, ...]
+      hidden: [bob, ...]                                            # in no problem, reason or note (another tenant's)
       then: [{network: old, verb: destroy}]                         # what a second apply still does
 
 Desired objects take the field names of the model's dataclasses (max_vcpu defaults to vcpu, max_memory_mib
@@ -29,6 +31,7 @@ leave each VM it does not touch in its declared power state.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ import pytest
 import yaml
 
 from epfiot.addressing import dhcp_range
+from epfiot.hostconfig import Quotas
 from epfiot.model import (
     AttachedUsb,
     Credentials,
@@ -61,14 +65,14 @@ from epfiot.model import (
     overlay_volume_name,
     seed_volume_name,
 )
-from epfiot.plan import Action, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
+from epfiot.plan import Action, HostRules, Kind, Options, Plan, UsbResolution, Verb, make_plan, plan_deletion
 from epfiot.plan import steps as s
 
 CASES = Path(__file__).parent / "plan_cases"
 OWNER, STACK = "alice", "s"
 
 
-CASE_KEYS = {"name", "desired", "observed", "options", "usb", "seed_digests", "deletion", "expect", "problems", "then"}
+CASE_KEYS = {"name", "desired", "observed", "options", "usb", "seed_digests", "deletion", "rules", "hidden", "expect", "problems", "then"}
 EXPECT_KEYS = {*Kind, "verb", "steps", "changes", "unchanged", "notes", "reason", "step_args"}
 
 
@@ -205,7 +209,7 @@ def observed_network(data: dict[str, Any], desired: Desired) -> ObservedNetwork:
     ownership = None if ownership_data is None else Ownership(owner, d.pop("stack", STACK), name)
     start, end = dhcp_range(spec) if spec else (None, None)
     return ObservedNetwork(
-        libvirt_name=libvirt_name(owner, name),
+        libvirt_name=d.pop("libvirt_name", libvirt_name(owner, name)),  # another for a network epfiot does not manage
         ownership=ownership,
         active=d.pop("active", True),
         mode=NetworkMode(d.pop("mode", spec.mode.value if spec else "route")),
@@ -213,6 +217,7 @@ def observed_network(data: dict[str, Any], desired: Desired) -> ObservedNetwork:
         dhcp_start=d.pop("dhcp_start", start),
         dhcp_end=d.pop("dhcp_end", end),
         dhcp_hosts=tuple((mac_of(mac), ip) for mac, ip in d.pop("dhcp_hosts", ())),
+        subnets=tuple(d.pop("subnets", ())),
     )
 
 
@@ -232,10 +237,11 @@ def observed_thing(data: dict[str, Any]) -> ObservedThing:
 
 
 def observed_volume(data: str | dict[str, Any]) -> ObservedVolume:
-    """A volume of the image pool: its name, or {name, backing} (the path of its base image)."""
+    """A volume of the image pool: its name, or {name, backing, capacity_gib} (backing: its base image's path)."""
     if isinstance(data, str):
         return ObservedVolume("images", data)
-    return ObservedVolume("images", data["name"], backing=data.get("backing"))
+    capacity = int(data.get("capacity_gib", 0) * 1024**3)
+    return ObservedVolume("images", data["name"], capacity, backing=data.get("backing"))
 
 
 def observed_state(data: dict[str, Any], desired: Desired) -> Observed:
@@ -258,6 +264,18 @@ def observed_state(data: dict[str, Any], desired: Desired) -> Observed:
         things=things,
         vm_addresses={k: tuple(v) for k, v in data.get("vm_addresses", {}).items()},
         image_pool=data.get("image_pool", "images"),
+    )
+
+
+def host_rules(data: dict[str, Any] | None) -> HostRules | None:
+    """The case's host rules: asker (a tenant; absent: the administrator), tenants, network_ranges, quotas."""
+    if data is None:
+        return None
+    return HostRules(
+        asker=data.get("asker"),
+        tenants=frozenset(data.get("tenants", ())),
+        network_ranges=tuple(ipaddress.ip_network(r) for r in data.get("network_ranges", ())),
+        quotas={tenant: Quotas(**q) for tenant, q in data.get("quotas", {}).items()},
     )
 
 
@@ -307,7 +325,8 @@ def run_case(case: dict[str, Any]) -> Plan:
     if case.get("deletion"):
         return plan_deletion(desired, observed, options)
     usb = usb_resolution(case.get("usb", []), desired, observed)
-    return make_plan(desired, observed, options, usb=usb, seed_digests=case.get("seed_digests", {}))
+    rules = host_rules(case.get("rules"))
+    return make_plan(desired, observed, options, usb=usb, seed_digests=case.get("seed_digests", {}), rules=rules)
 
 
 @pytest.mark.parametrize(("case_id", "case"), load_cases(), ids=[c[0] for c in load_cases()])
@@ -318,6 +337,9 @@ def test_plan_case(case_id: str, case: dict[str, Any]) -> None:
         assert any(text in p for p in plan.problems), f"no problem with {text!r} in {plan.problems}"
     if not problems:
         assert plan.problems == (), plan.problems
+    told = [*plan.problems, *(a.reason for a in plan.actions), *(n for a in plan.actions for n in a.notes)]
+    for secret in case.get("hidden", []):
+        assert not [t for t in told if secret in t], f"{secret!r} is told: {[t for t in told if secret in t]}"
     expected = {_key(e): e for e in case.get("expect", [])}
     actual = {f"{a.kind}:{a.owner}/{a.name}": a for a in plan.actions}
     assert len(actual) == len(plan.actions), f"two actions for one resource: {[a.address for a in plan.actions]}"
@@ -533,7 +555,8 @@ def second_plan(case: dict[str, Any]) -> tuple[Plan, Plan, Observed]:
     if case.get("deletion"):
         return first, plan_deletion(desired, after, options), after
     usb = usb_resolution(case.get("usb", []), desired, after)
-    return first, make_plan(desired, after, options, usb=usb, seed_digests=case.get("seed_digests", {})), after
+    rules = host_rules(case.get("rules"))
+    return first, make_plan(desired, after, options, usb=usb, seed_digests=case.get("seed_digests", {}), rules=rules), after
 
 
 CONVERGING = [(i, c) for i, c in load_cases() if not c.get("problems")]

@@ -108,7 +108,8 @@ def test_network_address_disk_and_seed(
     overlay = pool.storageVolLookupByName(overlay_volume_name(tenant, "disk"))
     assert "<backingStore>" in overlay.XMLDesc() and str(pool_dir / "base.qcow2") in overlay.XMLDesc()
     seed = (pool_dir / seed_volume_name(tenant, "disk")).read_bytes()
-    assert b"charlie" in seed and b"$6$" in seed
+    assert b"charlie" in seed and b"$6$rounds=100000$" in seed  # a random salt, recorded in the state directory
+    assert list(json.loads((tmp_path / "state" / "salts.json").read_text())) == [f"{tenant}/{tenant}-stack/disk"]
     assert PASSWORD.encode() not in seed and PASSWORD.encode("utf-16-be") not in seed
     domain_xml = conn.lookupByName(f"{tenant}.disk").XMLDesc()
     assert seed_volume_name(tenant, "disk") in domain_xml and PASSWORD not in domain_xml
@@ -132,3 +133,4 @@ def test_network_address_disk_and_seed(
     assert sorted(v.name() for v in pool.listAllVolumes()) == ["base.qcow2"]
     net = conn.networkLookupByName(f"{tenant}.lan")
     assert fixed not in net.XMLDesc()  # the reservation went with its VM
+    assert json.loads((tmp_path / "state" / "salts.json").read_text()) == {}  # and the salt of its password

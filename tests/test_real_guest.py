@@ -14,7 +14,6 @@ these tests refuse to run, so that nothing is ever sent to a private address of 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import re
@@ -23,47 +22,33 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import libvirt
 import pycdlib
 import pytest
 import yaml
 
+from tests.guests import (
+    BOOT_DEADLINE,
+    IMAGE,
+    POOL,
+    SSH_OPTIONS,
+    guest_lock,
+    keypair,
+    require_own_network_namespace,
+    ssh_with_key,
+    wait_for,
+)
 from tests.leftovers import remove_tenant
 from tests.lwm2m_client import Lwm2mTestClient
 
 pytestmark = [pytest.mark.daemon, pytest.mark.guest]
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "lwm2m-guest.yaml"
-IMAGE = "debian-12.qcow2"
-POOL = "epfiot-images"
-BOOT_DEADLINE = 420.0  # seconds from apply to SSH: about 60 here, far more on a loaded CI machine
-T = TypeVar("T")
-
-
-def in_own_network_namespace() -> bool:
-    """True inside a network namespace made with `ip netns add` (scripts/libvirtd.sh makes one)."""
-    ours = os.stat("/proc/self/ns/net")
-    named = Path("/run/netns")
-    return named.is_dir() and any(
-        (s := p.stat()).st_ino == ours.st_ino and s.st_dev == ours.st_dev for p in named.iterdir()
-    )
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 2.0) -> T:
-    """The first truthy result of `probe()`, polled until `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s", pytrace=False)
-        time.sleep(every)
 
 
 @dataclass
@@ -126,18 +111,15 @@ class Guest:
         return done
 
     def ssh(self, command: str, *, check: bool = True, password: bool = False) -> subprocess.CompletedProcess[str]:
-        options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                   "-o", "ConnectTimeout=5"]
-        env = dict(os.environ)
-        if password:  # the password from the manifest, typed in by an askpass program as a user would
-            askpass = self.directory / "askpass"
-            askpass.write_text(f"#!/bin/sh\necho {shlex.quote(self.password)}\n")
-            askpass.chmod(0o700)
-            env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY="none")
-            options += ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password",
-                        "-o", "NumberOfPasswordPrompts=1"]
-        else:
-            options += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(self.key)]
+        if not password:
+            return ssh_with_key(self.key, f"{self.user}@{self.address}", command, check=check)
+        # the password from the manifest, typed in by an askpass program as a user would
+        askpass = self.directory / "askpass"
+        askpass.write_text(f"#!/bin/sh\necho {shlex.quote(self.password)}\n")
+        askpass.chmod(0o700)
+        env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": "none"}
+        options = [*SSH_OPTIONS, "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password",
+                   "-o", "NumberOfPasswordPrompts=1"]
         done = subprocess.run(
             ["ssh", *options, f"{self.user}@{self.address}", command],
             capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
@@ -162,12 +144,7 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def guest(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    if not in_own_network_namespace():
-        pytest.fail(
-            "the real-guest tests talk to the guest's private address: run them inside the libvirt daemon's "
-            "network namespace (make test does: scripts/in-netns.sh .venv/bin/pytest)",
-            pytrace=False,
-        )
+    require_own_network_namespace()
     conn = libvirt.open(system_uri)
     try:
         conn.storagePoolLookupByName(POOL).storageVolLookupByName(IMAGE)
@@ -176,20 +153,17 @@ def guest(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     finally:
         conn.close()
     # The scenario's network and address are fixed (10.128.0.0/24, .141): runs against one daemon take turns.
-    lock = open("/run/lock/epfiot-real-guest.lock", "w")  # noqa: SIM115 (held until the module ends)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    directory = tmp_path_factory.mktemp("guest")
-    key = directory / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    owner = "g" + secrets.token_hex(4)
-    g = Guest(owner, directory, directory / "state", key, "pw-" + secrets.token_urlsafe(12), system_uri)
-    try:
-        yield g
-    finally:
-        remove_tenant(system_uri, owner)
-        if g._conn is not None:
-            g._conn.close()
-        lock.close()
+    with guest_lock():
+        directory = tmp_path_factory.mktemp("guest")
+        key = keypair(directory)
+        owner = "g" + secrets.token_hex(4)
+        g = Guest(owner, directory, directory / "state", key, "pw-" + secrets.token_urlsafe(12), system_uri)
+        try:
+            yield g
+        finally:
+            remove_tenant(system_uri, owner)
+            if g._conn is not None:
+                g._conn.close()
 
 
 def test_the_scenario_applies_and_a_second_apply_changes_nothing(guest: Guest) -> None:

@@ -1,8 +1,9 @@
-"""Passwords: SHA-512 crypt against the specification's vectors, deterministic salts, and resolving
-{env:}, {file:}, {hash:} and literals without ever showing a value."""
+"""Passwords: SHA-512 crypt against the specification's vectors, random salts and many rounds, and resolving
+{env:}, {file:}, {hash:} and literals without ever showing a value; secret files only where they may be."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,10 +12,11 @@ import pytest
 
 from epfiot.secrets import (
     CRYPT_ALPHABET,
+    ROUNDS,
     SecretError,
     crypt_hash_kind,
-    deterministic_salt,
     hash_password,
+    read_secret,
     resolve_password,
     sha512_crypt,
 )
@@ -64,21 +66,30 @@ def test_bytes_keys_and_long_salts() -> None:
     assert sha512_crypt("k", "a" * 40).split("$")[2] == "a" * 16
 
 
-def test_the_salt_is_deterministic_and_differs_per_identity() -> None:
-    salt = deterministic_salt(PASSWORD, "alice.example1:alice")
-    assert salt == deterministic_salt(PASSWORD, "alice.example1:alice")
-    assert len(salt) == 16 and set(salt) <= set(CRYPT_ALPHABET)
-    others = {deterministic_salt(PASSWORD, f"alice.vm{i}:alice") for i in range(200)}
-    assert len(others) == 200 and salt not in others
-    assert deterministic_salt("other password", "alice.example1:alice") != salt
+def is_hash_of(password: str, hashed: str) -> bool:
+    """Whether `hashed` is epfiot's SHA-512 crypt of `password`: its rounds, a 16-character salt."""
+    prefix, rounds, salt = hashed.split("$")[1:4]
+    return (prefix, rounds, len(salt)) == ("6", f"rounds={ROUNDS}", 16) and sha512_crypt(password, salt, ROUNDS) == hashed
 
 
-def test_hash_password_is_a_stable_sha512_crypt_of_the_password() -> None:
-    hashed = hash_password(PASSWORD, "alice.example1:alice")
-    salt = hashed.split("$")[2]
-    assert hashed == sha512_crypt(PASSWORD, salt) == hash_password(PASSWORD, "alice.example1:alice")
-    assert crypt_hash_kind(hashed) == "SHA-512 crypt"
-    assert PASSWORD not in hashed
+def test_hash_password_draws_a_random_salt_and_costs_many_rounds() -> None:
+    hashes = [hash_password(PASSWORD) for _ in range(3)]
+    assert len(set(hashes)) == 3
+    assert ROUNDS >= 100_000
+    for hashed in hashes:
+        assert hashed.startswith(f"$6$rounds={ROUNDS}$") and is_hash_of(PASSWORD, hashed)
+        assert set(hashed.split("$")[3]) <= set(CRYPT_ALPHABET)
+        assert crypt_hash_kind(hashed) == "SHA-512 crypt" and PASSWORD not in hashed
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_epfiots_rounds_match_openssl() -> None:
+    hashed = hash_password(PASSWORD)
+    result = subprocess.run(
+        ["openssl", "passwd", "-6", "-salt", hashed.rsplit("$", 1)[0].removeprefix("$6$"), "-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, check=True,
+    )
+    assert result.stdout.strip() == hashed
 
 
 @pytest.mark.parametrize(
@@ -104,11 +115,11 @@ def test_crypt_hash_kinds(text: str, kind: str | None) -> None:
 
 
 def resolve(value: object, tmp_path: Path, **kwargs: object) -> str:
-    return resolve_password(value, identity="alice.a:alice", base_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
+    return resolve_password(value, base_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
 
 
 def test_env(tmp_path: Path) -> None:
-    assert resolve({"env": "PW"}, tmp_path, env={"PW": PASSWORD}) == hash_password(PASSWORD, "alice.a:alice")
+    assert is_hash_of(PASSWORD, resolve({"env": "PW"}, tmp_path, env={"PW": PASSWORD}))
 
 
 def test_a_missing_or_empty_variable_is_named_without_a_value(tmp_path: Path) -> None:
@@ -122,24 +133,72 @@ def test_a_missing_or_empty_variable_is_named_without_a_value(tmp_path: Path) ->
 def test_file_relative_to_the_manifest_without_its_trailing_newline(content: str, tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "pw").write_text(content, newline="")
-    assert resolve({"file": "secrets/pw"}, tmp_path, env={}) == hash_password(PASSWORD, "alice.a:alice")
-    assert resolve({"file": str(tmp_path / "secrets" / "pw")}, Path("/nonexistent"), env={}) == hash_password(
-        PASSWORD, "alice.a:alice"
-    )
+    assert is_hash_of(PASSWORD, resolve({"file": "secrets/pw"}, tmp_path, env={}))
+    assert is_hash_of(PASSWORD, resolve({"file": "secrets/../secrets/pw"}, tmp_path, env={}))
+
+
+REFUSED = "secret file not allowed or unreadable"
 
 
 def test_file_problems_name_the_file_only(tmp_path: Path) -> None:
-    with pytest.raises(SecretError, match=r"password file .*missing does not exist"):
+    with pytest.raises(SecretError, match=rf"^password file missing: {REFUSED} "):
         resolve({"file": "missing"}, tmp_path, env={})
     (tmp_path / "two-lines").write_text(PASSWORD + "\nsecond line\n")
     with pytest.raises(SecretError) as caught:
         resolve({"file": "two-lines"}, tmp_path, env={})
     assert "line break" in str(caught.value) and PASSWORD not in str(caught.value)
     (tmp_path / "binary").write_bytes(b"\xff\xfe" + PASSWORD.encode())
-    with pytest.raises(SecretError, match="not UTF-8"):
-        resolve({"file": "binary"}, tmp_path, env={})
-    with pytest.raises(SecretError, match="cannot read password file"):
-        resolve({"file": "."}, tmp_path, env={})
+    (tmp_path / "huge").write_text("x" * (64 * 1024 + 1))
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("binary", "huge", "fifo", ".", "secrets"):
+        with pytest.raises(SecretError, match=REFUSED):
+            resolve({"file": name}, tmp_path, env={})
+
+
+def refusal(ref: str, base_dir: Path, secrets_dirs: tuple[Path, ...] = ()) -> str:
+    with pytest.raises(SecretError) as caught:
+        read_secret({"file": ref}, base_dir=base_dir, env={}, what="key", secrets_dirs=secrets_dirs)
+    return str(caught.value).replace(ref, "REF")
+
+
+def test_secret_files_outside_the_manifests_directory_are_refused_alike(tmp_path: Path) -> None:
+    manifests, outside = tmp_path / "manifests", tmp_path / "outside"
+    manifests.mkdir()
+    outside.mkdir()
+    (outside / "key").write_text(PASSWORD)
+    (manifests / "link").symlink_to(outside / "key")
+    (manifests / "dirlink").symlink_to(outside)
+    (manifests / "dangling").symlink_to(outside / "nothing")
+    refused = [
+        str(outside / "key"),  # absolute: refused even though it exists
+        str(outside / "nothing"),
+        "/etc/passwd",
+        "../outside/key",  # .. escaping the manifest's directory
+        "../outside/nothing",
+        "link",  # a link inside that points outside
+        "dirlink/key",
+        "dangling",
+        "missing",
+    ]
+    messages = {refusal(ref, manifests) for ref in refused}
+    assert len(messages) == 1, messages  # the same words whether the path exists or not
+    (message,) = messages
+    assert message.startswith(f"key file REF: {REFUSED} ") and str(outside) not in message
+
+
+def test_secret_files_inside_a_secrets_directory(tmp_path: Path) -> None:
+    manifests, vault = tmp_path / "manifests", tmp_path / "vault"
+    manifests.mkdir()
+    vault.mkdir()
+    (vault / "key").write_text(PASSWORD + "\n")
+    (manifests / "link").symlink_to(vault / "key")
+    for ref in (str(vault / "key"), "key", "link"):
+        text, origin = read_secret({"file": ref}, base_dir=manifests, env={}, what="key", secrets_dirs=(vault,))
+        assert (text, origin) == (PASSWORD, f"key file {ref}")
+    assert REFUSED in refusal(str(vault / "key"), manifests)  # not without the secrets directory
+    (manifests / "own").write_text(PASSWORD)
+    assert REFUSED in refusal(str(manifests / "own"), manifests, (vault,))  # absolute, outside the secrets directory
+    assert REFUSED in refusal("../other", manifests, (vault,))
 
 
 def test_hash_is_taken_as_is_when_it_is_a_crypt_hash(tmp_path: Path) -> None:
@@ -156,7 +215,7 @@ def test_literals_are_refused_unless_allowed(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "{env: VARIABLE}" in message and "{file: PATH}" in message and "allow_literal_password: true" in message
     assert PASSWORD not in message
-    assert resolve(PASSWORD, tmp_path, env={}, allow_literal=True) == hash_password(PASSWORD, "alice.a:alice")
+    assert is_hash_of(PASSWORD, resolve(PASSWORD, tmp_path, env={}, allow_literal=True))
 
 
 @pytest.mark.parametrize("value", [{}, {"env": "A", "file": "b"}, {"env": ""}, {"secret": "x"}, 42])
@@ -167,4 +226,4 @@ def test_malformed_sources(value: object, tmp_path: Path) -> None:
 
 def test_the_default_environment_is_the_process_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EPFIOT_TEST_PW", PASSWORD)
-    assert resolve({"env": "EPFIOT_TEST_PW"}, tmp_path) == hash_password(PASSWORD, "alice.a:alice")
+    assert is_hash_of(PASSWORD, resolve({"env": "EPFIOT_TEST_PW"}, tmp_path))

@@ -158,3 +158,20 @@ def test_a_manifest_given_as_text_reads_neither_files_nor_the_environment(servic
         (5, f"password file {readable} is outside the directories it may be read from"),
         (6, "environment variable HOME is not set"),
     ]
+
+
+def test_a_tenants_password_hashes_with_its_recorded_salt_so_a_second_apply_changes_nothing(tmp_path: Path, service: Service) -> None:
+    import json
+    from dataclasses import replace
+
+    mine = tmp_path / "alice"
+    mine.mkdir()
+    (mine / "password").write_text("Zebra-Quokka-417\n")
+    stack = write_stack(mine, "alice", vms=[vm("web", credentials={"user": "edge", "password": {"file": "password"}})])
+    manifests = replace(Manifests.from_paths([stack]), env={}, secret_dirs=(mine,))  # as watch reads a tenant's
+    first = service.apply_run(ALICE, manifests, approve=True)
+    assert first.outcomes and not first.failed
+    salts = tmp_path / "state" / "salts.json"
+    assert list(json.loads(salts.read_text())) == ["alice/alice-stack/web"] and "Zebra" not in salts.read_text()
+    again = service.apply_run(ALICE, manifests, approve=True)
+    assert not again.plan.changes and not again.outcomes

@@ -64,8 +64,14 @@ things = st.lists(
     max_size=2,
     unique_by=lambda t: t["name"],
 )
+# bob's own networks keep clear of the unmanaged one: the host's rules refuse an overlap with it to anyone.
+their_networks = st.lists(
+    st.fixed_dictionaries({"name": st.sampled_from(["net", "lan"]), "mode": st.just("nat"), "cidr": st.sampled_from(["10.77.1.0/24", "10.77.2.0/24"])}),
+    max_size=1,
+    unique_by=lambda n: n["name"],
+)
 stacks = st.fixed_dictionaries({"stack": st.sampled_from(["s1", "s2"]), "vms": vms, "networks": networks, "things": things})
-their_stacks = st.fixed_dictionaries({"stack": st.sampled_from(["s1", "claimed"]), "vms": vms, "networks": networks, "things": things})
+their_stacks = st.fixed_dictionaries({"stack": st.sampled_from(["s1", "claimed"]), "vms": vms, "networks": their_networks, "things": things})
 
 
 def document(owner: str, content: dict[str, Any]) -> str:

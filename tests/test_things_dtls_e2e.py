@@ -162,5 +162,5 @@ def test_epfiot_serve_listens_on_dtls_beside_plain_coap(tmp_path: Path) -> None:
         child.proc.send_signal(signal.SIGTERM)
         assert child.finish()[0] == 0
 
-    with epfiot_serve(state, "--dtls-bind", "::") as child:  # one address only: DTLS stays off, and says why
+    with epfiot_serve(state, "--bind", "::") as child:  # DTLS binds one address: off, and it says why
         assert "--dtls-bind ADDRESS" in child.wait_for_line(lambda line: "CoAP over DTLS" in line)

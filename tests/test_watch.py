@@ -317,3 +317,28 @@ def test_the_watch_loop_on_the_test_driver(tmp_path: Path, testhost: libvirt.vir
     assert finished["subject"] == "thing/carol/sensor-7" and finished["server_uri"] == "coap://192.0.2.10:5683"
     refused = next(r for r in log if r["event"] == "bootstrap.refused")
     assert refused["subject"] == "thing/nobody" and refused["level"] == "warning"
+
+
+def test_a_restarted_watch_keeps_password_salts_and_reads_the_secrets_dir(tmp_path: Path, testhost: libvirt.virConnect) -> None:
+    stacks, vault = tmp_path / "stacks", tmp_path / "vault"
+    stacks.mkdir()
+    vault.mkdir()
+    (vault / "pw").write_text("Zebra-Quokka-417\n")
+    credentials = {"user": "edge", "password": {"file": str(vault / "pw")}}
+    write_stack(stacks, "alice", vms=[vm("one", credentials=credentials)])
+    config = replace(config_for(tmp_path, [stacks]), secrets_dirs=(vault,))
+    (tmp_path / "state").mkdir()
+    events = EventLog.in_state_dir(config.state_dir)
+    try:
+        for run in ("first", "restarted"):
+            out = io.StringIO()
+            rec = Reconciler(config, Log(out, "json", verbose=True), events, None, clock=Clock())
+            try:
+                assert rec.run(frozenset({"start"})).outcome == "ok", out.getvalue()
+            finally:
+                rec.close()
+            done = [r["subject"] for r in records(out) if r["event"] == "action.done"]
+            assert done == (["vm/alice/one"] if run == "first" else []), out.getvalue()  # the same seed again
+        assert "alice.one" in names(testhost)
+    finally:
+        events.close()

@@ -49,7 +49,19 @@ def options_of(request: web.Request, output: str) -> Options:
             values["parallel"] = int(request.query["parallel"])
         except ValueError:
             raise BadRequest("parallel must be a whole number") from None
+    if given := [t for text in request.query.getall("target", []) for t in text.split(",") if t]:
+        values["targets"] = tuple(targets_of(given))
     return Options(**values)
+
+
+def targets_of(given: list[str]) -> list[str]:
+    """plan --target KIND/OWNER/NAME, as the CLI checks it; a bad one is a 400."""
+    from epfiot.plan.targets import parse_target
+
+    try:
+        return [parse_target(text) for text in given]
+    except ValueError as e:
+        raise BadRequest(f"target: {e}") from None
 
 
 def output_of(request: web.Request) -> str:

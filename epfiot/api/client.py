@@ -96,7 +96,7 @@ def _problem(data: Any) -> str:
         return "unexpected answer"
 
 
-def fetch(path: str, query: dict[str, str] | None = None) -> Any:
+def fetch(path: str, query: dict[str, str] | list[tuple[str, str]] | None = None) -> Any:
     """GET a list; a 4xx answer becomes the error the command would raise."""
     status, _, data = request("GET", path + (f"?{urlencode(query)}" if query else ""))
     if status != 200:
@@ -113,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "events":
         from epfiot.cli import events
 
-        return events.present(args, fetch("/api/v1/events", {"since": args.since} if args.since else None))
+        query = [("since", args.since)] if args.since else []
+        query += [("owner", args.owner)] if getattr(args, "owner", None) else []
+        query += [("kinds", kind) for kind in events.wanted_kinds(getattr(args, "kind", None))]
+        found = fetch("/api/v1/events", query or None)
+        return events.present(args, found, filtered=bool(query))
     return _change(args)
 
 
@@ -127,6 +131,12 @@ def _change(args: argparse.Namespace) -> int:
             query[name] = "true" if getattr(args, name) else "false"
     if hasattr(args, "parallel"):
         query["parallel"] = str(args.parallel)
+    if targets := getattr(args, "targets", None):
+        query["target"] = ",".join(targets)
+    if getattr(args, "out", None) is not None or getattr(args, "plan_file", None) is not None:
+        raise UsageError("saved plans (plan -out FILE, apply FILE) are not made through the epfiot service: run them as a user with access to libvirt")
+    if command in ("plan", "apply") and not args.files:
+        raise UsageError(f"{command} needs manifests (-f PATH)")
     headers = {"Accept": CLI_TYPE}
     body: bytes | None = None
     if command == "delete" and args.files and args.what:

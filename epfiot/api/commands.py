@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from epfiot import authz
 from epfiot.api.backend import Live
 from epfiot.api.secret_files import foreign_files
 from epfiot.desired.sources import SourceText
 from epfiot.errors import EpfiotError, ManifestError
 from epfiot.hostconfig import Caller, HostConfig
-from epfiot.model import Desired
 
 if TYPE_CHECKING:
+    from epfiot.model import Desired
     from epfiot.service import Service
 
 
@@ -52,6 +51,7 @@ class Options:
     parallel: int = 8
     verbose: bool = False
     approved: frozenset[str] | None = None  # addresses the caller agreed to destroy (epfiot.approval)
+    targets: tuple[str, ...] = ()  # --target KIND/OWNER/NAME: plan only these and what they need
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,15 @@ class Ran:
     not_found: bool = False
 
 
-def load(caller: Caller, manifests: Manifests) -> Desired:
-    from epfiot.desired import _load
+def load(svc: Service, caller: Caller, manifests: Manifests) -> Desired:
+    """The caller's manifests loaded as the CLI's are (Service.load: the caller's own owners only, passwords
+    hashed with the host's recorded salts); {file: PATH} secrets the caller may not read refused first."""
+    from epfiot import manifests as loads
 
-    problems: list = []  # type: ignore[type-arg]
     if unreadable := foreign_files(manifests.sources, caller, manifests.peer_uid):
         raise ManifestError(unreadable)  # before anything of them is read by the service
-    desired = _load(manifests.sources, manifests.env, problems)
-    if foreign := authz.foreign_owners(desired, caller):
-        raise ManifestError(foreign)
-    return desired
+    # The caller's files were checked above; the service's environment is never the caller's.
+    return svc.load(caller, loads.Manifests(sources=manifests.sources, env=dict(manifests.env)))
 
 
 def args_for(live: Live, options: Options) -> argparse.Namespace:
@@ -82,7 +81,8 @@ def args_for(live: Live, options: Options) -> argparse.Namespace:
         image_dir=config.image_dir, virt_type=config.virt_type, output=options.output, prune=options.prune,
         dry_run=options.dry_run, force=options.force, keep_disks=options.keep_disks, auto_approve=options.auto_approve,
         detailed_exitcode=options.detailed_exitcode, parallel=max(1, options.parallel), verbose=options.verbose,
-        files=[], approved=options.approved,
+        files=[], approved=options.approved, targets=list(options.targets) or None,
+        out=None, plan_file=None,  # saved plans are made and applied by a CLI with the host's access
     )
 
 
@@ -116,7 +116,7 @@ def _dispatch(args: argparse.Namespace, scoped: tuple[Service, Caller], command:
     if vm is not None:
         return apply.reconcile(args, svc.vm_deletion(caller, *vm), deletion=True, scoped=scoped)
     assert manifests is not None
-    desired = load(caller, manifests)
+    desired = load(svc, caller, manifests)
     if command == "plan":
         return plan.show(args, desired, scoped)
     return apply.reconcile(args, desired, deletion=command == "delete", scoped=scoped)

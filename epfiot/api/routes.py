@@ -129,7 +129,7 @@ async def get_vm(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    from epfiot.cli.events import parse_duration
+    from epfiot.cli.events import parse_duration, wanted_kinds
     from epfiot.errors import UsageError
 
     who = caller(request)
@@ -140,11 +140,15 @@ async def list_events(request: web.Request) -> web.Response:
         except UsageError as e:
             return error(400, str(e))
     kind = request.query.get("kind") or None
-
+    owner = request.query.get("owner") or None  # epfiot events --owner, --kind (exact kinds, comma-separated)
+    kinds = wanted_kinds(request.query.getall("kinds", []))
     fields = fields_of(request, "events")
     if isinstance(fields, web.Response):
         return fields
-    body = await on_service(request, lambda svc: encode(pick(svc.events(who, since, kind), fields)))
+    try:
+        body = await on_service(request, lambda svc: encode(pick(svc.events(who, since, kind, owner=owner, kinds=kinds), fields)))
+    except UsageError as e:  # a kind the event log does not know
+        return error(400, str(e))
     return web.Response(body=body, content_type="application/json")
 
 

@@ -9,18 +9,33 @@ import time
 from typing import TYPE_CHECKING
 
 from epfiot.cli.common import manifests_from, options_from, service
+from epfiot.errors import UsageError
 
 if TYPE_CHECKING:
     from epfiot.hostconfig import Caller
     from epfiot.model import Desired
+    from epfiot.reconcile import Verify
     from epfiot.service import Manifests, Service
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan_file is not None:
+        from epfiot.cli.saved import apply_saved
+
+        return apply_saved(args)
+    if not args.files:
+        raise UsageError("apply needs manifests (-f PATH) or a saved plan (epfiot apply FILE, from epfiot plan -out FILE)")
     return reconcile(args, manifests_from(args), deletion=False)
 
 
-def reconcile(args: argparse.Namespace, what: Manifests | Desired, *, deletion: bool, scoped: tuple[Service, Caller] | None = None) -> int:
+def reconcile(
+    args: argparse.Namespace,
+    what: Manifests | Desired,
+    *,
+    deletion: bool,
+    scoped: tuple[Service, Caller] | None = None,
+    verify: Verify | None = None,
+) -> int:
     """One reconcile run (epfiot.service.Service.apply_run) with terminal output; the exit code."""
     from epfiot import render
     from epfiot.approval import approve
@@ -40,6 +55,7 @@ def reconcile(args: argparse.Namespace, what: Manifests | Desired, *, deletion: 
         dry_run=args.dry_run,
         deletion=deletion,
         parallel=args.parallel,
+        verify=verify,
         reporter=lambda events: Terminal(out, events, "delete" if deletion else "apply", uri=svc.uri, show_plan=not json_output, verbose=args.verbose),
     )
     plan = result.plan

@@ -12,6 +12,7 @@ from epfiot.errors import UsageError
 
 if TYPE_CHECKING:
     from epfiot.hostconfig import Caller, HostConfig
+    from epfiot.model import Desired
     from epfiot.plan import Options
     from epfiot.registry import Registry
     from epfiot.service import Manifests, Service
@@ -92,10 +93,23 @@ def open_registry(directory: Path, *, create: bool) -> Registry | None:
     return Registry(path)
 
 
-def manifests_from(args: argparse.Namespace) -> Manifests:
+def manifests_from(args: argparse.Namespace, *, read_secrets: bool = True) -> Manifests:
+    """The manifests of -f; {file:} secrets may also point into --secrets-dir / $EPFIOT_SECRETS_DIR.
+    `read_secrets` False: identities only (delete), no secret is read."""
+    from dataclasses import replace
+
+    from epfiot.secrets import secrets_dirs
     from epfiot.service import Manifests
 
-    return Manifests.from_paths(args.files, stdin=sys.stdin)
+    found = Manifests.from_paths(args.files, stdin=sys.stdin)
+    return replace(found, secrets_dirs=secrets_dirs(getattr(args, "secrets_dir", None)), read=read_secrets)
+
+
+def load(args: argparse.Namespace, *, read_secrets: bool = True) -> Desired:
+    """The manifests of -f, loaded for whoever runs the command (Service.load): passwords hash with the salts
+    recorded in the state directory, and new ones are recorded once the manifests load."""
+    found, caller = service(args)
+    return found.load(caller, manifests_from(args, read_secrets=read_secrets))
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -105,4 +119,5 @@ def options_from(args: argparse.Namespace) -> Options:
         force=getattr(args, "force", False),
         keep_disks=getattr(args, "keep_disks", False),
         prune=getattr(args, "prune", True),
+        targets=frozenset(getattr(args, "targets", None) or ()),
     )

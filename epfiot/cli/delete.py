@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     if args.files and args.what:
         raise UsageError("give either -f PATH or: vm OWNER/NAME, not both")
     if args.files:
-        return reconcile(args, manifests_from(args), deletion=True)
+        return reconcile(args, manifests_from(args, read_secrets=False), deletion=True)  # deleting needs identities only
     if len(args.what) != 2 or args.what[0] != "vm" or "/" not in args.what[1]:
         raise UsageError("usage: epfiot delete -f PATH...  |  epfiot delete vm OWNER/NAME")
     owner, _, name = args.what[1].partition("/")

@@ -19,6 +19,7 @@ COMMANDS = {
     "diff": "plan",
     "apply": "apply",
     "delete": "delete",
+    "adopt": "adopt",
     "get": "get",
     "watch": "watch",
     "serve": "serve",
@@ -46,6 +47,7 @@ def add_global_options(parser: argparse.ArgumentParser, default: object = None) 
     group.add_argument("-c", "--connect", metavar="URI", default=default, help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     group.add_argument("--host-config", type=Path, default=default, help="the host configuration: tenants, state directory, image pool, USB policy (default: $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present; none: one administrator)")
     group.add_argument("--state-dir", type=Path, default=default, help="registry, event log and locks (default: $EPFIOT_STATE_DIR, /var/lib/epfiot for root, else the XDG state dir)")
+    group.add_argument("--secrets-dir", type=Path, default=default, help="where {file: PATH} secrets may also be, besides the manifest's directory (default: $EPFIOT_SECRETS_DIR)")
     group.add_argument("--policy", type=Path, default=default, help="host USB policy file (default: $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if present)")
     group.add_argument("--image-pool", default=own(image_pool), help=f"storage pool of base images and VM disks (default: {image_pool})")
     group.add_argument("--image-dir", default=own(image_dir), help=f"directory of the image pool when apply creates it (default: {image_dir})")
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     def manifests(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         p.add_argument("-f", "--filename", dest="files", action="append", required=required, metavar="PATH", help="manifest file, directory, or - for stdin (repeatable)")
 
+    def targets(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", dest="targets", action="append", type=target, metavar="KIND/OWNER/NAME", help="plan only this resource and what it needs; KIND: vm, network or thing (repeatable)")
+
     def changes(p: argparse.ArgumentParser) -> None:
         p.add_argument("--force", action="store_true", help="power VMs off at once instead of a graceful shutdown")
         p.add_argument("--keep-disks", action="store_true", help="keep the disks of destroyed VMs")
@@ -85,10 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-disks", action="store_true", help="plan pruning that keeps disks")
+    targets(p)
+    p.add_argument("-out", "--out", dest="out", metavar="FILE", type=Path, help="save the plan to FILE, for epfiot apply FILE")
 
-    p = add_command("apply", help="make the host match the manifests")
-    manifests(p)
+    p = add_command("apply", help="make the host match the manifests, or apply a saved plan")
+    p.add_argument("plan_file", nargs="?", type=Path, metavar="FILE", help="a plan saved by epfiot plan -out FILE: applied exactly, if the host has not changed since")
+    manifests(p, required=False)
     changes(p)
+    targets(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
     p.add_argument("--no-prune", dest="prune", action="store_false", help="do not destroy what the manifests no longer declare")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -98,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="*", metavar="vm OWNER/NAME", help="e.g.: vm charlie/example1")
     changes(p)
     p.add_argument("--dry-run", action="store_true", help="plan only")
+
+    p = add_command("adopt", help="take an unmanaged libvirt domain under management, and print its manifest entry")
+    p.add_argument("kind", choices=("vm",), help="what to adopt")
+    p.add_argument("name", metavar="NAME", help="the domain: OWNER.NAME (its libvirt name), or NAME")
+    p.add_argument("--owner", required=True, help="the tenant it will belong to")
+    p.add_argument("--stack", required=True, help="the stack it will belong to")
+    p.add_argument("-y", "--auto-approve", action="store_true", help="adopt without asking (needed without a terminal)")
 
     p = add_command("get", help="list VMs, USB devices, images, networks, things")
     p.add_argument("resource", choices=("vms", "vm", "usb", "images", "networks", "things"))
@@ -121,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="ADDRESS:PORT", help="also serve the API over HTTP, with bearer tokens (default: off; e.g. 127.0.0.1:8080; port 0: any free port, logged)")
     p.add_argument("--http-rate", type=float, default=20.0, metavar="N", help="HTTP requests a second per client address, on average (bursts of 2N; more: 429); 0: no limit (default: %(default)s)")
     p.add_argument("--http-allow-remote", dest="http_remote", action="store_true", help="allow --http on an address other machines reach (put TLS in front of it)")
+    event_log_options(p)
     p.add_argument("--log-format", choices=("human", "json"), default="human", help="one line per event: human or JSON lines (default: %(default)s)")
 
     from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW
@@ -129,11 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="::", help="address (default: %(default)s: IPv6 and IPv4)")
     p.add_argument("--port", type=int, default=5683, help="UDP port (default: %(default)s)")
     dtls_options(p)
+    event_log_options(p)
     p.add_argument("--rebootstrap-count", type=int, default=DEFAULT_COUNT, metavar="N", help="bootstraps of one thing within the window that make a loop, marked failed (default: %(default)s; see docs/things.md)")
     p.add_argument("--rebootstrap-window", type=float, default=DEFAULT_WINDOW, metavar="SECONDS", help="the window of --rebootstrap-count; 0 turns loop detection off (default: %(default)s)")
 
     p = add_command("events", help="what epfiot did, and what it saw")
     p.add_argument("--since", help="e.g. 10m, 2h, 1d (default: everything)")
+    p.add_argument("--owner", help="only events about this tenant's resources and things")
+    p.add_argument("--kind", action="append", metavar="KIND", help="only events of this kind, as the log records it: action.failed, bootstrap.refused ... (repeatable, or comma-separated)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     add_command("schema", help="print the manifest JSON Schema")
@@ -157,10 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def target(text: str) -> str:
+    from epfiot.plan.targets import parse_target
+
+    try:
+        return parse_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def dtls_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtls-port", type=int, default=5684, help="CoAP over DTLS (coaps) port, for things with keys (default: %(default)s)")
-    p.add_argument("--dtls-bind", metavar="ADDRESS", help="address of the DTLS listener (default: --bind; one address, not ::)")
+    p.add_argument("--no-coap", dest="coap", action="store_false", help="do not listen on plain CoAP: only CoAP over DTLS (needs --dtls-bind)")
+    p.add_argument("--dtls-port", type=int, help="CoAP over DTLS (coaps) port, for things with keys (default: 5684; any free port when --port is 0)")
+    p.add_argument("--dtls-bind", metavar="ADDRESS", help="the one address of this host the DTLS listener binds (default: --bind, unless that is :: or 0.0.0.0: then DTLS stays off)")
     p.add_argument("--no-dtls", dest="dtls", action="store_false", help="do not listen on CoAP over DTLS")
+
+
+def event_log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--event-log-max-bytes", metavar="SIZE", help="the event log's bound: the oldest events go first beyond it (default: 64MiB, or the bound last given)")
+    p.add_argument("--event-log-max-age", metavar="DURATION", help="events older than this are dropped (default: 90d, or the bound last given)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from epfiot.cli.common import manifests_from, options_from, service
+from epfiot.manifests import Manifests
 
 if TYPE_CHECKING:
     from epfiot.hostconfig import Caller
     from epfiot.model import Desired
-    from epfiot.service import Manifests, Service
+    from epfiot.service import Service
 
 WAITING = 3  # plan --detailed-exitcode: nothing to apply, but some resource waits for the host to change
 
@@ -25,13 +27,23 @@ def show(args: argparse.Namespace, what: Manifests | Desired, scoped: tuple[Serv
     from epfiot import render
     from epfiot.plan import Verb
 
+    out = getattr(args, "out", None)  # plan -out FILE; the API's plans save none
+    if out is not None:
+        from epfiot.cli.saved import refuse_stdin
+
+        refuse_stdin(args)
     svc, caller = scoped or service(args)
-    result = svc.plan_run(caller, what, options_from(args))
+    desired = svc.load(caller, what) if isinstance(what, Manifests) else what
+    result = svc.plan_run(caller, desired, options_from(args))
     plan = result.plan
     if args.output == "json":
         print(render.to_json(render.plan_as_dict(plan, pool=result.pool)))
     else:
         print(render.render_plan(plan, verbose=args.verbose, pool=result.pool))
+    if out is not None:
+        from epfiot.cli.saved import save
+
+        print(save(args, desired, result), file=sys.stderr if args.output == "json" else sys.stdout)
     if plan.problems:
         return 1
     if args.detailed_exitcode:

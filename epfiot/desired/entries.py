@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from epfiot import secrets, units
@@ -33,9 +33,11 @@ from epfiot.model import (
     UsbId,
     UsbSelector,
     VmSpec,
-    libvirt_name,
 )
 from epfiot.psk import InvalidKey, PskCredential, ThingKeys, parse_psk_key
+
+if TYPE_CHECKING:
+    from epfiot.salts import SaltStore
 
 MIN_PREFIX, MAX_PREFIX = 8, 30  # a network needs room for the host, a dynamic range and reservations
 T = TypeVar("T")
@@ -47,12 +49,24 @@ def reserved_addresses(net: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address
             net.network_address + 1: "the host's address"}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SecretAccess:
+    """Where a load finds secrets (passwords, keys of things), and whether it reads them at all."""
+
+    env: Mapping[str, str]  # where {env: NAME} secrets are looked up
+    secrets_dirs: tuple[Path, ...] = ()  # where {file: PATH} may point besides the manifest's directory
+    salts: SaltStore | None = None  # the recorded salts of passwords; None: a new random salt at every load
+    read: bool = True  # False: identities only (epfiot delete), no secret read, every credential left out
+    # For manifests read on behalf of a tenant by a process that can read more than the tenant (watch, the
+    # API): the directories {file: PATH} must also lie in. None: no such bound.
+    within: tuple[Path, ...] | None = None
+
+
 @dataclass
 class Entries:
-    env: Mapping[str, str]  # where {env: NAME} passwords are looked up
+    access: SecretAccess
     budget: ExpansionBudget  # the load's, for the #cloud-config of user_data
     problems: list[ManifestProblem] = field(default_factory=list)
-    secret_dirs: tuple[Path, ...] | None = None  # where {file: PATH} secrets may lie (None: anywhere)
 
     def fail(self, where: tuple[str, int, str], message: str) -> None:
         self.problems.append(ManifestProblem(*where, message))
@@ -144,7 +158,7 @@ class Entries:
                 self.fail(where.at(key), f"{key} needs network: (without one the VM has no network interface)")
         credentials = None
         if "credentials" in item:
-            credentials = self.credentials(item["credentials"], owner, item["name"], where)
+            credentials = self.credentials(item["credentials"], owner, stack, item["name"], where)
         devices = self.devices(item.get("devices") or [], where)
         if len(self.problems) > problems_before:
             return None
@@ -170,18 +184,22 @@ class Entries:
             source=where.source,
         )
 
-    def credentials(self, block: dict[str, Any], owner: str, vm: str, where: Where) -> Credentials | None:
+    def credentials(self, block: dict[str, Any], owner: str, stack: str, vm: str, where: Where) -> Credentials | None:
         ok = True
         password_hash = None
-        if "password" in block:
+        if "password" in block and self.access.read:
+            salts, user = self.access.salts, block["user"]
             try:
                 password_hash = secrets.resolve_password(
                     block["password"],
-                    identity=f"{libvirt_name(owner, vm)}:{block['user']}",
                     base_dir=where.doc.directory,
-                    env=self.env,
+                    env=self.access.env,
                     allow_literal=block.get("allow_literal_password", False),
-                    within=self.secret_dirs,
+                    hasher=secrets.hash_password if salts is None else (
+                        lambda password: salts.hash(f"{owner}/{stack}/{vm}", user, password)
+                    ),
+                    secrets_dirs=self.access.secrets_dirs,
+                    within=self.access.within,
                 )
             except secrets.SecretError as e:
                 self.fail(where.at("credentials", "password"), str(e))
@@ -260,7 +278,8 @@ class Entries:
             security if item.get("server_security") == "same"
             else self.psk(item.get("server_security"), where, "server_security")
         )  # fmt: skip
-        if ("security" in item and security is None) or ("server_security" in item and server_security is None):
+        unread = ("security" in item and security is None) or ("server_security" in item and server_security is None)
+        if unread and self.access.read:  # without reading (identities only), no key is there to be had
             ok = False
         if item.get("server_security") == "same" and "security" not in item:
             self.fail(where.at("server_security"), '"same" needs the bootstrap credentials (security:)')
@@ -313,10 +332,13 @@ class Entries:
     def psk(self, block: dict[str, Any] | None, where: Where, name: str) -> PskCredential | None:
         """A schema-valid ``{mode: psk, identity:, key:}`` -> its credential (the key read and checked
         here; messages name its variable or file, never its text); None and a problem when it is wrong."""
-        if block is None:
+        if block is None or not self.access.read:
             return None
         try:
-            text, origin = secrets.read_secret(block["key"], base_dir=where.doc.directory, env=self.env, what="key", within=self.secret_dirs)
+            text, origin = secrets.read_secret(
+                block["key"], base_dir=where.doc.directory, env=self.access.env, what="key",
+                secrets_dirs=self.access.secrets_dirs, within=self.access.within,
+            )
         except secrets.SecretError as e:
             self.fail(where.at(name, "key"), str(e))
             return None

@@ -15,12 +15,10 @@ mistake in an entry neither hides nor fakes problems elsewhere.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from epfiot.addressing import dhcp_range
-from epfiot.desired.entries import Entries, reserved_addresses
+from epfiot.desired.entries import Entries, SecretAccess, reserved_addresses
 from epfiot.desired.messages import CheckedDocument
 from epfiot.desired.nodes import ExpansionBudget, PathKey, Where
 from epfiot.errors import ManifestError, ManifestProblem
@@ -42,15 +40,11 @@ class _Declared:
 
 
 def build_desired(
-    documents: list[CheckedDocument],
-    env: Mapping[str, str],
-    budget: ExpansionBudget,
-    problems: list[ManifestProblem],
-    secret_dirs: tuple[Path, ...] | None = None,
+    documents: list[CheckedDocument], access: SecretAccess, budget: ExpansionBudget, problems: list[ManifestProblem]
 ) -> Desired:
     """The desired state of all `documents`, or ManifestError with every problem: those in `problems` already
     (reading, YAML, schema) and those found here. `budget`: the load's, for YAML in user_data."""
-    entries = Entries(env, budget, problems, secret_dirs)
+    entries = Entries(access, budget, problems)
     stacks: list[StackSpec] = []
     vms: list[tuple[VmSpec, Where]] = []
     networks: list[tuple[NetworkSpec, Where]] = []

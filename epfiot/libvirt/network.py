@@ -120,6 +120,17 @@ class NetworkIp(XmlObject):
         except ValueError:
             return None
 
+    @property
+    def subnet(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The network this element serves, IPv4 or IPv6 (None when it names no valid address)."""
+        if not self.address:
+            return None
+        prefix = self.prefix or self.netmask
+        try:
+            return ipaddress.ip_interface(f"{self.address}/{prefix}" if prefix else self.address).network
+        except ValueError:
+            return None
+
 
 class Forward(XmlObject):
     """<forward mode=/>; a network without one is isolated."""
@@ -167,6 +178,7 @@ def parse_network(xml: str, *, active: bool) -> ObservedNetwork:
         mode=doc.mode,
         cidr=None,
         bridge=doc.bridge,
+        subnets=tuple(str(subnet) for ip in doc.ips if (subnet := ip.subnet) is not None),
     )
     for ip in doc.ips:
         interface = ip.interface

@@ -6,7 +6,8 @@ and what this module offers. Everything below reaches into aiocoap's internals, 
 where it is done, all checked against aiocoap :data:`CHECKED_VERSION`. When an internal is not where it
 was (another aiocoap version), :func:`udp_endpoint` returns None and the server falls back to the stable
 API where there is one: requests through ``Context.request``, refusals answered by aiocoap, no decoding
-guard. Only the bound port of a server started on port 0 has no fallback.
+guard. Only the bound port of a server started on port 0 has no fallback. CoAP over DTLS (aiocoap's
+tinydtls_server transport) is in :mod:`epfiot.lwm2m.aiocoap_dtls`.
 """
 
 from __future__ import annotations
@@ -278,97 +279,3 @@ def screen_requests(endpoint: UdpEndpoint, screen: Screen) -> None:
         dispatch(message)
 
     endpoint.messages.dispatch_message = dispatched
-
-
-# -- CoAP over DTLS (aiocoap's tinydtls_server transport, DTLSSocket) -----------------------------------
-
-
-def dtls_bind(host: str, port: int) -> tuple[str, int]:
-    """The ``bind`` that makes a tinydtls_server context listen on ``port`` (0: an ephemeral one): aiocoap
-    0.4.17 adds the difference between the CoAPS and CoAP default ports (1) to the port it is given, so
-    5683 binds 5684 and 0 binds 1. That transport refuses the any-address ("::", "0.0.0.0"): it could
-    not tell which of the host's addresses a client reached."""
-    if host in ("::", "0.0.0.0", ""):
-        raise ValueError(
-            "CoAP over DTLS listens on one address (aiocoap's DTLS server cannot bind the any-address)"
-        )
-    return (host, port - 1)
-
-
-def dtls_credentials(lookup: Callable[[bytes], tuple[bytes, str] | None]) -> Any:
-    """The server credentials of a tinydtls_server context: ``lookup`` gives the key of a PSK identity
-    and the endpoint it belongs to, asked at each handshake (so keys added while the server runs work at
-    once). aiocoap 0.4.17 asks ``find_dtls_psk(identity)`` of its server credentials, and reports the
-    name returned with the key as the remote's authenticated claim (:func:`authenticated_endpoint`):
-    here the endpoint, so the handshake's identity decides which thing a client is."""
-    from aiocoap.credentials import CredentialsMap
-
-    class PskLookup(CredentialsMap):  # type: ignore[misc]
-        def __bool__(self) -> bool:  # holds no entries, and an empty map is replaced by aiocoap's own
-            return True
-
-        def find_dtls_psk(self, identity: bytes) -> tuple[bytes, str]:
-            found = lookup(bytes(identity))
-            if found is None:
-                raise KeyError(identity)
-            return found
-
-    return PskLookup()
-
-
-def is_dtls(remote: Any) -> bool:
-    return getattr(remote, "scheme", None) == "coaps"
-
-
-def authenticated_endpoint(remote: Any) -> str | None:
-    """The endpoint whose key a DTLS client's handshake used; None for plain CoAP (or no claim)."""
-    if not is_dtls(remote):
-        return None
-    claims = getattr(remote, "authenticated_claims", None) or [None]
-    claim = claims[0]
-    return claim if isinstance(claim, str) else None
-
-
-def dtls_udp_address(ctx: aiocoap.Context) -> tuple[Any, ...] | None:
-    """The bound socket address of a tinydtls_server context (its pool's transport, aiocoap 0.4.17)."""
-    for interface in getattr(ctx, "request_interfaces", []):
-        messages = getattr(getattr(interface, "token_interface", None), "message_interface", None)
-        pool = getattr(messages, "_pool", None)
-        transport = getattr(pool, "_transport", None)
-        if transport is not None:
-            return tuple(transport.get_extra_info("sockname"))
-    return None
-
-
-def dtls_requester(ctx: aiocoap.Context) -> Requester:
-    """The :class:`Requester` of a tinydtls_server context. ``Context.request`` cannot send there: in
-    aiocoap 0.4.17 that transport recognizes only plain-UDP remotes as its own (its DTLS remotes are not
-    of that class), so a request to a DTLS client finds no interface (NoRequestInterface). Its token
-    manager, handed the request directly, sends it through the client's DTLS session."""
-    interfaces = getattr(ctx, "request_interfaces", [])
-    return Requester(ctx, None, interfaces[0] if len(interfaces) == 1 else None)
-
-
-def claims_follow_the_latest_handshake() -> None:
-    """In aiocoap 0.4.17 a tinydtls_server keeps one key store per client address and port for as long
-    as it keeps the connection, and raises RuntimeError ("DTLS stack tried accessing different keys")
-    when a new handshake from that address uses another identity: a device that comes back from the
-    same port as another one before it (a NAT, a reboot, the kernel reusing an ephemeral port) could then
-    never bootstrap. Here the claim is that of the latest handshake's identity, which is the session the
-    DTLS stack now decrypts with. Done once, before the first DTLS server starts."""
-    try:
-        from aiocoap.transports import tinydtls_server
-    except ImportError:  # pragma: no cover - DTLSSocket missing: the DTLS server cannot start anyway
-        return
-    store = tinydtls_server.SecurityStore
-    if getattr(store, "_epfiot_latest_handshake", False):
-        return
-
-    class LatestHandshakeStore(store):  # type: ignore[misc,valid-type]
-        _epfiot_latest_handshake = True
-
-        def __getitem__(self, identity: bytes) -> bytes:
-            psk, self._claims = self._server_credentials.find_dtls_psk(identity)
-            return psk  # type: ignore[no-any-return]
-
-    tinydtls_server.SecurityStore = LatestHandshakeStore

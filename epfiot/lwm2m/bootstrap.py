@@ -15,6 +15,8 @@ import aiocoap.error
 from aiocoap.numbers.codes import Code
 
 from epfiot.lwm2m import aiocoap_compat as compat
+from epfiot.lwm2m import aiocoap_dtls as dtls
+from epfiot.lwm2m import refusals
 from epfiot.lwm2m.exchange import ClientRejected, Exchange, send_plan
 from epfiot.lwm2m.protocol import (
     BadRequest,
@@ -27,7 +29,7 @@ from epfiot.lwm2m.protocol import (
     parse_bootstrap_query,
 )
 from epfiot.lwm2m.rebootstrap import FinishHistory, RebootstrapRule
-from epfiot.lwm2m.refusals import RefusalReports
+from epfiot.lwm2m.refusals import RefusalCounter, Refusals
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
 from epfiot.psk import KeyFileCache, PskCredential
 from epfiot.registry import (
@@ -75,6 +77,7 @@ class Bootstrapper:
         emit: Emit,
         keys: KeyFileCache | None = None,
         dtls_requester: compat.Requester | None = None,
+        refusal_interval: float = refusals.DEFAULT_INTERVAL,
     ) -> None:
         self.cache = cache
         self._keys = keys
@@ -90,7 +93,7 @@ class Bootstrapper:
         self._history = FinishHistory(rule)
         self._promotions: dict[str, asyncio.TimerHandle] = {}
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._refusals = RefusalReports(self._report_refusal)
+        self._refusals = RefusalCounter(self._report_refusals, refusal_interval)
         # requests aiocoap drops as duplicates are never handed over: weak keys let them go
         self._vetted: weakref.WeakKeyDictionary[aiocoap.Message, tuple[BootstrapRequest, BootstrapTarget]] = (
             weakref.WeakKeyDictionary()
@@ -126,55 +129,88 @@ class Bootstrapper:
         return found
 
     def check(self, request: aiocoap.Message, client: str) -> tuple[BootstrapRequest, BootstrapTarget]:
-        """The Bootstrap-Request and its target, or the ProtocolError to answer (reported here)."""
+        """The Bootstrap-Request and its target, or the ProtocolError to answer (counted here)."""
+        transport = "coaps" if dtls.is_dtls(request.remote) else "coap"
+
+        def refuse(reason: str, endpoint: str | None = None, **extra: str | None) -> None:
+            self._refusals.refused(reason, transport, endpoint, client, **extra)
+
         try:
             path = tuple(request.opt.uri_path)
             query = tuple(request.opt.uri_query)
         except (UnicodeDecodeError, ValueError) as exc:
-            log.info("malformed request from %s: %s", client, exc)
+            log.debug("malformed request from %s: %s", client, exc)
+            refuse(refusals.BAD_REQUEST, detail="malformed options")
             raise BadRequest("malformed options") from None
         if path != ("bs",):
+            refuse(refusals.NO_SUCH_RESOURCE, detail="/" + "/".join(path)[:64])
             raise NotFound("no such resource")
         if request.code != Code.POST:
+            refuse(refusals.METHOD_NOT_ALLOWED, detail=str(request.code))
             raise MethodNotAllowed("only POST /bs is served")
         if self.stopping:
             raise ServiceUnavailable("the bootstrap server is stopping")
         try:
             req = parse_bootstrap_query(query)
         except BadRequest as exc:
-            log.info("bad bootstrap request from %s: %s", client, exc.reason)
+            log.debug("bad bootstrap request from %s: %s", client, exc.reason)
+            refuse(refusals.BAD_REQUEST, detail=exc.reason)
             raise
         try:
             target = self.cache.target(req.endpoint)
         except RegistryError as exc:
-            log.warning("bootstrap of %r from %s: registry unavailable: %s", req.endpoint[:64], client, exc)
+            refuse(refusals.REGISTRY_UNAVAILABLE, req.endpoint, detail=str(exc))
             raise ServiceUnavailable("registry unavailable") from None
         if target is None:
-            self._refusals.report(req.endpoint, client, "unknown endpoint")
+            refuse(refusals.UNKNOWN_ENDPOINT, req.endpoint)
             raise NotFound("unknown endpoint")
-        self._check_identity(request.remote, req.endpoint, client)
+        owner = target.record.config.owner
+        if (reason := self._identity_refusal(request.remote, req.endpoint)) is not None:
+            refuse(reason, req.endpoint, owner=owner)
+            secured = dtls.is_dtls(request.remote)
+            raise Forbidden("authenticated as another thing" if secured else "this thing bootstraps over DTLS only")
         if target.record.config.server_uri is None:
-            self._refusals.report(req.endpoint, client, "waiting for its server (the VM has no address yet)")
+            refuse(refusals.WAITING, req.endpoint, owner=owner)
             raise Forbidden("waiting for its server")
         return req, target
 
-    def _check_identity(self, remote: Any, endpoint: str, client: str) -> None:
+    def _identity_refusal(self, remote: Any, endpoint: str) -> str | None:
         """Over DTLS the handshake's identity decides which thing the client is; a thing that has
         bootstrap credentials bootstraps over DTLS only."""
-        authenticated = compat.authenticated_endpoint(remote)
-        if compat.is_dtls(remote):
-            if authenticated != endpoint:
-                self._refusals.report(endpoint, client, "the DTLS identity belongs to another thing")
-                raise Forbidden("authenticated as another thing")
-            return
+        if dtls.is_dtls(remote):
+            return None if dtls.authenticated_endpoint(remote) == endpoint else refusals.OTHER_IDENTITY
         keys = None if self._keys is None else self._keys.keys().get(endpoint)
         if keys is not None and keys.bootstrap is not None:
-            self._refusals.report(endpoint, client, "a thing with credentials bootstraps over DTLS only")
-            raise Forbidden("this thing bootstraps over DTLS only")
+            return refusals.DTLS_ONLY
+        return None
 
-    def _report_refusal(self, endpoint: str, client: str, reason: str) -> None:
-        log.warning("bootstrap refused for %r from %s: %s", endpoint[:64], client, reason)
-        self._emit(EVENT_REFUSED, endpoint=endpoint[:64], client=client, reason=reason)
+    def handshake_failed(self, client: str) -> None:
+        """A DTLS handshake that did not complete (wrong key, unknown identity, a client gone silent)."""
+        self._refusals.refused(refusals.HANDSHAKE_FAILED, "coaps", None, client)
+
+    def _report_refusals(self, counted: Refusals) -> None:
+        if counted.summary:
+            endpoints = f"endpoints {', '.join(counted.endpoints)} " if counted.endpoints else ""
+            log.warning(
+                "%d more bootstrap requests refused over %s in %.0f s: %s (e.g. %sfrom %s)",
+                counted.count,
+                counted.transport,
+                counted.seconds,
+                counted.reason,
+                endpoints,
+                ", ".join(counted.clients),
+            )
+        else:
+            endpoint = repr(counted.endpoints[0]) if counted.endpoints else "a request"
+            log.warning(
+                "bootstrap refused for %s from %s over %s: %s (more are counted, then summed up every %g s)",
+                endpoint,
+                counted.clients[0],
+                counted.transport,
+                counted.reason,
+                self._refusals.interval,
+            )
+        self._emit(EVENT_REFUSED, **counted.fields())
 
     def accept(
         self, req: BootstrapRequest, target: BootstrapTarget, remote: Any, client: str
@@ -239,7 +275,7 @@ class Bootstrapper:
         return None if keys is None else keys.server
 
     def _send(self, message: aiocoap.Message, blockwise: bool) -> asyncio.Future[aiocoap.Message]:
-        if self._dtls_requester is not None and compat.is_dtls(message.remote):
+        if self._dtls_requester is not None and dtls.is_dtls(message.remote):
             return self._dtls_requester.request(message, blockwise=blockwise)
         return self._requester.request(message, blockwise=blockwise)
 

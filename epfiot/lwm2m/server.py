@@ -29,9 +29,7 @@ address only.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +38,10 @@ from typing import Any
 import aiocoap
 
 from epfiot.lwm2m import aiocoap_compat as compat
+from epfiot.lwm2m import aiocoap_dtls as dtls
+from epfiot.lwm2m import refusals
 from epfiot.lwm2m.bootstrap import STOPPED_DURING_EXCHANGE, Bootstrapper, refusal
+from epfiot.lwm2m.listeners import Listener, open_dtls, open_plain
 from epfiot.lwm2m.protocol import ProtocolError
 from epfiot.lwm2m.rebootstrap import DEFAULT_COUNT, DEFAULT_WINDOW, RebootstrapRule
 from epfiot.lwm2m.registry_access import StatusWriter, TargetCache
@@ -57,8 +58,10 @@ DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_REBOOTSTRAP_COUNT = DEFAULT_COUNT
 DEFAULT_REBOOTSTRAP_WINDOW = DEFAULT_WINDOW
 DEFAULT_FLUSH_INTERVAL = 0.01
-RECEIVE_BUFFER = 1 << 20
 DEFAULT_MAX_CONCURRENT = 16
+DEFAULT_REFUSAL_INTERVAL = refusals.DEFAULT_INTERVAL
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0  # a DTLS handshake not completed by then has failed
+DEFAULT_MAX_DTLS_SESSIONS = 1024  # about 5 KiB each (bench_flood); sessions end when their client closes them
 
 EventCallback = Callable[[str, dict[str, object]], None]
 
@@ -92,7 +95,8 @@ class _Site:
 class BootstrapServer:
     """The bootstrap server: ``await start()``, then ``await stop()`` (or ``async with``).
 
-    ``port`` 0 binds an ephemeral port; :attr:`port` is the bound one after start(). A thing is failed
+    ``port`` 0 binds an ephemeral port, None none (CoAP over DTLS only); :attr:`port` is the bound one
+    after start(). A thing is failed
     for a re-bootstrap loop when it bootstraps ``rebootstrap_count`` times within ``rebootstrap_window``
     seconds (0 turns that off); stop() lets the exchanges in progress finish for up to ``stop_timeout``
     seconds.
@@ -102,7 +106,7 @@ class BootstrapServer:
         self,
         registry_path: Path,
         bind: str = "::",
-        port: int = DEFAULT_PORT,
+        port: int | None = DEFAULT_PORT,
         *,
         on_event: EventCallback | None = None,
         exchange_timeout: float = DEFAULT_EXCHANGE_TIMEOUT,
@@ -113,7 +117,12 @@ class BootstrapServer:
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         dtls_port: int | None = None,
         dtls_bind: str | None = None,
+        refusal_interval: float = DEFAULT_REFUSAL_INTERVAL,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_dtls_sessions: int = DEFAULT_MAX_DTLS_SESSIONS,
     ) -> None:
+        if port is None and dtls_port is None:
+            raise ValueError("the bootstrap server needs plain CoAP or CoAP over DTLS to listen on")
         if exchange_timeout <= 0:
             raise ValueError("exchange_timeout must be positive")
         if max_concurrent < 1:
@@ -132,10 +141,13 @@ class BootstrapServer:
         self._registry: Registry | None = None
         self._writer: StatusWriter | None = None
         self._bootstrapper: Bootstrapper | None = None
-        self._ctx: Any = None
+        self._listeners: list[Listener] = []
+        self._end_dtls_sessions: Callable[[], None] | None = None
         self.requested_dtls_port = dtls_port
         self.dtls_bind = bind if dtls_bind is None else dtls_bind
-        self._dtls_ctx: Any = None
+        self.refusal_interval = refusal_interval
+        self.handshake_timeout = handshake_timeout
+        self.max_dtls_sessions = max_dtls_sessions
         self._dtls_port: int | None = None
         self._port: int | None = None
         self._closed: asyncio.Event | None = None
@@ -143,8 +155,9 @@ class BootstrapServer:
 
     @property
     def port(self) -> int:
+        """The bound plain CoAP port, after start() with a ``port`` (None: only CoAP over DTLS)."""
         if self._port is None:
-            raise RuntimeError("bootstrap server not started")
+            raise RuntimeError("bootstrap server not listening on plain CoAP")
         return self._port
 
     @property
@@ -156,7 +169,7 @@ class BootstrapServer:
 
     @property
     def running(self) -> bool:
-        return self._ctx is not None
+        return bool(self._listeners)
 
     @property
     def in_progress(self) -> int:
@@ -164,102 +177,76 @@ class BootstrapServer:
         return 0 if self._bootstrapper is None else len(self._bootstrapper.active)
 
     async def start(self) -> None:
-        if self._ctx is not None:
+        if self._bootstrapper is not None:
             raise RuntimeError("bootstrap server already started")
-        if self.requested_port != 0:
-            compat.ensure_port_free(self.bind, self.requested_port)
         keys = KeyFileCache(key_file_path(self.registry_path))
         keys.keys()  # a key file that cannot be used stops the start, with its reason
         started = time.time()
         registry = Registry(self.registry_path, busy_timeout=0.1)
+        opened: list[Listener] = []
         try:
             self._expire_orphans(registry, started - self.exchange_timeout)
-            ctx = await aiocoap.Context.create_server_context(
-                None,
-                bind=(self.bind, self.requested_port),
-                loggername="epfiot.lwm2m.coap",
-                transports=["udp6"],
-            )
+            plain = None if self.requested_port is None else await open_plain(self.bind, self.requested_port)
+            opened += [plain] if plain is not None else []
+            secured = None
+            if self.requested_dtls_port is not None:
+                secured = await open_dtls(self.dtls_bind, self.requested_dtls_port, keys)
+                opened.append(secured)
         except BaseException:
+            for listener in opened:
+                await listener.ctx.shutdown()
             registry.close()
             raise
-        try:
-            dtls_ctx = await self._start_dtls(keys) if self.requested_dtls_port is not None else None
-        except BaseException:
-            await ctx.shutdown()
-            registry.close()
-            raise
-        endpoint = compat.udp_endpoint(ctx)
-        if endpoint is not None:
-            self._port = int(endpoint.sock.getsockname()[1])
-            _enlarge_receive_buffer(endpoint.sock, RECEIVE_BUFFER)
-            compat.guard_decoding(endpoint)
-        elif self.requested_port != 0:
-            log.warning(
-                "aiocoap %s is not laid out as %s was: serving without the workarounds for it",
-                importlib.metadata.version("aiocoap"),
-                compat.CHECKED_VERSION,
-            )
-            self._port = self.requested_port
-        else:
-            if dtls_ctx is not None:
-                await dtls_ctx.shutdown()
-            await ctx.shutdown()
-            registry.close()
-            raise RuntimeError(
-                "cannot find the port the bootstrap server was bound to (an aiocoap it does not know)"
-            )
         self._registry = registry
         self._writer = StatusWriter(registry, self._flush_interval)
+        dtls_requester = None if secured is None else dtls.dtls_requester(secured.ctx)
+        requester = compat.Requester(plain.ctx, plain.endpoint) if plain is not None else dtls_requester
+        assert requester is not None
         self._bootstrapper = Bootstrapper(
             keys=keys,
-            dtls_requester=None if dtls_ctx is None else compat.dtls_requester(dtls_ctx),
+            dtls_requester=dtls_requester,
             cache=TargetCache(registry),
             writer=self._writer,
-            requester=compat.Requester(ctx, endpoint),
+            requester=requester,
             rule=self.rebootstrap,
             exchange_timeout=self.exchange_timeout,
             max_concurrent=self.max_concurrent,
             emit=self._emit,
+            refusal_interval=self.refusal_interval,
         )
         # Set once the server can answer (aiocoap documents this for sites that need the context).
-        ctx.serversite = _Site(self._bootstrapper)
-        if dtls_ctx is not None:
-            dtls_ctx.serversite = ctx.serversite
-        if endpoint is not None:
-            compat.screen_requests(endpoint, self._bootstrapper.screen)
-        self._ctx = ctx
+        site = _Site(self._bootstrapper)
+        for listener in opened:
+            listener.ctx.serversite = site
+        if plain is not None and plain.endpoint is not None:
+            compat.screen_requests(plain.endpoint, self._bootstrapper.screen)
+        if secured is not None:
+            self._end_dtls_sessions = dtls.guard_dtls_sessions(
+                secured.ctx,
+                self._bootstrapper.handshake_failed,
+                handshake_timeout=self.handshake_timeout,
+                max_sessions=self.max_dtls_sessions,
+            )
+        self._listeners = opened
+        self._port = None if plain is None else plain.port
+        self._dtls_port = None if secured is None else secured.port
         self._closed = asyncio.Event()
         # Things in bootstrapping since before the start, whose exchange was still young then: had its
         # process lived, their exchange timeout would end within one timeout from now.
         self._sweep = asyncio.get_running_loop().call_later(
             self.exchange_timeout, self._sweep_orphans, started
         )
-        log.info("LwM2M bootstrap server listening on %s port %d (udp)", self.bind, self._port)
-
-    async def _start_dtls(self, keys: KeyFileCache) -> Any:
-        assert self.requested_dtls_port is not None
-        compat.claims_follow_the_latest_handshake()
-        # aiocoap's DTLS server binds one address: "::" there would not accept IPv4 clients as udp6 does
-        ctx = await aiocoap.Context.create_server_context(
-            None,
-            bind=compat.dtls_bind(self.dtls_bind, self.requested_dtls_port),
-            loggername="epfiot.lwm2m.coaps",
-            transports=["tinydtls_server"],
-            server_credentials=compat.dtls_credentials(keys.bootstrap_key),
-        )
-        address = compat.dtls_udp_address(ctx)
-        self._dtls_port = int(address[1]) if address is not None else self.requested_dtls_port
-        self._dtls_ctx = ctx
-        log.info("LwM2M bootstrap server listening on %s port %d (coaps)", self.dtls_bind, self._dtls_port)
-        return ctx
+        if plain is not None:
+            log.info("LwM2M bootstrap server listening on %s port %d (udp)", self.bind, plain.port)
+        if secured is not None:
+            log.info("LwM2M bootstrap server listening on %s port %d (coaps)", self.dtls_bind, secured.port)
 
     async def stop(self) -> None:
         """Stop serving: new Bootstrap-Requests are answered 5.03 Service Unavailable, the exchanges in
         progress get up to ``stop_timeout`` seconds to finish (the rest are cancelled and recorded as
         failed), pending status updates are written, the socket closed. Cancelling stop() (a second
         signal) cancels the exchanges at once."""
-        if self._ctx is None or self._bootstrapper is None:
+        if self._bootstrapper is None:
             return
         if self._bootstrapper.stopping:
             assert self._closed is not None
@@ -292,12 +279,13 @@ class BootstrapServer:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
-        ctx, self._ctx = self._ctx, None
-        dtls_ctx, self._dtls_ctx = self._dtls_ctx, None
+        listeners, self._listeners = self._listeners, []
+        if self._end_dtls_sessions is not None:
+            self._end_dtls_sessions()
+            self._end_dtls_sessions = None
         try:
-            if dtls_ctx is not None:
-                await dtls_ctx.shutdown()
-            await ctx.shutdown()
+            for listener in reversed(listeners):
+                await listener.ctx.shutdown()
         finally:
             if self._writer is not None:
                 self._writer.close()
@@ -348,21 +336,10 @@ class BootstrapServer:
             log.exception("event callback failed for %s", kind)
 
 
-def _enlarge_receive_buffer(sock: socket.socket, size: int) -> None:
-    """Best effort (capped by net.core.rmem_max): many clients bootstrapping at once, e.g. after a power
-    cut, arrive as a burst; the default buffer drops datagrams, each costing the client a retransmission
-    timeout."""
-    try:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    except OSError as exc:
-        log.debug("could not enlarge the receive buffer: %s", exc)
-
-
 async def run_bootstrap_server(
     registry_path: Path,
     bind: str = "::",
-    port: int = DEFAULT_PORT,
+    port: int | None = DEFAULT_PORT,
     on_event: EventCallback | None = None,
     *,
     exchange_timeout: float = DEFAULT_EXCHANGE_TIMEOUT,
@@ -375,7 +352,7 @@ async def run_bootstrap_server(
 ) -> None:
     """Serve bootstrap requests until cancelled, then stop as :meth:`BootstrapServer.stop` does (letting
     the exchanges in progress finish). ``ready`` is called once the socket is bound (e.g. to print the
-    port when ``port`` is 0). ``dtls_port`` (5684 is ``DEFAULT_DTLS_PORT``) also serves CoAP over DTLS, on
+    port when ``port`` is 0; None: no plain CoAP). ``dtls_port`` (5684 is ``DEFAULT_DTLS_PORT``) also serves CoAP over DTLS, on
     ``dtls_bind`` (default ``bind``; it must be one address)."""
     server = BootstrapServer(
         registry_path,

@@ -17,6 +17,7 @@ class Kind(StrEnum):
     NETWORK = "network"
     VM = "vm"
     THING = "thing"
+    FIREWALL = "firewall"  # the host's table that keeps tenants' networks apart (epfiot.firewall)
 
 
 KIND_ORDER = {kind: index for index, kind in enumerate(Kind)}
@@ -35,10 +36,11 @@ class Phase(IntEnum):
 
     UNREGISTER_THINGS = 0
     DESTROY_VMS = 1  # first: frees devices, addresses and networks for what follows
-    NETWORKS = 2
-    VMS = 3
-    REMOVE_NETWORKS = 4
-    THINGS = 5  # last: a thing's server is its VM's address
+    FIREWALL = 2  # before the networks it names exist: no bridge of a tenant is ever open to another
+    NETWORKS = 3
+    VMS = 4
+    REMOVE_NETWORKS = 5
+    THINGS = 6  # last: a thing's server is its VM's address
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Action(NamedTuple):
 
     @property
     def address(self) -> str:
-        return f"{self.kind}/{self.owner}/{self.name}"
+        return f"{self.kind}/{self.owner}/{self.name}"  # the firewall, the host's own, has no owner
 
     @property
     def changes_something(self) -> bool:
@@ -82,6 +84,7 @@ class Action(NamedTuple):
 class Plan:
     actions: tuple[Action, ...] = ()
     problems: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()  # a targeted plan (--target): only these resources and what they need
 
     @classmethod
     def ordered(cls, actions: list[Action], problems: list[str]) -> Plan:
@@ -113,6 +116,7 @@ class Options:
     force: bool = False  # power off at once instead of a graceful shutdown
     keep_disks: bool = False  # pruning a VM keeps its overlay and seed volumes
     prune: bool = True  # destroy managed resources of the given stacks that the manifests no longer declare
+    targets: frozenset[str] = frozenset()  # "vm/alice/example1" ...: plan only these (epfiot.plan.targets)
 
 
 @dataclass(frozen=True)

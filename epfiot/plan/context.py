@@ -3,8 +3,13 @@ planned, the problems met. The planning modules (networks, vms, things) read and
 
 from __future__ import annotations
 
-from epfiot.model import Desired, Observed, Ownership, VmSpec, libvirt_name
+from typing import TYPE_CHECKING
+
+from epfiot.model import Desired, Observed, Ownership, UsbSelector, VmSpec, libvirt_name
 from epfiot.plan.actions import Action, Kind, Options, Phase, UsbResolution, Verb
+
+if TYPE_CHECKING:
+    from epfiot.plan.host_rules import HostRules
 
 
 class Context:
@@ -16,6 +21,7 @@ class Context:
         usb: UsbResolution,
         seed_digests: dict[str, str],
         unread_manifests: frozenset[str] = frozenset(),
+        rules: HostRules | None = None,
     ) -> None:
         self.desired = desired
         self.observed = observed
@@ -23,6 +29,7 @@ class Context:
         self.usb = usb
         self.seed_digests = seed_digests
         self.unread_manifests = unread_manifests  # recorded declaring files that exist but were not given
+        self.rules = rules  # the host's rules (None: checks stay within this apply)
         self.scopes = desired.scopes()
         self.vms = {v.libvirt_name: v for v in observed.vms}
         self.desired_vms = {v.libvirt_name: v for v in desired.vms}
@@ -33,6 +40,8 @@ class Context:
         self.problems: list[str] = list(usb.problems)
         self.pruned: set[str] = set()  # VMs this plan destroys: their reservations are released
         self.actions: list[Action] = []
+        # why a claim whose device is plugged in got none (epfiot.plan.host_usb): shown instead of "not plugged in"
+        self.usb_notes: dict[tuple[str, str, UsbSelector], str] = {}
 
     def in_scope(self, ownership: Ownership | None) -> bool:
         return ownership is not None and (ownership.owner, ownership.stack) in self.scopes

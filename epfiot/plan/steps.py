@@ -255,6 +255,17 @@ class DeleteThing:
         return "unregister endpoint"
 
 
+@dataclass(frozen=True)
+class SyncFirewall:
+    """Make the table `inet epfiot` say which bridge is whose: the host's managed networks read afresh, and
+    the bridges of the networks the plan defines next (`adding`: bridge, owner)."""
+
+    adding: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        return "write the nftables table inet epfiot"
+
+
 Step = (
     DefineVm
     | StartVm
@@ -278,4 +289,5 @@ Step = (
     | RemoveDhcpHost
     | UpsertThing
     | DeleteThing
+    | SyncFirewall
 )

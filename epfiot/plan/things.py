@@ -22,7 +22,13 @@ def plan_things(ctx: Context) -> None:
             ctx.actions.append(_action(spec, Verb.CREATE, "declared, not registered", created, (s.UpsertThing(spec, uri),), notes))
             continue
         if observed.owner != spec.owner:
-            ctx.problems.append(f"{spec.source}: thing {spec.name!r}: this endpoint name is registered by another owner")
+            # Endpoint names are the host's: a tenant learns only that the name is taken.
+            rules = ctx.rules
+            by = f" ({observed.owner}, stack {observed.stack})" if rules is not None and rules.sees(observed.owner) else ""
+            ctx.problems.append(
+                f"{spec.source}: thing {spec.name!r}: this endpoint name is registered by another owner{by}; "
+                "endpoint names are unique on the host"
+            )
             continue
         if observed.stack != spec.stack:
             ctx.problems.append(f"{spec.source}: thing {spec.name!r} belongs to stack {observed.stack!r} of the same owner")

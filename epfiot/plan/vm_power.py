@@ -27,7 +27,7 @@ def compare(u: VmUpdate, steps: list[s.Step], *, devices_missing: bool, force: b
             u.notes.append("restart pending: set allow_restart: true, or restart the VM, to apply all changes")
     blocked = devices_missing and not vm.active and spec.state is not PowerState.SHUTOFF
     if blocked:
-        u.notes.append(f"not started until its required devices are plugged in (wants {spec.state})")
+        u.notes.append(f"not started until its required devices are plugged in and free (wants {spec.state})")
     elif not restarting:
         power = power_steps(vm.libvirt_name, vm.state, spec.state, timeout=spec.shutdown_timeout, force=force)
         if power:

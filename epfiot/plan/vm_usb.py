@@ -23,7 +23,8 @@ def resolve(ctx: Context, spec: VmSpec) -> tuple[Devices, list[str], bool]:
     for selector in spec.devices:
         device = ctx.usb.assignments.get((spec.owner, spec.name, selector))
         if device is None:
-            notes.append(f"USB {selector} is not plugged in" + ("" if selector.required else " (optional)"))
+            why = ctx.usb_notes.get((spec.owner, spec.name, selector)) or f"USB {selector} is not plugged in"
+            notes.append(why + ("" if selector.required else " (optional)"))
             required_missing |= selector.required
         else:
             present.append((device, selector.required))

@@ -80,7 +80,7 @@ def _plan_create(
     if spec.credentials:
         steps.append(s.WriteSeed(spec))
     if devices_missing and spec.state is not PowerState.SHUTOFF:
-        notes.append(f"not started until its required devices are plugged in (state stays shutoff, wants {spec.state})")
+        notes.append(f"not started until its required devices are plugged in and free (state stays shutoff, wants {spec.state})")
     else:
         steps += vm_power.power_steps(spec.libvirt_name, PowerState.SHUTOFF, spec.state, timeout=spec.shutdown_timeout)
     steps += vm_power.address_wait(spec, steps)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from epfiot.errors import UsageError
+from epfiot.eventlog import Retention, retention_from_options
 from epfiot.logs import Format
 from epfiot.watch.scopes import is_under
 
@@ -30,7 +31,7 @@ class WatchConfig:
     parallel: int
     serve: bool
     bind: str
-    port: int
+    port: int | None  # None: no plain CoAP (--no-coap), only CoAP over DTLS
     log_format: Format
     verbose: bool
     dtls_port: int | None = None  # no CoAP over DTLS
@@ -40,6 +41,8 @@ class WatchConfig:
     http: tuple[str, int] | None = None  # the API over HTTP, with bearer tokens; None: not served
     http_rate: float = 20.0  # HTTP requests a second per client address (bursts of twice that); 0: no limit
     host_config: Path | None = None  # None: $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present
+    secrets_dirs: tuple[Path, ...] = ()  # where {file: PATH} secrets may also be
+    event_retention: Retention | None = None  # the bound the event log was last given
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WatchConfig:
@@ -59,10 +62,15 @@ class WatchConfig:
                 raise UsageError(f"--{option.replace('_', '-')} must not be negative")
         if args.resync == 0:
             raise UsageError("--resync must be positive")
-        from epfiot.psk import dtls_listener
+        from epfiot.psk import coap_listener, dtls_listener
+        from epfiot.secrets import secrets_dirs
 
-        dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls)
+        dtls_port, dtls_bind, dtls_note = dtls_listener(args.bind, args.dtls_bind, args.dtls_port, args.dtls, args.port)
         state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+        port = coap_listener(getattr(args, "coap", True), args.port, dtls_port) if args.serve else args.port
+        retention = retention_from_options(
+            getattr(args, "event_log_max_bytes", None), getattr(args, "event_log_max_age", None)
+        )
         return cls(
             paths=tuple(paths),
             uri=str(args.connect or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"),
@@ -77,16 +85,18 @@ class WatchConfig:
             parallel=max(1, args.parallel),
             serve=args.serve,
             bind=args.bind,
-            port=args.port,
+            port=port,
             dtls_port=dtls_port,
             dtls_bind=dtls_bind,
             dtls_note=dtls_note,
+            event_retention=retention,
             log_format=args.log_format,
             verbose=bool(getattr(args, "verbose", False)),
             api_socket=api_socket(args, state_dir),
             http=http_listener(args),
             http_rate=max(0.0, getattr(args, "http_rate", 20.0)),
             host_config=getattr(args, "host_config", None),
+            secrets_dirs=secrets_dirs(getattr(args, "secrets_dir", None)),
         )
 
     @property

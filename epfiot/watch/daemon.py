@@ -289,9 +289,12 @@ class Watcher:
         try:
             await server.start()
         except OSError as error:
-            self.log("serve.failed", f"cannot serve LwM2M bootstrap on [{self.config.bind}]:{self.config.port}: {error}", level="error")
+            self.log("serve.failed", f"cannot serve LwM2M bootstrap: {error}", level="error")
             return None
-        self.log("serve.listening", f"LwM2M bootstrap server on [{self.config.bind}]:{server.port}", bind=self.config.bind, port=server.port)
+        if self.config.port is None:
+            self.log("serve.listening", "LwM2M bootstrap server with plain CoAP off (--no-coap)", bind=self.config.bind, port=None)
+        else:
+            self.log("serve.listening", f"LwM2M bootstrap server on [{self.config.bind}]:{server.port}", bind=self.config.bind, port=server.port)
         dtls = self.config.dtls_note if self.config.dtls_port is None else f"CoAP over DTLS on [{self.config.dtls_bind}]:{server.dtls_port}"
         self.log("serve.dtls", dtls)
         return server
@@ -342,7 +345,7 @@ def run_watch(args: argparse.Namespace, *, api_routes: Callable[[Any], None] | N
     handler = log.bridge_logging("epfiot", "aiocoap", "aiohttp", level=10 if config.verbose else 30)
     ensure_state_dir(config.state_dir)
     policy = svc.policy()
-    events = EventLog.in_state_dir(config.state_dir)
+    events = EventLog.in_state_dir(config.state_dir, config.event_retention)
     try:
         return asyncio.run(Watcher(replace(config, paths=watched_paths(group)), log, group, api_routes=api_routes).run(events, policy))
     finally:

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from epfiot.errors import EpfiotError, HostError, ManifestError, ManifestProblem
 from epfiot.eventlog import EventLog, EventRecorder
-from epfiot.hostconfig import ADMIN, Caller
+from epfiot.hostconfig import ADMIN, Caller, HostConfig
 from epfiot.logs import Log
 from epfiot.model import Desired, StackSpec
+from epfiot.plan.host_rules import HostRules
+from epfiot.salts import SaltStore
 from epfiot.watch.config import WatchConfig, manifest_files
 from epfiot.watch.runs import Observer, record_run
 from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
@@ -106,8 +108,12 @@ class Reconciler:
         caller: Caller = ADMIN,
         scopes_file: str = SCOPES_FILE,
         confined: bool = False,
+        rules: HostRules | None = None,
     ) -> None:
         self.config = config
+        # The host's rules for the caller: its plans are checked against the whole host (other tenants'
+        # networks, USB devices held by any domain, endpoints, quotas). None: a host without a configuration.
+        self.rules = rules if rules is not None else HostRules.of(HostConfig(), caller)
         # Whom the manifests under config.paths act for (epfiot.authz): a tenant's may name only itself as
         # owner. Its events carry the tenant, so that it sees them (epfiot.service.event_owner).
         self.caller = caller
@@ -127,6 +133,7 @@ class Reconciler:
         self.gate = RemovalGate(config.prune_after, clock())
         self.scopes = ScopeMemory(config.state_dir / scopes_file, config.paths)
         self.scopes.load()
+        self.salts = SaltStore.in_state_dir(config.state_dir)  # one for the daemon: it checks each hash once
         self.requeue = Requeue()
         self.reporter = WatchReporter(log, events, self._planned)
         self.managed: frozenset[str] = frozenset()
@@ -209,7 +216,7 @@ class Reconciler:
         files = [p for p in self.config.paths if p.is_file() or any(manifest_files(p))]
         if not files:
             return Desired()  # every manifest was removed: an empty desired state (the scopes remain)
-        manifests = Manifests.from_paths(files)
+        manifests = replace(Manifests.from_paths(files), secrets_dirs=self.config.secrets_dirs)
         if self.confined:
             # A link to a file outside its paths would have this process read it as a manifest.
             roots = self.config.paths
@@ -217,7 +224,10 @@ class Reconciler:
             if outside:
                 raise ManifestError([ManifestProblem(str(f), 0, "", "a link to a file outside the manifest directories: not read") for f in outside])
             manifests = replace(manifests, env={}, secret_dirs=roots)
-        return load_for(self.caller, manifests)
+        self.salts.reload()  # a run of this daemon, or another epfiot, may have dropped or renewed salts
+        desired = load_for(self.caller, manifests, self.salts)
+        self.salts.save()
+        return desired
 
     # --- one run -----------------------------------------------------------------------------------------
 
@@ -297,6 +307,7 @@ class Reconciler:
             parallel=config.parallel,
             skip=lambda action: self.requeue.held(action, now, urgent=urgent),
             reporter=self.reporter,
+            rules=self.rules,
         )
         result = run_once(request)
         elapsed = time.monotonic() - started

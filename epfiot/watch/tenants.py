@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
+from epfiot.plan.host_rules import HostRules
 from epfiot.watch.reconciler import Reconciler, RunReport
 from epfiot.watch.runs import Observer
 from epfiot.watch.scopes import SCOPES_FILE
@@ -48,21 +49,23 @@ class Member:
     config: WatchConfig
     scopes_file: str = SCOPES_FILE
     confined: bool = False  # its secrets only from its own paths, none from watch's environment
+    rules: HostRules | None = None  # the host's rules for `caller` (None: those of a host without a configuration)
 
 
 def members(config: WatchConfig, host: HostConfig, caller: Caller) -> list[Member]:
     """The members of one watch: without tenants (or run by a tenant), the -f paths as `caller`; run by the
     administrator on a host with tenants, one per tenant with manifest directories, then its -f paths."""
     if not host.has_tenants or not caller.is_admin:
-        return [Member(caller, config)]
-    found = [
-        Member(Caller(f"watch for {t.name}", t.name), replace(config, paths=t.manifests), f"watch-scopes.{t.name}.json", confined=True)
-        for t in sorted(host.tenants.values(), key=lambda t: t.name)
-        if t.manifests
-    ]
+        return [Member(caller, config, rules=HostRules.of(host, caller))]
+    found = []
+    for t in sorted(host.tenants.values(), key=lambda t: t.name):
+        if t.manifests:
+            tenant = Caller(f"watch for {t.name}", t.name)
+            paths = replace(config, paths=t.manifests)
+            found.append(Member(tenant, paths, f"watch-scopes.{t.name}.json", confined=True, rules=HostRules.of(host, tenant)))
     own = tuple(p for p in config.paths if host.tenant_of_directory(p) is None)
     if own:
-        found.append(Member(ADMIN, replace(config, paths=own)))
+        found.append(Member(ADMIN, replace(config, paths=own), rules=HostRules.of(host, ADMIN)))
     return found
 
 
@@ -85,7 +88,7 @@ class Reconcilers:
         open_host: Callable[[WatchConfig], Host] | None = None,
     ) -> None:
         self.members = [
-            Reconciler(m.config, log, events, policy, open_host=open_host, caller=m.caller, scopes_file=m.scopes_file, confined=m.confined)
+            Reconciler(m.config, log, events, policy, open_host=open_host, caller=m.caller, scopes_file=m.scopes_file, confined=m.confined, rules=m.rules)
             for m in group
         ]
 
