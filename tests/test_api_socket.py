@@ -212,3 +212,12 @@ def test_saved_plans_are_not_made_through_the_socket(watch: ApiWatch, users: dic
         assert result.returncode == 2 and "saved plans (plan -out FILE, apply FILE) are not made through the epfiot service" in result.stderr, result.stderr
     targeted = as_user(users["alice"], watch, "plan", "-f", manifest(shared, "two.yaml", stack_yaml("alice", "aimed", "spared")), "--target", "vm/alice/aimed")
     assert targeted.returncode == 0 and "vm alice/aimed: create" in targeted.stdout and "spared" not in targeted.stdout, targeted.stderr
+
+
+def test_events_filters_reach_the_service(watch: ApiWatch, users: dict[str, str], shared: Path) -> None:
+    web = manifest(shared, "events.yaml", stack_yaml("alice", "logged", stack="alice-logged"))
+    assert as_user(users["alice"], watch, "apply", "-f", web).returncode == 0
+    done = as_user(users["alice"], watch, "events", "--kind", "action.done", "-o", "json")
+    assert done.returncode == 0 and '"vm/alice/logged"' in done.stdout and '"action.start"' not in done.stdout, done.stderr
+    unknown = as_user(users["alice"], watch, "events", "--kind", "no.such.kind")
+    assert unknown.returncode == 1 and "unknown event kind 'no.such.kind'" in unknown.stderr, unknown.stderr
