@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 spec=specs/lwm2m-guest.yaml
-epfiot=.venv/bin/epfiot
 t0=$(date +%s)
+# epfiot runs where the daemon's networks are: its firewall table (inet epfiot) belongs beside their bridges.
+in_netns=""
+[[ -n ${EPFIOT_NETNS-epfiot} && -e /run/netns/${EPFIOT_NETNS-epfiot} ]] && in_netns="scripts/in-netns.sh "
+epfiot() { ${in_netns}.venv/bin/epfiot "$@"; }
 
 # The demo's password, made once and kept (a new one would change the VM's seed and re-run cloud-init).
 if [[ -z ${ALICE_PASSWORD:-} ]]; then
@@ -16,7 +19,7 @@ if [[ -z ${ALICE_PASSWORD:-} ]]; then
   export ALICE_PASSWORD
 fi
 
-"$epfiot" apply -f "$spec"
+epfiot apply -f "$spec"
 address=$(sed -n 's/^ *address: *\([0-9.]*\).*/\1/p' "$spec" | head -n 1)
 echo
 echo "demo: waiting for the guest to boot and answer SSH at $address (about 1-2 minutes: it runs under emulation here)"
@@ -30,16 +33,14 @@ until scripts/in-netns.sh timeout 2 bash -c "echo >/dev/tcp/$address/22" 2>/dev/
   sleep 2
 done
 printf '\rdemo: the guest answers SSH after %ss\n\n' "$((SECONDS))"
-"$epfiot" get vms
+epfiot get vms
 echo
-"$epfiot" get things
-in_netns=""
-[[ -n ${EPFIOT_NETNS-epfiot} && -e /run/netns/${EPFIOT_NETNS-epfiot} ]] && in_netns="scripts/in-netns.sh "
+epfiot get things
 cat <<EOT
 
 Log in (the guest's network is in the libvirt daemon's network namespace, hence scripts/in-netns.sh):
   ${in_netns}ssh alice@$address          password: $ALICE_PASSWORD  (kept in .state/demo-password)
 The thing prueba bootstraps from \`epfiot serve\` and is sent coap://$address:5683, the LwM2M server in the VM.
-Remove it all: ALICE_PASSWORD=... .venv/bin/epfiot delete -f $spec   (it asks first; then \`make stop\` stops the daemon)
+Remove it all: ALICE_PASSWORD=... ${in_netns}.venv/bin/epfiot delete -f $spec   (it asks first; then \`make stop\` stops the daemon)
 demo: done in $(($(date +%s) - t0)) s
 EOT

@@ -8,13 +8,19 @@
   "<tenant>.*" (or "<tenant>b.*", for a test's second tenant) on the real daemon is removed, whatever the
   test left behind.
 
+- `host` and `run`: a connection to libvirt's test driver (test:///default, one host per process, so a
+  test's VMs must be named by its `tenant` or its own stack), and `run(*argv) -> (code, out, err)`: the CLI
+  in this process against that host, with a state directory of the test's own. A module that needs
+  another host or other options defines fixtures of these names.
+
 Test-driver hosts with USB node devices (and the sysfs files real hosts have) come from tests/hosts/usbhost.py.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -53,3 +59,27 @@ def tenant(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 # --- test-driver host files --------------------------------------------------------------------------------
+
+
+TEST_DRIVER_URI = "test:///default"
+
+
+@pytest.fixture
+def host() -> Iterator[libvirt.virConnect]:
+    conn = libvirt.open(TEST_DRIVER_URI)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def run(tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    from epfiot.cli import main
+
+    state = tmp_path / "state"
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["--connect", TEST_DRIVER_URI, "--state-dir", str(state), *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -5,37 +5,18 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 import yaml
 
-from epfiot.cli import main
 from epfiot.model import vm_mac
 from tests.stacks import write_stack
 
 URI = "test:///default"
 
 
-@pytest.fixture
-def host() -> Iterator[libvirt.virConnect]:
-    conn = libvirt.open(URI)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def run(tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    state = tmp_path / "state"
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["--connect", URI, "--state-dir", str(state), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def define(conn: libvirt.virConnect, name: str, devices: str = "", *, start: bool = True) -> libvirt.virDomain:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -22,23 +21,6 @@ from tests.stacks import vm, write_stack
 URI = "test:///default"
 
 
-@pytest.fixture
-def host() -> Iterator[libvirt.virConnect]:
-    conn = libvirt.open(URI)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def run(tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    state = tmp_path / "state"
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["--connect", URI, "--state-dir", str(state), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def domain_names(conn: libvirt.virConnect) -> set[str]:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import io
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from epfiot.cli import main
 from epfiot.desired import load_manifests
 from epfiot.desired.sources import unread_manifests
 from epfiot.model import Desired, Observed, ObservedThing, ObservedVm, Ownership, PowerState, StackSpec
@@ -27,23 +25,6 @@ URI = "test:///default"
 KEPT_B = "declared in sub/b.yaml, which this apply was not given: kept"
 
 
-@pytest.fixture
-def host() -> Iterator[libvirt.virConnect]:
-    conn = libvirt.open(URI)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def run(tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    state = tmp_path / "state"
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["--connect", URI, "--state-dir", str(state), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def two_files(root: Path) -> tuple[Path, Path]:

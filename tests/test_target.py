@@ -4,13 +4,11 @@ its shared state is held), and the planner's cut on its own."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from epfiot.cli import main
 from epfiot.model import (
     Desired,
     NetworkMode,
@@ -29,23 +27,6 @@ URI = "test:///default"
 WARNING = "Warning: targeted plan (vm/alice/a1): only these resources and what they need are"
 
 
-@pytest.fixture
-def host() -> Iterator[libvirt.virConnect]:
-    conn = libvirt.open(URI)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def run(tmp_path: Path, host: libvirt.virConnect, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    state = tmp_path / "state"
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["--connect", URI, "--state-dir", str(state), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def names(conn: libvirt.virConnect) -> set[str]:
