@@ -188,6 +188,10 @@ def test_removing_a_tenants_network_drops_its_bridge() -> None:
     planned = plan_firewall(plan, (alice, bob), facts(Isolation.of(managed_bridges((alice, bob)))))
     [action] = [a for a in planned.actions if a.kind is Kind.FIREWALL]
     assert action.changes[0].after == "1 tenant, 1 bridge"
+    # After bob's network is gone, not before: rewritten then from the networks there are, once.
+    assert action.phase is Phase.TIDY_FIREWALL
+    order = [a.phase for a in planned.changes]
+    assert order == sorted(order) and order.index(Phase.REMOVE_NETWORKS) < order.index(Phase.TIDY_FIREWALL)
 
 
 def test_without_nft_a_second_tenant_is_a_problem_and_one_tenant_is_not() -> None:

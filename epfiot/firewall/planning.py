@@ -9,9 +9,12 @@ behind epfiot's back is no reason by itself: such an entry is harmless (see epfi
 it goes at the next rewrite.
 
 The action names no tenant (only counts and bridges, whose names are digests): every tenant's plan may
-show it. It runs in Phase.FIREWALL, before the networks are defined: the table names the new bridges
-before they exist, so that no observer ever sees a tenant's bridge the table does not name. Networks the
-plan removes stay in it until they are gone; the run then plans again with `tidy` and drops them.
+show it. When the table lacks a bridge, it runs in Phase.FIREWALL, before the networks are defined: the
+table names the new bridges before they exist, so that no observer ever sees a tenant's bridge the table
+does not name. Networks the plan removes stay in it until they are gone: a rewrite that only drops their
+bridges runs in Phase.TIDY_FIREWALL, after them (the table is written from the networks there are then).
+When a plan both adds and removes, the rewrite before the networks keeps the bridges still running, and the
+run plans again with `tidy` once they are gone.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def plan_firewall(plan: Plan, networks: tuple[ObservedNetwork, ...], facts: Fact
 def firewall_action(wanted: Target, installed: Installed, *, tidy: bool = False) -> Action | None:
     """The action that makes the table say `wanted`, or None when it does already (or need not exist)."""
     current, final = installed.isolation, wanted.isolation
+    phase = Phase.FIREWALL
     if not installed.present:
         if not final.tenants:
             return None
@@ -107,10 +111,11 @@ def firewall_action(wanted: Target, installed: Installed, *, tidy: bool = False)
         reason, verb = f"the table does not name the bridge{'s' if len(missing) > 1 else ''} {', '.join(missing)}", Verb.UPDATE
     elif (wanted.removes or tidy) and current != final:
         reason, verb = "it names networks that are removed", Verb.UPDATE
+        phase = Phase.TIDY_FIREWALL
     else:
         return None
     # Counts, not names: every tenant's plan shows this action, and tenants' names are not for each other.
     before = current.describe() if current is not None else None
     changes = (Change("tenants", before, final.describe()),)
     steps = (s.SyncFirewall(wanted.adding),)
-    return Action(Kind.FIREWALL, "", "", NAME, verb, reason, Phase.FIREWALL, changes, steps)
+    return Action(Kind.FIREWALL, "", "", NAME, verb, reason, phase, changes, steps)

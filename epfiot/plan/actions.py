@@ -40,7 +40,8 @@ class Phase(IntEnum):
     NETWORKS = 3
     VMS = 4
     REMOVE_NETWORKS = 5
-    THINGS = 6  # last: a thing's server is its VM's address
+    TIDY_FIREWALL = 6  # a table that only drops removed networks' bridges: rewritten once they are gone
+    THINGS = 7  # last: a thing's server is its VM's address
 
 
 @dataclass(frozen=True)
