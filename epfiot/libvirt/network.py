@@ -15,7 +15,7 @@ from typing import Any
 import libvirt
 
 from epfiot.errors import HostError
-from epfiot.libvirt.connection import error_code, host_error, host_errors
+from epfiot.libvirt.connection import error_code, host_error, host_errors, lookup_or_none
 from epfiot.libvirt.network_xml import NetworkXml, parse_network, render_network_xml
 from epfiot.model import NetworkSpec, ObservedNetwork
 
@@ -52,12 +52,9 @@ def _persistent_xml(net: Any) -> str:
 
 
 def _lookup(conn: Any, name: str) -> Any | None:
-    try:
-        return conn.networkLookupByName(name)
-    except libvirt.libvirtError as e:
-        if error_code(e) == libvirt.VIR_ERR_NO_NETWORK:
-            return None
-        raise host_error(f"look up network {name}", e) from e
+    return lookup_or_none(
+        conn.networkLookupByName, name, f"look up network {name}", libvirt.VIR_ERR_NO_NETWORK
+    )
 
 
 def _require(conn: Any, name: str, operation: str) -> Any:
