@@ -71,26 +71,25 @@ def _size_bytes(value: object, default_unit: str, hint: str, what: str) -> int:
     return int(scaled)
 
 
+def _whole_units(value: object, unit: str, hint: str, what: str) -> int:
+    """A size as a count of `unit` (a binary prefix: "M" is MiB), a bare number being one; more than 0."""
+    size = _size_bytes(value, unit, hint, what)
+    count, rest = divmod(size, _UNIT_BYTES[unit])
+    if rest:
+        raise ValueError(f"{value!r} is not a whole number of {unit}iB")
+    if count <= 0:
+        raise ValueError(f"{value!r} is not a valid {what} (it must be more than 0)")
+    return count
+
+
 def parse_memory_mib(value: object) -> int:
     """A memory size in MiB: "512MiB" -> 512, "1GiB" -> 1024, 256 -> 256."""
-    size = _size_bytes(value, "M", MEMORY_HINT, "memory size")
-    mib, rest = divmod(size, _UNIT_BYTES["M"])
-    if rest:
-        raise ValueError(f"{value!r} is not a whole number of MiB")
-    if mib <= 0:
-        raise ValueError(f"{value!r} is not a valid memory size (it must be more than 0)")
-    return mib
+    return _whole_units(value, "M", MEMORY_HINT, "memory size")
 
 
 def parse_disk_gib(value: object) -> int:
     """A disk size in GiB: "10GiB" -> 10, "1TiB" -> 1024, 20 -> 20."""
-    size = _size_bytes(value, "G", DISK_HINT, "disk size")
-    gib, rest = divmod(size, _UNIT_BYTES["G"])
-    if rest:
-        raise ValueError(f"{value!r} is not a whole number of GiB")
-    if gib <= 0:
-        raise ValueError(f"{value!r} is not a valid disk size (it must be more than 0)")
-    return gib
+    return _whole_units(value, "G", DISK_HINT, "disk size")
 
 
 def parse_size_bytes(value: object) -> int:

@@ -114,7 +114,7 @@ def test_the_administrator_uses_the_host_state_directory_or_is_warned(host: tupl
 
 
 def test_a_tenants_plan_meets_the_host_rules_without_learning_whose_resources_they_are(shared: Path) -> None:
-    from epfiot.libvirt.network import render_network_xml
+    from epfiot.libvirt.network_xml import render_network_xml
     from epfiot.model import NetworkMode, NetworkSpec
 
     theirs = render_network_xml(NetworkSpec(owner="bob", stack="s", name="lan", mode=NetworkMode.NAT, cidr="10.78.0.0/24"))

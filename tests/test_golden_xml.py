@@ -30,7 +30,7 @@ from epfiot.desired import SecretAccess, load_manifest_text, load_manifests
 from epfiot.libvirt import storage
 from epfiot.libvirt.domain import render_domain_xml
 from epfiot.libvirt.host import LibvirtHost
-from epfiot.libvirt.network import render_network_xml
+from epfiot.libvirt.network_xml import render_network_xml
 from epfiot.model import Desired, HostUsbDevice, NetworkMode, NetworkSpec, UsbId, VmSpec
 from epfiot.plan import Options
 from epfiot.plan import steps as s

@@ -15,7 +15,7 @@ import pytest
 
 from epfiot.addressing import dhcp_range
 from epfiot.errors import HostError
-from epfiot.libvirt import network
+from epfiot.libvirt import network, network_xml
 from epfiot.model import NetworkMode, NetworkSpec
 
 NS = "{https://epfiot.dev/xmlns/resource/1}"
@@ -64,7 +64,7 @@ def observed(c: Any, name: str = "charlie.lan") -> Any:
 )
 def test_render_modes(mode: NetworkMode, forward: str | None) -> None:
     s = spec(mode=mode)
-    root = ET.fromstring(network.render_network_xml(s))
+    root = ET.fromstring(network_xml.render_network_xml(s))
     element = root.find("forward")
     assert (element.get("mode") if element is not None else None) == forward
     bridge = root.find("bridge")
@@ -95,24 +95,24 @@ def test_render_modes(mode: NetworkMode, forward: str | None) -> None:
 )
 def test_render_dhcp_range(cidr: str, start: str | None, end: str | None, want: tuple[str, str]) -> None:
     s = spec(cidr=cidr, dhcp_start=start, dhcp_end=end)
-    element = ET.fromstring(network.render_network_xml(s)).find("ip/dhcp/range")
+    element = ET.fromstring(network_xml.render_network_xml(s)).find("ip/dhcp/range")
     assert element is not None
     assert (element.get("start"), element.get("end")) == want == dhcp_range(s)
 
 
 def test_render_is_deterministic() -> None:
-    assert network.render_network_xml(spec()) == network.render_network_xml(spec())
+    assert network_xml.render_network_xml(spec()) == network_xml.render_network_xml(spec())
 
 
 def test_render_refuses_a_network_too_small() -> None:
     with pytest.raises(ValueError, match="too small"):
-        network.render_network_xml(spec(cidr="10.0.0.0/31"))
+        network_xml.render_network_xml(spec(cidr="10.0.0.0/31"))
 
 
 def test_render_escapes_every_value() -> None:
     nasty = "x'\"<>&</name><forward mode='open'/>"
     s = spec(owner=nasty, stack=nasty, name=nasty, mode=NetworkMode.ISOLATED)
-    root = ET.fromstring(network.render_network_xml(s))  # well-formed
+    root = ET.fromstring(network_xml.render_network_xml(s))  # well-formed
     assert root.findtext("name") == s.libvirt_name
     assert root.find("forward") is None  # nothing injected
     assert [child.tag for child in root] == ["name", "metadata", "bridge", "ip"]
@@ -129,7 +129,7 @@ def test_render_passes_libvirts_schema(mode: NetworkMode, tmp_path: Path) -> Non
     hosts = [{"mac": MAC1, "ip": "10.128.0.10", "name": "vm1"}]
     path = tmp_path / "network.xml"
     path.write_text(
-        network.render_network_xml(spec(mode=mode), uuid="6f4f3c3e-7f2a-4c1e-9a8b-0d1e2f3a4b5c", hosts=hosts)
+        network_xml.render_network_xml(spec(mode=mode), uuid="6f4f3c3e-7f2a-4c1e-9a8b-0d1e2f3a4b5c", hosts=hosts)
     )
     result = subprocess.run(
         ["virt-xml-validate", str(path), "network"], capture_output=True, text=True, check=False

@@ -134,9 +134,9 @@ def test_unread_manifests_are_those_present_below_a_root_and_not_read(tmp_path: 
 def test_the_registry_records_the_declaring_file_without_a_new_revision(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     with sqlite3.connect(path) as db:  # a registry of schema version 1, before files were recorded
-        from epfiot.registry.store import _SCHEMA_V1
+        from epfiot.registry.schema import SCHEMA_V1
 
-        db.executescript(_SCHEMA_V1 + "PRAGMA user_version = 1;")
+        db.executescript(SCHEMA_V1 + "PRAGMA user_version = 1;")
         db.execute(
             "INSERT INTO things (name, owner, stack, vm, server_uri, lifetime, binding, short_server_id, deletes, "
             "writes, status) VALUES ('old', 'alice', 'edge', NULL, 'coap://192.0.2.1', 300, 'U', 1, '[]', '[]', 'pending')"

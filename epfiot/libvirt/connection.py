@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -98,6 +98,17 @@ def host_errors(operation: str) -> Iterator[None]:
 def error_code(error: Any) -> int:
     """A libvirtError's virErrorNumber (0 when it has none)."""
     return int(error.get_error_code() or 0)
+
+
+def lookup_or_none(lookup: Callable[[str], Any], name: str, operation: str, *missing: int) -> Any | None:
+    """`lookup(name)`, or None when libvirt answers with one of the error codes `missing` (there is no
+    such object); any other libvirtError is the HostError of `operation`."""
+    try:
+        return lookup(name)
+    except libvirt.libvirtError as e:
+        if error_code(e) in missing:
+            return None
+        raise host_error(operation, e) from e
 
 
 def is_test_driver(conn: Any) -> bool:

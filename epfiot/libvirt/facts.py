@@ -23,7 +23,7 @@ import libvirt
 from epfiot.errors import HostError
 from epfiot.libvirt import domain as domxml
 from epfiot.libvirt import network, storage, usb
-from epfiot.libvirt.connection import error_code, host_error, host_errors
+from epfiot.libvirt.connection import error_code, host_error, host_errors, lookup_or_none
 from epfiot.model import Observed, ObservedVm
 
 _INACTIVE = libvirt.VIR_DOMAIN_XML_INACTIVE
@@ -124,12 +124,7 @@ def observe(
 
 def find_domain(conn: Any, name: str) -> Any | None:
     """The domain called `name`, or None when there is none."""
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as e:
-        if error_code(e) == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise host_error(f"look up {name}", e) from e
+    return lookup_or_none(conn.lookupByName, name, f"look up {name}", libvirt.VIR_ERR_NO_DOMAIN)
 
 
 def vm_addresses(conn: Any, name: str) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from typing import Any
 import libvirt
 
 from epfiot.errors import HostError
-from epfiot.libvirt.connection import error_code, host_error, host_errors, is_test_driver
+from epfiot.libvirt.connection import error_code, host_error, host_errors, is_test_driver, lookup_or_none
 from epfiot.libvirt.xmlmodel import ScaledInteger, XmlChild, XmlObject, text
 from epfiot.model import (
     ObservedVolume,
@@ -53,12 +53,13 @@ _CHUNK = 256 * 1024
 
 
 def _lookup_pool(conn: Any, pool: str) -> Any | None:
-    try:
-        return conn.storagePoolLookupByName(pool)
-    except libvirt.libvirtError as e:
-        if error_code(e) in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_SUPPORT):
-            return None
-        raise host_error(f"look up storage pool {pool}", e) from e
+    return lookup_or_none(
+        conn.storagePoolLookupByName,
+        pool,
+        f"look up storage pool {pool}",
+        libvirt.VIR_ERR_NO_STORAGE_POOL,
+        libvirt.VIR_ERR_NO_SUPPORT,
+    )
 
 
 def pool_running(conn: Any, pool: str) -> bool:
@@ -178,12 +179,9 @@ def base_images(conn: Any, pool: str) -> tuple[ObservedVolume, ...]:
 
 
 def _lookup_volume(pool: Any, name: str) -> Any | None:
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as e:
-        if error_code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise host_error(f"look up volume {name}", e) from e
+    return lookup_or_none(
+        pool.storageVolLookupByName, name, f"look up volume {name}", libvirt.VIR_ERR_NO_STORAGE_VOL
+    )
 
 
 # --- overlays --------------------------------------------------------------------------------------------

@@ -88,17 +88,25 @@ class _Path:
         return first if isinstance(first, str) else None
 
 
-class XmlProperty(Generic[T]):
-    """The first value `xpath` selects (an attribute's value, or an element's text), converted by
-    `convert`; None when it selects nothing."""
+class _Declared:
+    """What XmlProperty, XmlChild and XmlChildren share: their XPath, compiled with the owner's NAMESPACES
+    when the owner class is made."""
 
-    def __init__(self, xpath: str, convert: Callable[[str], T]) -> None:
+    def __init__(self, xpath: str) -> None:
         self.xpath = xpath
-        self._convert = convert
         self._path: _Path | None = None
 
     def __set_name__(self, owner: type[XmlObject], name: str) -> None:
         self._path = _Path(owner, self.xpath)
+
+
+class XmlProperty(_Declared, Generic[T]):
+    """The first value `xpath` selects (an attribute's value, or an element's text), converted by
+    `convert`; None when it selects nothing."""
+
+    def __init__(self, xpath: str, convert: Callable[[str], T]) -> None:
+        super().__init__(xpath)
+        self._convert = convert
 
     @overload
     def __get__(self, obj: None, owner: type[XmlObject]) -> XmlProperty[T]: ...
@@ -120,16 +128,12 @@ def integer(xpath: str) -> XmlProperty[int]:
     return XmlProperty(xpath, int)
 
 
-class XmlChild(Generic[X]):
+class XmlChild(_Declared, Generic[X]):
     """The first element `xpath` selects, as a `cls`; None when there is none."""
 
     def __init__(self, cls: type[X], xpath: str) -> None:
-        self.xpath = xpath
+        super().__init__(xpath)
         self._cls = cls
-        self._path: _Path | None = None
-
-    def __set_name__(self, owner: type[XmlObject], name: str) -> None:
-        self._path = _Path(owner, self.xpath)
 
     @overload
     def __get__(self, obj: None, owner: type[XmlObject]) -> XmlChild[X]: ...
@@ -142,16 +146,12 @@ class XmlChild(Generic[X]):
         return self._cls(found[0]) if found else None
 
 
-class XmlChildren(Generic[X]):
+class XmlChildren(_Declared, Generic[X]):
     """Every element `xpath` selects, in document order, each as a `cls`."""
 
     def __init__(self, cls: type[X], xpath: str) -> None:
-        self.xpath = xpath
+        super().__init__(xpath)
         self._cls = cls
-        self._path: _Path | None = None
-
-    def __set_name__(self, owner: type[XmlObject], name: str) -> None:
-        self._path = _Path(owner, self.xpath)
 
     @overload
     def __get__(self, obj: None, owner: type[XmlObject]) -> XmlChildren[X]: ...

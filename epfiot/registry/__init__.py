@@ -3,10 +3,12 @@ bootstrap server recorded. A model, not protocol: SQLite and plain data, no CoAP
 
 * :mod:`epfiot.registry.things`: thing configurations (validated), records, statuses, status updates;
 * :mod:`epfiot.registry.store`: the SQLite store (:class:`Registry`);
+* :mod:`epfiot.registry.schema`: its table, migrations and row mapping;
 * :mod:`epfiot.registry.paths`: LwM2M paths ("/3/0/14"), shared with the codecs of :mod:`epfiot.lwm2m`.
 """
 
-from epfiot.registry.store import SCHEMA_VERSION, Registry
+from epfiot.registry.schema import SCHEMA_VERSION
+from epfiot.registry.store import Registry
 from epfiot.registry.things import (
     SECURITY_INSTANCE,
     SECURITY_MANAGED_RESOURCES,

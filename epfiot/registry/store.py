@@ -11,6 +11,8 @@ an old configuration never marks the new one as bootstrapped.
 
 A :class:`Registry` holds one sqlite connection and must be used from one thread; open one per
 thread/process (the server opens its own).
+
+The table, its migrations and the row mapping are :mod:`epfiot.registry.schema`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,14 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
 
+from epfiot.registry.schema import (
+    COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    encode_writes,
+    row_to_record,
+)
 from epfiot.registry.things import (
     STATUS_BOOTSTRAPPED,
     STATUS_BOOTSTRAPPING,
@@ -34,46 +42,10 @@ from epfiot.registry.things import (
     STATUS_WAITING,
     BootstrapTarget,
     RegistryError,
-    ResourceWrite,
     StatusUpdate,
     ThingConfig,
     ThingConflictError,
     ThingRecord,
-)
-
-_T = TypeVar("_T")
-
-SCHEMA_VERSION: Final = 2
-
-_SCHEMA_V1 = """
-CREATE TABLE things (
-    name               TEXT PRIMARY KEY,
-    owner              TEXT NOT NULL,
-    stack              TEXT NOT NULL,
-    vm                 TEXT,
-    server_uri         TEXT,
-    lifetime           INTEGER NOT NULL,
-    binding            TEXT NOT NULL,
-    short_server_id    INTEGER NOT NULL,
-    deletes            TEXT NOT NULL,
-    writes             TEXT NOT NULL,
-    revision           INTEGER NOT NULL DEFAULT 1,
-    status             TEXT NOT NULL,
-    updated_at         REAL,
-    bootstrapped_at    REAL,
-    client_address     TEXT,
-    written_server_uri TEXT,
-    error              TEXT
-) WITHOUT ROWID;
-CREATE INDEX things_owner ON things(owner, name);
-"""
-
-# v2: the file that declared each thing, relative to its root ("": declared before it was recorded, or on stdin)
-_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: "ALTER TABLE things ADD COLUMN manifest TEXT NOT NULL DEFAULT ''"}
-
-_COLUMNS = (
-    "name, owner, stack, vm, server_uri, lifetime, binding, short_server_id, deletes, writes, "
-    "revision, status, updated_at, bootstrapped_at, client_address, written_server_uri, error, manifest"
 )
 
 _UPDATE_STATUS_SQL = (
@@ -84,72 +56,6 @@ _UPDATE_STATUS_SQL = (
     "error = ? "
     "WHERE name = ? AND revision = ? AND server_uri IS NOT NULL"
 )
-
-
-def _encode_writes(writes: Sequence[ResourceWrite]) -> str:
-    return json.dumps([[w.path, w.value] for w in writes], separators=(",", ":"), allow_nan=False)
-
-
-def _stored(cls: type[_T], **fields: Any) -> _T:
-    """Rebuild a frozen config read back from the registry without validating it again: every
-    row was validated when it was written (the bootstrap server reads one per request)."""
-    obj = object.__new__(cls)
-    for name, value in fields.items():
-        object.__setattr__(obj, name, value)
-    return obj
-
-
-def _decode_writes(text: str) -> tuple[ResourceWrite, ...]:
-    return tuple(_stored(ResourceWrite, path=str(path), value=value) for path, value in json.loads(text))
-
-
-def _row_to_record(row: tuple[Any, ...]) -> tuple[ThingRecord, int]:
-    (
-        name,
-        owner,
-        stack,
-        vm,
-        server_uri,
-        lifetime,
-        binding,
-        ssid,
-        deletes,
-        writes,
-        revision,
-        status,
-        updated_at,
-        bootstrapped_at,
-        client_address,
-        written_server_uri,
-        error,
-        manifest,
-    ) = row
-    config = _stored(
-        ThingConfig,
-        name=name,
-        owner=owner,
-        stack=stack,
-        vm=vm,
-        server_uri=server_uri,
-        lifetime=lifetime,
-        binding=binding,
-        short_server_id=ssid,
-        deletes=tuple(json.loads(deletes)),
-        writes=_decode_writes(writes),
-        manifest=manifest,
-    )
-    if server_uri is None:
-        status = STATUS_WAITING
-    record = ThingRecord(
-        config=config,
-        status=status,
-        updated_at=updated_at,
-        bootstrapped_at=bootstrapped_at,
-        client_address=client_address,
-        written_server_uri=written_server_uri,
-        error=error,
-    )
-    return record, int(revision)
 
 
 class Registry:
@@ -202,7 +108,7 @@ class Registry:
                     f"{self.path}: registry schema version {version} is newer than this epfiot ({SCHEMA_VERSION})"
                 )
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target].split(";"):
+                for statement in MIGRATIONS[target].split(";"):
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target}")
@@ -216,12 +122,12 @@ class Registry:
 
     def _things(self, owner: str | None) -> list[ThingRecord]:
         if owner is None:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM things ORDER BY name").fetchall()
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM things ORDER BY name").fetchall()
         else:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM things WHERE owner = ? ORDER BY name", (owner,)
+                f"SELECT {COLUMNS} FROM things WHERE owner = ? ORDER BY name", (owner,)
             ).fetchall()
-        return [_row_to_record(row)[0] for row in rows]
+        return [row_to_record(row)[0] for row in rows]
 
     def get(self, name: str) -> ThingRecord | None:
         target = self.bootstrap_target(name)
@@ -230,10 +136,10 @@ class Registry:
     def bootstrap_target(self, name: str) -> BootstrapTarget | None:
         """The record and config revision of an endpoint (one indexed read)."""
         with self._guard():
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM things WHERE name = ?", (name,)).fetchone()
+            row = self._db.execute(f"SELECT {COLUMNS} FROM things WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
-        record, revision = _row_to_record(row)
+        record, revision = row_to_record(row)
         return BootstrapTarget(record, revision)
 
     def data_version(self) -> int:
@@ -265,7 +171,7 @@ class Registry:
     def _upsert_one(self, config: ThingConfig, now: float) -> None:
         if not isinstance(config, ThingConfig):
             raise TypeError("upsert expects a ThingConfig")
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM things WHERE name = ?", (config.name,)).fetchone()
+        row = self._db.execute(f"SELECT {COLUMNS} FROM things WHERE name = ?", (config.name,)).fetchone()
         status = STATUS_PENDING if config.server_uri is not None else STATUS_WAITING
         values = (
             config.owner,
@@ -276,7 +182,7 @@ class Registry:
             config.binding,
             config.short_server_id,
             json.dumps(list(config.deletes)),
-            _encode_writes(config.writes),
+            encode_writes(config.writes),
         )
         if row is None:
             self._db.execute(
@@ -286,7 +192,7 @@ class Registry:
                 (*values, config.name, status, now, config.manifest),
             )
             return
-        existing, _revision = _row_to_record(row)
+        existing, _revision = row_to_record(row)
         if existing.config.owner != config.owner:
             raise ThingConflictError(
                 f"thing {config.name!r} is already defined by {existing.config.owner!r}; "
@@ -383,11 +289,11 @@ class Registry:
         now = time.time()
         with self._transaction():
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM things WHERE status = ? AND updated_at < ? ORDER BY name",
+                f"SELECT {COLUMNS} FROM things WHERE status = ? AND updated_at < ? ORDER BY name",
                 (STATUS_BOOTSTRAPPING, updated_before),
             ).fetchall()
             expired = [
-                dataclasses.replace(_row_to_record(row)[0], status=STATUS_TIMEOUT, updated_at=now, error=error)
+                dataclasses.replace(row_to_record(row)[0], status=STATUS_TIMEOUT, updated_at=now, error=error)
                 for row in rows
             ]
             self._db.executemany(
