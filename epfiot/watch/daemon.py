@@ -307,7 +307,7 @@ class Watcher:
         from epfiot.api.backend import WorkerBackend
 
         config = self.config
-        backend = WorkerBackend(self.worker, reconciler.live, lambda: reconciler.ready, lambda: reconciler.last_run)
+        backend = WorkerBackend(self.worker, reconciler.live, lambda: reconciler.ready, lambda: reconciler.last_run, reconciler.snapshots, config)
         try:
             hosts = HostConfigSource(config.host_config)
         except EpfiotError as error:
