@@ -96,7 +96,8 @@ class Reconcilers:
             Reconciler(m.config, log, events, policy, open_host=open_host, caller=m.caller, scopes_file=m.scopes_file, confined=m.confined, rules=m.rules)
             for m in group
         ]
-        self.snapshots = Snapshots()  # the host as the last run observed it, for the API's reads
+        # The host as the last run observed it, for the API's reads (None: no API, nothing to publish to).
+        self.snapshots: Snapshots | None = None
 
     @property
     def managed(self) -> frozenset[str]:
@@ -118,7 +119,7 @@ class Reconcilers:
         the host the API reads (on the libvirt test driver every connection has a private host). With one
         member, that member's reconcile observed it last; with more, the others ran after it, so it is
         observed again."""
-        if not self.members:
+        if not self.members or self.snapshots is None:
             return
         first = self.members[0]
         host = first.host
