@@ -15,6 +15,7 @@ from epfiot.hostconfig import Caller
 
 if TYPE_CHECKING:
     from epfiot.host import Host
+    from epfiot.model import Observed
     from epfiot.registry import Registry
 
 HELD_BY_ANOTHER = "(held)"  # what a tenant sees of a USB device another one holds: taken, not by whom
@@ -38,49 +39,28 @@ class HostQueries:
         raise NotImplementedError
 
     # --- queries (epfiot get, epfiot events) ------------------------------------------------------------
+    # The host's rows are made from an Observed that the caller passes: the CLI a fresh one (`observe`),
+    # the API watch's latest (epfiot.watch.snapshot). The same functions either way, so both answer alike.
 
-    def vms(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
-        from dataclasses import replace
-
-        from epfiot import views
-
+    def observe(self) -> Observed:
+        """The host as it is now, with the addresses of its running epfiot VMs (what the rows show)."""
         with self._host() as host:
-            observed = host.observe()
-            running = [v.libvirt_name for v in observed.vms if v.managed and v.active and caller.may_touch(v.ownership.owner if v.ownership else "")]
-            if running:  # their addresses only, not a second observation of everything
-                observed = replace(observed, vm_addresses={name: host.vm_addresses(name) for name in running})
-        return authz.visible(caller, views.vm_rows(observed, owner=owner), _owner)
+            return with_addresses(host, host.observe())
 
-    def vm(self, caller: Caller, owner: str, name: str) -> dict[str, object]:
-        what = f"vm {owner}/{name}"
-        try:
-            authz.require(caller, owner, what)
-        except authz.NotAllowed as refused:
-            raise NotFound(str(refused)) from None
-        for row in self.vms(caller, owner):
-            if row["name"] == name:
-                return row
-        raise NotFound(f"{what} does not exist")
+    def vms(self, caller: Caller, observed: Observed, owner: str | None = None) -> list[dict[str, object]]:
+        return vm_rows(caller, observed, owner)
 
-    def usb(self, caller: Caller) -> list[dict[str, object]]:
-        """The host's USB devices; for a tenant, `held_by` names only its own VMs (another's: "(held)")."""
-        from epfiot import views
-        from epfiot.usb import held_by
+    def vm(self, caller: Caller, observed: Observed, owner: str, name: str) -> dict[str, object]:
+        return vm_row(caller, observed, owner, name)
 
-        with self._host() as host:
-            observed = host.observe()
-        holders = held_by(observed.vms, observed.usb)
-        if not caller.is_admin:
-            mine = f"{caller.tenant}/"
-            holders = {dev: (label if label.startswith(mine) else HELD_BY_ANOTHER) for dev, label in holders.items()}
-        return views.usb_rows(observed.usb, holders)
+    def usb(self, caller: Caller, observed: Observed) -> list[dict[str, object]]:
+        return usb_rows(caller, observed)
 
-    def networks(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
-        from epfiot import views
+    def networks(self, caller: Caller, observed: Observed, owner: str | None = None) -> list[dict[str, object]]:
+        return network_rows(caller, observed, owner)
 
-        with self._host() as host:
-            observed = host.observe()
-        return authz.visible(caller, views.network_rows(observed, owner=owner), _owner)
+    def images(self, caller: Caller, observed: Observed) -> list[dict[str, object]]:
+        return image_rows(observed)
 
     def things(self, caller: Caller, owner: str | None = None) -> list[dict[str, object]]:
         from epfiot import views
@@ -93,17 +73,6 @@ class HostQueries:
         finally:
             registry.close()
         return authz.visible(caller, rows, _owner)
-
-    def images(self, caller: Caller) -> list[dict[str, object]]:
-        from epfiot.model import is_epfiot_volume
-
-        with self._host() as host:
-            observed = host.observe()
-        return [
-            {"name": v.name, "pool": v.pool, "capacity_mib": v.capacity_bytes // (1024 * 1024)}
-            for v in observed.volumes
-            if not is_epfiot_volume(v.name)
-        ]
 
     def events(
         self,
@@ -134,6 +103,66 @@ class HostQueries:
         if owner is not None:
             events = [e for e in events if authz.event_owner(e) == owner]
         return [e.as_dict() for e in authz.visible(caller, events, authz.event_owner)]
+
+
+def with_addresses(host: Host, observed: Observed) -> Observed:
+    """`observed` with the addresses of every running epfiot VM it does not know them of yet (an observation
+    made for a reconcile has only those its plan needs)."""
+    from dataclasses import replace
+
+    missing = [v.libvirt_name for v in observed.vms if v.managed and v.active and v.libvirt_name not in observed.vm_addresses]
+    if not missing:
+        return observed
+    return replace(observed, vm_addresses={**observed.vm_addresses, **{name: host.vm_addresses(name) for name in missing}})
+
+
+def vm_rows(caller: Caller, observed: Observed, owner: str | None = None) -> list[dict[str, object]]:
+    """`epfiot get vms -o json`: the caller's VMs (of `owner`, when given)."""
+    from epfiot import views
+
+    return authz.visible(caller, views.vm_rows(observed, owner=owner), _owner)
+
+
+def vm_row(caller: Caller, observed: Observed, owner: str, name: str) -> dict[str, object]:
+    """One VM; NotFound for one that is not there or not the caller's (the same answer)."""
+    what = f"vm {owner}/{name}"
+    try:
+        authz.require(caller, owner, what)
+    except authz.NotAllowed as refused:
+        raise NotFound(str(refused)) from None
+    for row in vm_rows(caller, observed, owner):
+        if row["name"] == name:
+            return row
+    raise NotFound(f"{what} does not exist")
+
+
+def usb_rows(caller: Caller, observed: Observed) -> list[dict[str, object]]:
+    """The host's USB devices; for a tenant, `held_by` names only its own VMs (another's: "(held)")."""
+    from epfiot import views
+    from epfiot.usb import held_by
+
+    holders = held_by(observed.vms, observed.usb)
+    if not caller.is_admin:
+        mine = f"{caller.tenant}/"
+        holders = {dev: (label if label.startswith(mine) else HELD_BY_ANOTHER) for dev, label in holders.items()}
+    return views.usb_rows(observed.usb, holders)
+
+
+def network_rows(caller: Caller, observed: Observed, owner: str | None = None) -> list[dict[str, object]]:
+    from epfiot import views
+
+    return authz.visible(caller, views.network_rows(observed, owner=owner), _owner)
+
+
+def image_rows(observed: Observed) -> list[dict[str, object]]:
+    """The base images of the pool: the host's, seen by all."""
+    from epfiot.model import is_epfiot_volume
+
+    return [
+        {"name": v.name, "pool": v.pool, "capacity_mib": v.capacity_bytes // (1024 * 1024)}
+        for v in observed.volumes
+        if not is_epfiot_volume(v.name)
+    ]
 
 
 def _owner(row: dict[str, object]) -> str | None:

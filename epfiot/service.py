@@ -3,7 +3,7 @@ each on behalf of a Caller (epfiot.hostconfig) and through the one authorization
 
     service = Service.from_host_config(load_host_config(), uri="qemu:///system")
     caller = service.local_caller()                 # or config.caller_for_token / caller_for_uid (API)
-    service.vms(caller)                             # == `epfiot get vms -o json`
+    service.vms(caller, service.observe())          # == `epfiot get vms -o json`
     service.plan(caller, Manifests.from_text(body, "stack.yaml"))   # == `epfiot plan -o json`
     service.apply(caller, Manifests.from_paths(["stacks/"]), approve=True)   # == `epfiot apply -o json -y`
 
@@ -11,7 +11,9 @@ Every query returns the plain data (lists and dicts of JSON values) that the mat
 `vms`, `vm`, `usb`, `things`, `networks`, `images` (`epfiot get ...`), `events` (`epfiot events`), `plan`
 (`epfiot plan`), `apply` (`epfiot apply`), `delete` and `delete_vm` (`epfiot delete -f` / `delete vm`;
 these print no JSON today and return the apply form). The `*_run` forms return the reconcile Result for
-front ends that render it themselves (the CLI's text output). The reads are epfiot.queries.HostQueries'.
+front ends that render it themselves (the CLI's text output). The reads are epfiot.queries.HostQueries';
+those of the host render an Observed they are given: `observe()` (a fresh one, as `epfiot get` reads), or
+watch's latest snapshot (the API: epfiot.snapshot).
 
 What a caller is allowed (epfiot.authz): the administrator everything; a tenant only its own. A tenant's
 manifests that name another owner are refused whole (ManifestError, file:line, nothing applied); another

@@ -9,7 +9,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +369,76 @@ def test_a_targeted_plan_through_the_api_plans_only_its_target(watch: ApiWatch) 
     assert [(a["kind"], a["name"], a["action"]) for a in planned["actions"]] == [("vm", "aimed", "create")]
     status, _, body = call(watch, "POST", "/api/v1/plan?target=vm/alice", token="alice", body=text)
     assert status == 400 and "a target is KIND/OWNER/NAME" in body["problems"][0]["message"]
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def observed_at(headers: dict[str, str]) -> float:
+    """The Epfiot-Observed-At header of an answer, as a time.time() value."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(headers["Epfiot-Observed-At"].replace("Z", "+00:00")).timestamp()
+
+
+def test_a_vm_applied_through_the_api_shows_in_the_next_read_from_an_observation_after_the_apply(watch: ApiWatch) -> None:
+    import time
+
+    before = time.time()
+    status, _, applied = apply(watch, "alice", stack_yaml("alice", "fresh1", stack="alice-fresh"))
+    assert status == 200 and [(o["name"], o["ok"]) for o in applied["outcomes"]] == [("fresh1", True)]
+    status, headers, vms = call(watch, "GET", "/api/v1/vms?fields=name,state", token="alice")
+    assert status == 200 and {"name": "fresh1", "state": "running"} in vms
+    # Rendered from the observation the apply ended with, not one older than the apply.
+    assert observed_at(headers) >= before
+    status, headers, vm = call(watch, "GET", "/api/v1/vms/alice/fresh1", token="alice")
+    assert status == 200 and vm["state"] == "running" and observed_at(headers) >= before
+
+
+def test_the_freshness_of_host_reads_is_in_a_header_that_moves_forward_after_a_change(watch: ApiWatch) -> None:
+    for path in ("/api/v1/vms", "/api/v1/usb", "/api/v1/networks", "/api/v1/images"):
+        status, headers, _ = call(watch, "GET", path, token="alice")
+        assert status == 200 and "Epfiot-Observed-At" in headers, path
+    _, headers, _ = call(watch, "GET", "/api/v1/vms", token="alice")
+    first = observed_at(headers)
+    assert apply(watch, "alice", stack_yaml("alice", "later1", stack="alice-later"))[0] == 200
+    _, after, vms = call(watch, "GET", "/api/v1/vms?fields=name", token="alice")
+    assert observed_at(after) > first and {"name": "later1"} in vms
+
+
+def test_a_read_answers_while_a_reconcile_waits_in_the_worker_thread(watch: ApiWatch) -> None:
+    """Another epfiot holds the host lock: watch's reconcile of a saved manifest waits for it in the worker
+    thread, and reads answer meanwhile, from watch's last observation."""
+    from epfiot.state import host_lock
+
+    directory = watch.stacks.parent
+    assert apply(watch, "alice", stack_yaml("alice", "steady1", stack="alice-steady"))[0] == 200
+    mark = watch.process.mark()
+    with host_lock(directory / "state", f"test://{directory / 'host.xml'}", on_wait=lambda _: None):
+        (watch.stacks / "waiting.yaml").write_text(stack_yaml("admin", "waits1", stack="admin-waiting"))
+        watch.process.event("lock.wait", after=mark)
+
+        async def read() -> tuple[int, Any]:
+            # A read that waited for the worker thread would wait for the lock this test holds: it would
+            # never answer, and the bound turns that into a failure rather than a hang.
+            bound = aiohttp.ClientTimeout(total=60)
+            sent = {"Authorization": f"Bearer {TOKENS['alice']}"}
+            async with aiohttp.ClientSession(timeout=bound) as session, session.get(watch.url + "/api/v1/vms?fields=name", headers=sent) as response:
+                return response.status, await response.json()
+
+        status, vms = asyncio.run(read())
+        assert status == 200 and {"name": "steady1"} in vms
+        assert not [r for r in watch.process.since(mark) if r.get("event") == "reconcile.done"]  # still waiting
+    watch.process.event("action.done", after=mark, subject="vm/admin/waits1")
+    # The reconcile's own observation is published once its run is over: the next reads show the VM.
+    shown = lambda: {"owner": "admin", "name": "waits1"} in call(watch, "GET", "/api/v1/vms?fields=owner,name")[2]  # noqa: E731
+    assert eventually(shown)
+    (watch.stacks / "waiting.yaml").unlink()

@@ -300,6 +300,9 @@ def test_the_administrator_sees_every_tenant_with_its_owner(watch: ConsoleWatch,
     assert browser.find_element(By.ID, "caller").text == "administrator"
     assert {"alice/web", "bob/bobs-secret-vm"} <= rows(browser, "data-vm")
     assert "Owner" in [h.get_attribute("textContent") for h in browser.find_elements(By.CSS_SELECTOR, ".rows th")]
+    # The page says when the observation it shows was made, as the API's Epfiot-Observed-At does.
+    shown = browser.find_element(By.CSS_SELECTOR, "[data-field=observed_at] time").get_attribute("datetime")
+    assert shown is not None and shown.endswith("Z") and shown[:4].isdigit()
 
 
 def test_logging_out_or_a_revoked_token_ends_the_session(browser: WebDriver, tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ as the tenant's VMs page shows it in the browser without a reload.
 Why the real daemon: a test-driver host lives inside watch's own process, so nothing outside it can stop
 one of its VMs; on qemu:///system `virsh destroy` does, as an operator would. The VMs have no disk image:
 QEMU runs them (booting nothing), which is all a state needs. watch starts the VM again within moments,
-and every read of the page waits for watch's reconcile to finish (epfiot.api.backend), so the page may never
-catch the VM shut off; what it always shows is the correction: the VM's "last change" becomes watch's
+and the page reads watch's latest observation of the host, which its reconcile publishes once it is over
+(epfiot.snapshot), so the page may never catch the VM shut off; what it always shows is the correction: the VM's "last change" becomes watch's
 action on the drift ("update: is shutoff"), while its state is running. Objects are named after the `tenant` fixture (cleaned up).
 
 Run with scripts/in-netns.sh .venv/bin/pytest tests/test_console_daemon.py.

@@ -89,11 +89,11 @@ def test_a_manifest_given_as_text_is_checked_alike(service: Service) -> None:
 def test_a_tenant_sees_only_its_own_and_anothers_vm_does_not_exist(service: Service, tmp_path: Path, host: LibvirtHost) -> None:
     apply_stack(service, ALICE, tmp_path / "a", "alice", "web")
     apply_stack(service, BOB, tmp_path / "b", "bob", "x")
-    assert [r["owner"] for r in service.vms(ALICE)] == ["alice"]
-    assert [r["owner"] for r in service.vms(ALICE, "bob")] == []
-    assert {r["owner"] for r in service.vms(ADMIN)} == {"alice", "bob"}
-    assert service.vm(ALICE, "alice", "web")["state"] == "running"
-    for ask in (lambda: service.vm(ALICE, "bob", "x"), lambda: service.delete_vm(ALICE, "bob", "x", approve=True)):
+    assert [r["owner"] for r in service.vms(ALICE, service.observe())] == ["alice"]
+    assert [r["owner"] for r in service.vms(ALICE, service.observe(), "bob")] == []
+    assert {r["owner"] for r in service.vms(ADMIN, service.observe())} == {"alice", "bob"}
+    assert service.vm(ALICE, service.observe(), "alice", "web")["state"] == "running"
+    for ask in (lambda: service.vm(ALICE, service.observe(), "bob", "x"), lambda: service.delete_vm(ALICE, "bob", "x", approve=True)):
         with pytest.raises(NotFound, match=r"^vm bob/x does not exist"):
             ask()
     with pytest.raises(NotFound, match=r"^vm alice/gone does not exist"):
@@ -135,12 +135,12 @@ def test_a_tenant_sees_which_devices_are_free_and_which_it_holds_not_who_holds_t
     (tmp_path / "b").mkdir()
     stack = write_stack(tmp_path / "b", "bob", vms=[vm("x", **serial)])
     service.apply(BOB, Manifests.from_paths([stack]), approve=True)
-    (row,) = service.usb(ALICE)
+    (row,) = service.usb(ALICE, service.observe())
     assert (row["vendor_id"], row["held_by"]) == ("10c4", "(held)")
-    assert [r["held_by"] for r in service.usb(BOB)] == ["bob/x"]
-    assert [r["held_by"] for r in service.usb(ADMIN)] == ["bob/x"]
+    assert [r["held_by"] for r in service.usb(BOB, service.observe())] == ["bob/x"]
+    assert [r["held_by"] for r in service.usb(ADMIN, service.observe())] == ["bob/x"]
     service.delete_vm(BOB, "bob", "x", approve=True)
-    assert [r["held_by"] for r in service.usb(ALICE)] == [None]
+    assert [r["held_by"] for r in service.usb(ALICE, service.observe())] == [None]
 
 
 def test_a_manifest_given_as_text_reads_neither_files_nor_the_environment(service: Service, tmp_path: Path) -> None:

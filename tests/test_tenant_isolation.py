@@ -101,7 +101,7 @@ def others(host: LibvirtHost, service: Service) -> object:
 
 def asked(service: Service) -> list[object]:
     """What alice can ask about, each of which must show only hers."""
-    answers: list[object] = [service.vms(ALICE), service.networks(ALICE), service.things(ALICE), service.usb(ALICE)]
+    answers: list[object] = [service.vms(ALICE, service.observe()), service.networks(ALICE, service.observe()), service.things(ALICE), service.usb(ALICE, service.observe())]
     events = service.events(ALICE)
     assert {event_owner_of(e) for e in events} <= {"alice"}
     for listing in answers[:3]:
@@ -145,7 +145,7 @@ def run_as_alice(service: Service, operation: str, argument: Any) -> list[object
             service.apply(ALICE, both, approve=True)
         return []
     if operation == "delete bob's vm":
-        for ask in (service.delete_vm, service.vm):
+        for ask in (service.delete_vm, lambda *who: service.vm(who[0], service.observe(), *who[1:])):
             with pytest.raises(NotFound) as raised:
                 ask(ALICE, "bob", argument)
             assert str(raised.value) == f"vm bob/{argument} does not exist"

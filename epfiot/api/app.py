@@ -22,11 +22,37 @@ from aiohttp import web
 from epfiot.api.auth import HostConfigSource, RateLimiter, authenticate
 from epfiot.api.backend import Backend
 from epfiot.api.metrics import Metrics
+from epfiot.snapshot import Snapshot
 
 BACKEND = web.AppKey("backend", Backend)
 METRICS = web.AppKey("metrics", Metrics)
 HOSTS = web.AppKey("hosts", HostConfigSource)
 INFLIGHT = web.AppKey("inflight", dict[Hashable, "asyncio.Future[bytes]"])  # reads being computed (routes.shared)
+
+
+class Rendered:
+    """The answers rendered from the latest snapshot, by (resource, caller, fields): until the host is
+    observed again, the same read is the same bytes. A newer snapshot forgets them."""
+
+    LIMIT = 256  # answers kept per snapshot
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+        self.bodies: dict[Hashable, bytes] = {}
+
+    def get(self, snapshot: Snapshot, key: Hashable) -> bytes | None:
+        return self.bodies.get(key) if snapshot is self.snapshot else None
+
+    def put(self, snapshot: Snapshot, key: Hashable, body: bytes) -> None:
+        if snapshot is not self.snapshot:
+            if self.snapshot is not None and snapshot.at < self.snapshot.at:
+                return
+            self.snapshot, self.bodies = snapshot, {}
+        if len(self.bodies) < self.LIMIT:
+            self.bodies[key] = body
+
+
+RENDERED = web.AppKey("rendered", Rendered)
 
 MAX_BODY = 1024 * 1024  # a manifest body; larger ones are 413
 
@@ -54,6 +80,7 @@ def build_app(
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[HOSTS] = hosts
     app[INFLIGHT] = {}
+    app[RENDERED] = Rendered()
     routes.setup(app)
     if extra_routes is not None:
         extra_routes(app)

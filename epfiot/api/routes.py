@@ -24,11 +24,14 @@ from epfiot.api.backend import service_for
 from epfiot.errors import EpfiotError
 from epfiot.hostconfig import Caller
 from epfiot.service import Service
+from epfiot.snapshot import Snapshot
 
 T = TypeVar("T")
+Rows = list[dict[str, Any]]
+OBSERVED_AT = "Epfiot-Observed-At"  # the header that says when the observation an answer shows began
 
 PREFIX = "/api/v1"
-SCRAPE_WAIT = 2.0  # seconds /metrics waits for fresh VM and thing counts
+SCRAPE_WAIT = 2.0  # seconds /metrics waits for the VM and thing counts
 LISTS = ("vms", "usb", "networks", "images", "things")
 
 
@@ -84,9 +87,41 @@ async def on_service(request: web.Request, operation: Callable[[Service], T]) ->
     return await request.app[BACKEND].call(lambda live: operation(service_for(live, config)))
 
 
+async def on_reader(request: web.Request, operation: Callable[[Service], T]) -> T:
+    """`operation` in a reader thread, on a service that opens no host connection: things and events from
+    the state directory, host rows rendered from a snapshot (epfiot.api.backend)."""
+    from epfiot.api.app import BACKEND, HOSTS
+
+    return await request.app[BACKEND].read(operation, request.app[HOSTS].get())
+
+
+async def snapshot(request: web.Request) -> Snapshot:
+    """Watch's latest observation of the host: what every read of the host renders (epfiot.snapshot)."""
+    from epfiot.api.app import BACKEND
+
+    return await request.app[BACKEND].snapshot()
+
+
+async def rows(request: web.Request, resource: str, who: Caller) -> tuple[Rows, Snapshot | None]:
+    """The caller's rows of `resource`, as `epfiot get RESOURCE -o json` makes them (epfiot.api.ops), and
+    the snapshot they come from (None for things: the registry, read as it is now)."""
+    operation = ops.READS[resource]
+    if resource not in ops.OF_THE_HOST:
+        return await on_reader(request, lambda svc: operation(svc, who, None)), None
+    taken = await snapshot(request)
+    return await on_reader(request, lambda svc: operation(svc, who, taken.observed)), taken
+
+
+def observed_at(response: web.Response, taken: Snapshot | None) -> web.Response:
+    """Says how fresh the answer is: when the observation it was rendered from began."""
+    if taken is not None:
+        response.headers[OBSERVED_AT] = taken.at_text
+    return response
+
+
 async def shared(request: web.Request, key: Hashable, make: Callable[[], Awaitable[bytes]]) -> bytes:
-    """One computation for identical reads that arrive while it runs (the same list, caller and fields):
-    every read waits for the worker thread, so those waiting together get the same, equally fresh answer."""
+    """One computation for identical reads that arrive while it runs (the same list, caller, fields and
+    snapshot): those waiting together get the same answer, made once."""
     from epfiot.api.app import INFLIGHT
 
     running = request.app[INFLIGHT]
@@ -105,13 +140,23 @@ def lister(resource: str) -> Callable[[web.Request], Any]:
     operation = ops.READS[resource]
 
     async def handler(request: web.Request) -> web.Response:
+        from epfiot.api.app import RENDERED
+
         who = caller(request)
         fields = fields_of(request, resource)
         if isinstance(fields, web.Response):
             return fields
-        # Rows, the fields and the JSON are made in the worker thread: the loop only sends bytes.
-        body = await shared(request, (resource, who, fields), lambda: on_service(request, lambda svc: encode(pick(operation(svc, who), fields))))
-        return web.Response(body=body, content_type="application/json")
+        taken = await snapshot(request) if resource in ops.OF_THE_HOST else None
+        key = (resource, who, fields)
+        bodies = request.app[RENDERED]
+        if taken is not None and (body := bodies.get(taken, key)) is not None:
+            return observed_at(web.Response(body=body, content_type="application/json"), taken)
+        observed = taken.observed if taken is not None else None
+        # Rows, the fields and the JSON are made in a reader thread: the loop only sends bytes.
+        body = await shared(request, (*key, taken), lambda: on_reader(request, lambda svc: encode(pick(operation(svc, who, observed), fields))))
+        if taken is not None:
+            bodies.put(taken, key, body)
+        return observed_at(web.Response(body=body, content_type="application/json"), taken)
 
     handler.__name__ = f"list_{resource}"
     return handler
@@ -123,9 +168,10 @@ async def get_vm(request: web.Request) -> web.Response:
     fields = fields_of(request, "vms")
     if isinstance(fields, web.Response):
         return fields
+    taken = await snapshot(request)
     # Another tenant's VM raises NotFound, exactly as a missing one does (a 404 either way).
-    row = await on_service(request, lambda svc: svc.vm(who, owner, name))
-    return json_response(pick([row], fields)[0])
+    row = await on_reader(request, lambda svc: svc.vm(who, taken.observed, owner, name))
+    return observed_at(json_response(pick([row], fields)[0]), taken)
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -146,7 +192,7 @@ async def list_events(request: web.Request) -> web.Response:
     if isinstance(fields, web.Response):
         return fields
     try:
-        body = await on_service(request, lambda svc: encode(pick(svc.events(who, since, kind, owner=owner, kinds=kinds), fields)))
+        body = await on_reader(request, lambda svc: encode(pick(svc.events(who, since, kind, owner=owner, kinds=kinds), fields)))
     except UsageError as e:  # a kind the event log does not know
         return error(400, str(e))
     return web.Response(body=body, content_type="application/json")
@@ -200,14 +246,16 @@ async def metrics(request: web.Request) -> web.Response:
         return error(403, "metrics are for the administrator")
     counts = request.app[METRICS]
 
-    def refresh(svc: Service) -> None:
-        counts.vm_states(str(v["state"]) for v in svc.vms(who))
-        counts.thing_statuses(str(t["status"]) for t in svc.things(who))
+    async def refresh() -> None:
+        vms, _ = await rows(request, "vms", who)
+        things, _ = await rows(request, "things", who)
+        counts.vm_states(str(v["state"]) for v in vms)
+        counts.thing_statuses(str(t["status"]) for t in things)
 
-    # VMs by state and things by status as they are now; while a long reconcile holds the worker thread,
-    # the values of the last refresh (or reconcile) are served instead of making the scrape wait.
+    # VMs by state (watch's latest observation) and things by status (the registry); before the first
+    # observation is made, the values of the last refresh are served rather than making the scrape wait.
     with contextlib.suppress(TimeoutError, EpfiotError):
-        await asyncio.wait_for(asyncio.shield(on_service(request, refresh)), SCRAPE_WAIT)
+        await asyncio.wait_for(asyncio.shield(refresh()), SCRAPE_WAIT)
     response = web.Response(body=counts.exposition())
     response.headers["Content-Type"] = CONTENT_TYPE
     return response

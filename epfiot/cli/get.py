@@ -17,20 +17,21 @@ def run(args: argparse.Namespace) -> int:
     owner = args.name.partition("/")[0] if args.name and "/" in args.name else args.owner
     svc, caller = service(args)
     wide = args.output == "wide"
+    # The host's rows from an observation made for this command (svc.observe): the CLI reads the live host.
     if resource == "things":
         rows = svc.things(caller, owner)
         columns = views.THING_WIDE_COLUMNS if wide else views.THING_COLUMNS
     elif resource == "vms":
-        rows = svc.vms(caller, owner)
+        rows = svc.vms(caller, svc.observe(), owner)
         columns = views.VM_WIDE_COLUMNS if wide else views.VM_COLUMNS
     elif resource == "usb":
-        rows = svc.usb(caller)
+        rows = svc.usb(caller, svc.observe())
         columns = views.USB_COLUMNS
     elif resource == "networks":
-        rows = svc.networks(caller, owner)
+        rows = svc.networks(caller, svc.observe(), owner)
         columns = views.NETWORK_COLUMNS
     else:
-        rows = svc.images(caller)
+        rows = svc.images(caller, svc.observe())
         columns = views.IMAGE_COLUMNS
     return present(args, resource, rows, columns)
 

@@ -1,8 +1,9 @@
 """What each console page shows: the caller's rows, read through the API's own operations.
 
-Every read is the one the matching GET /api/v1 endpoint makes (epfiot.api.routes.on_service on the live
-host, epfiot.service scoping it to the caller; the last plan through routes.scoped_run): the console filters
-nothing itself, so it shows exactly what the caller's token may see through the API.
+Every read is the one the matching GET /api/v1 endpoint makes (epfiot.api.routes.rows on watch's latest
+observation of the host, epfiot.service scoping it to the caller; the last plan through routes.scoped_run):
+the console filters nothing itself, so it shows exactly what the caller's token may see through the API,
+and says how fresh the observation is, as the API's Epfiot-Observed-At does.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from epfiot.api import ops, routes
+from epfiot.api import routes
 from epfiot.hostconfig import Caller
-from epfiot.service import Service
+from epfiot.snapshot import Snapshot
 
 Rows = list[dict[str, Any]]
 
@@ -30,29 +31,34 @@ def last_by_subject(events: Rows) -> dict[str, dict[str, Any]]:
     return newest
 
 
-async def vms(request: web.Request, who: Caller) -> dict[str, Any]:
-    def read(svc: Service) -> tuple[Rows, Rows]:
-        return ops.READS["vms"](svc, who), svc.events(who, since=VM_EVENTS)
+def freshness(taken: Snapshot | None) -> dict[str, Any]:
+    """When the observation a page shows began, and how long ago (the API's Epfiot-Observed-At)."""
+    if taken is None:
+        return {}
+    return {"observed_at": taken.at_text, "observed_age": round(taken.age(), 1)}
 
-    rows, events = await routes.on_service(request, read)
+
+async def vms(request: web.Request, who: Caller) -> dict[str, Any]:
+    rows, taken = await routes.rows(request, "vms", who)
+    events = await routes.on_reader(request, lambda svc: svc.events(who, since=VM_EVENTS))
     newest = last_by_subject(events)
     for row in rows:
         row["last_event"] = newest.get(f"vm/{row['owner']}/{row['name']}")
-    return {"vms": rows}
+    return {"vms": rows, **freshness(taken)}
 
 
 async def usb(request: web.Request, who: Caller) -> dict[str, Any]:
-    rows = await routes.on_service(request, lambda svc: ops.READS["usb"](svc, who))
-    return {"devices": rows}
+    rows, taken = await routes.rows(request, "usb", who)
+    return {"devices": rows, **freshness(taken)}
 
 
 async def things(request: web.Request, who: Caller) -> dict[str, Any]:
-    rows = await routes.on_service(request, lambda svc: ops.READS["things"](svc, who))
+    rows, _ = await routes.rows(request, "things", who)
     return {"things": rows}
 
 
 async def events(request: web.Request, who: Caller) -> dict[str, Any]:
-    rows = await routes.on_service(request, lambda svc: svc.events(who, since=RECENT_EVENTS))
+    rows = await routes.on_reader(request, lambda svc: svc.events(who, since=RECENT_EVENTS))
     return {"events": list(reversed(rows[-SHOWN_EVENTS:])), "window_hours": int(RECENT_EVENTS // 3600)}
 
 

@@ -199,9 +199,11 @@ class Watcher:
         api: Any = None
         if self.config.api_socket is not None or self.config.http is not None:
             from epfiot.api.metrics import Metrics
+            from epfiot.snapshot import Snapshots
 
             self.metrics = Metrics()
             reconciler.observe_with(self.metrics)
+            reconciler.snapshots = Snapshots()  # what the API reads, published by every run
         if self.config.serve:
             server = await self._start_server(events)
         if (server is not None or not self.config.serve) and self.metrics is not None:
@@ -307,7 +309,9 @@ class Watcher:
         from epfiot.api.backend import WorkerBackend
 
         config = self.config
-        backend = WorkerBackend(self.worker, reconciler.live, lambda: reconciler.ready, lambda: reconciler.last_run)
+        snapshots = reconciler.snapshots
+        assert snapshots is not None, "the API reads the snapshots its runs publish"
+        backend = WorkerBackend(self.worker, reconciler.live, lambda: reconciler.ready, lambda: reconciler.last_run, snapshots, config)
         try:
             hosts = HostConfigSource(config.host_config)
         except EpfiotError as error:

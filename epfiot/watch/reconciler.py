@@ -8,17 +8,18 @@ import contextlib
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from epfiot.errors import EpfiotError, HostError, ManifestError, ManifestProblem
-from epfiot.eventlog import EventLog, EventRecorder
+from epfiot.eventlog import EventLog
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
 from epfiot.logs import Log
-from epfiot.model import Desired, StackSpec
+from epfiot.model import Desired
 from epfiot.plan.host_rules import HostRules
 from epfiot.salts import SaltStore
 from epfiot.watch.config import WatchConfig, manifest_files
+from epfiot.watch.reporter import PlannedRun, RunReport, WatchReporter
 from epfiot.watch.runs import Observer, record_run
 from epfiot.watch.schedule import STARTUP_KEY, RemovalGate, Requeue, desired_keys
 from epfiot.watch.scopes import SCOPES_FILE, ScopeMemory, is_under, scope_is_empty, with_scopes
@@ -28,69 +29,14 @@ if TYPE_CHECKING:
     from epfiot.api.backend import Live
     from epfiot.apply import Outcome
     from epfiot.host import Host
-    from epfiot.plan import Action, Plan
+    from epfiot.model import Observed
+    from epfiot.plan import Plan
     from epfiot.policy import UsbPolicy
-    from epfiot.reconcile import CreatePool, Result
+    from epfiot.reconcile import Result
     from epfiot.registry import Registry
 
 # The reasons that read the manifests again.
 LOAD_REASONS = frozenset({"start", "manifest", "resync"})
-
-
-@dataclass(frozen=True)
-class RunReport:
-    outcome: str  # "ok" | "drift" | "requeued" | "failed" | "disconnected" | "idle" (no valid manifests yet)
-    prune_due: float | None  # when a held removal becomes stable (monotonic)
-    managed: frozenset[str]  # libvirt names of the domains whose events matter
-    retry_due: float | None = None  # when a failed action may be retried (monotonic)
-
-
-@dataclass
-class _Run:
-    """What one reconcile decided before planning, for the reporter's `planned`."""
-
-    desired: Desired
-    planning: Desired  # with the scopes of removed stacks
-    retained: tuple[StackSpec, ...]
-    reasons: frozenset[str]
-    now: float
-    prune: bool
-    drift: list[Action] = field(default_factory=list)
-
-
-class WatchReporter(EventRecorder):
-    """The reconcile Reporter of watch: one log line per step, and the event log."""
-
-    def __init__(self, log: Log, events: EventLog, on_planned: Callable[[Result, bool], None]) -> None:
-        super().__init__(events, "watch")
-        self.log = log
-        self.on_planned = on_planned
-        self.observer: Observer | None = None
-
-    def lock_wait(self, message: str) -> None:
-        self.log("lock.wait", message, level="warning")
-
-    def pool_created(self, pool: CreatePool, seconds: float) -> None:
-        super().pool_created(pool, seconds)
-        self.log("pool.created", f"{pool.describe()} ({seconds:.2f}s)", subject=pool.address, seconds=round(seconds, 3))
-
-    def planned(self, result: Result, applying: bool) -> None:
-        self.on_planned(result, applying)
-
-    def action_started(self, action: Action) -> None:
-        super().action_started(action)
-        self.log("action.start", f"{action.verb}: {action.reason}", subject=action.address, action=str(action.verb))
-
-    def action_finished(self, outcome: Outcome) -> None:
-        super().action_finished(outcome)
-        action = outcome.action
-        if self.observer is not None:
-            self.observer.action(action.kind.value, action.verb.value, outcome.ok)
-        if outcome.ok:
-            self.log("action.done", f"{action.verb} done ({outcome.seconds:.2f}s)", subject=action.address, action=str(action.verb), seconds=round(outcome.seconds, 3))
-        else:
-            message = outcome.message
-            self.log("action.failed", f"{action.verb} failed: {message}", subject=action.address, level="error", action=str(action.verb), error=message, retry=outcome.retry)
 
 
 class Reconciler:
@@ -137,7 +83,7 @@ class Reconciler:
         self.requeue = Requeue()
         self.reporter = WatchReporter(log, events, self._planned)
         self.managed: frozenset[str] = frozenset()
-        self._run: _Run | None = None
+        self._run: PlannedRun | None = None
         self._shown_problems: tuple[str, ...] = ()
         self._shown_plan_problems: tuple[str, ...] = ()
         self._shown_waits: tuple[str, ...] = ()
@@ -145,6 +91,7 @@ class Reconciler:
         self.observer: Observer | None = None
         self.last_run: dict[str, Any] | None = None  # what the last reconcile planned and did (GET /api/v1/plan)
         self._result: tuple[Result, float] | None = None
+        self.observed: Observed | None = None  # what this run last observed of the host (epfiot.snapshot)
 
     def observe_with(self, observer: Observer) -> None:
         self.observer = self.reporter.observer = observer
@@ -235,6 +182,7 @@ class Reconciler:
         """One reconcile. `load`: read the manifests first (default: for the reasons that concern them:
         start, a manifest change, the resync); otherwise the last valid ones are used. A lifecycle event
         must not read files that are being written: their change is still being debounced."""
+        self.observed = None
         if "reconnect" in reasons:
             self.drop_host()
         if load if load is not None else bool(reasons & LOAD_REASONS) or self.desired is None:
@@ -295,7 +243,7 @@ class Reconciler:
         now = self.clock()
         prune = self.gate.prune_allowed(now)
         urgent = "manifest" in reasons  # a saved file does not wait for a failed action's backoff
-        run = self._run = _Run(desired, with_scopes(desired, retained), retained, reasons, now, prune)
+        run = self._run = PlannedRun(desired, with_scopes(desired, retained), retained, reasons, now, prune)
         request = Request(
             host,
             run.planning,
@@ -310,6 +258,7 @@ class Reconciler:
             rules=self.rules,
         )
         result = run_once(request)
+        self.observed = result.observed
         elapsed = time.monotonic() - started
         self._result = (result, elapsed)
         if result.plan.problems:

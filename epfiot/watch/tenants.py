@@ -18,14 +18,19 @@ retry times.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from epfiot.errors import EpfiotError
 from epfiot.hostconfig import ADMIN, Caller, HostConfig
 from epfiot.plan.host_rules import HostRules
-from epfiot.watch.reconciler import Reconciler, RunReport
+from epfiot.snapshot import Snapshots
+from epfiot.watch.reconciler import Reconciler
+from epfiot.watch.reporter import RunReport
 from epfiot.watch.runs import Observer
 from epfiot.watch.scopes import SCOPES_FILE
 
@@ -91,13 +96,17 @@ class Reconcilers:
             Reconciler(m.config, log, events, policy, open_host=open_host, caller=m.caller, scopes_file=m.scopes_file, confined=m.confined, rules=m.rules)
             for m in group
         ]
+        # The host as the last run observed it, for the API's reads (None: no API, nothing to publish to).
+        self.snapshots: Snapshots | None = None
 
     @property
     def managed(self) -> frozenset[str]:
         return frozenset().union(*(r.managed for r in self.members))
 
     def run(self, reasons: frozenset[str], *, load: bool | None = None) -> RunReport:
+        started = time.time()
         reports = [r.run(reasons, load=load) for r in self.members]
+        self._publish(started)
         if not reports:
             return RunReport("idle", None, frozenset())
         outcome = min((r.outcome for r in reports), key=OUTCOMES.index)
@@ -105,12 +114,29 @@ class Reconcilers:
         retries = [r.retry_due for r in reports if r.retry_due is not None]
         return RunReport(outcome, min(prunes, default=None), self.managed, min(retries, default=None))
 
+    def _publish(self, started: float) -> None:
+        """The host as the run left it becomes the API's snapshot: the first member's observation, that of
+        the host the API reads (on the libvirt test driver every connection has a private host). With one
+        member, that member's reconcile observed it last; with more, the others ran after it, so it is
+        observed again."""
+        if not self.members or self.snapshots is None:
+            return
+        first = self.members[0]
+        host = first.host
+        if host is None:
+            return  # libvirt out of reach: the last snapshot stays, with its time
+        with contextlib.suppress(EpfiotError):
+            if len(self.members) == 1 and first.observed is not None:
+                self.snapshots.publish(host, first.observed, started)
+            else:
+                self.snapshots.observe(host)
+
     # --- for the API (epfiot.api): the host, readiness, the last run, metrics --------------------------------
 
     def live(self) -> Live:
         """The first member's host connection (in the worker thread): on the libvirt test driver, whose
         every connection has a private host, the API sees what that member applied."""
-        return self.members[0].live()
+        return replace(self.members[0].live(), snapshots=self.snapshots)
 
     @property
     def ready(self) -> tuple[bool, str]:
