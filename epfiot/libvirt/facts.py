@@ -71,8 +71,9 @@ class DomainFacts:
                 live_xml = max_vcpu = None
                 if state not in _STOPPED:
                     try:
-                        # a running instance's vCPU maximum is fixed until it stops: known per (name, id)
-                        instance = (dom.name(), dom.ID())
+                        # a running instance's vCPU maximum is fixed until it stops: known per (name, id),
+                        # the name being the definition's (one libvirt call fewer than dom.name())
+                        instance = (definition.libvirt_name, dom.ID())
                         max_vcpu = old_max_vcpus.get(instance)
                         if max_vcpu is None:
                             max_vcpu = dom.vcpusFlags(_LIVE_MAXIMUM)
