@@ -142,8 +142,9 @@ class DomainXml(XmlObject):
         memory, current, vcpu = self.memory, self.current_memory, self.vcpu
         resource = self.resource
         max_memory = _mib(memory) if memory is not None else 0
-        max_vcpu = vcpu.maximum if vcpu is not None and vcpu.maximum is not None else 1
-        vcpus = vcpu.current if vcpu is not None and vcpu.current is not None else max_vcpu
+        maximum, plugged = (vcpu.maximum, vcpu.current) if vcpu is not None else (None, None)  # each read once
+        max_vcpu = maximum if maximum is not None else 1
+        vcpus = plugged if plugged is not None else max_vcpu
         mac = self.mac
         return ObservedVm(
             libvirt_name=self.name or "",
