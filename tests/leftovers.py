@@ -44,8 +44,10 @@ def remove_tenant(uri: str, tenant: str) -> None:
     remove_matching(uri, lambda name: name.startswith(prefixes))
 
 
-def remove_matching(uri: str, matches: Callable[[str], bool]) -> list[str]:
-    """Remove every domain, network and storage volume at `uri` whose name `matches`; return their names."""
+def remove_matching(uri: str, matches: Callable[[str], bool], *, start_pools: bool = False) -> list[str]:
+    """Remove every domain, network and storage volume at `uri` whose name `matches`; return their names.
+    `start_pools`: also look into pools that are not running, starting them (a daemon restarted on an old
+    machine may not have autostarted the image pool, whose volumes still pin its base image)."""
     removed: list[str] = []
     undefine = (
         libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
@@ -65,8 +67,12 @@ def remove_matching(uri: str, matches: Callable[[str], bool]) -> list[str]:
                 removed.append(net.name())
                 _quietly(net.destroy)
                 _quietly(net.undefine)
-        for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        for pool in conn.listAllStoragePools():
             try:
+                if not pool.isActive():
+                    if not start_pools:
+                        continue
+                    pool.create(0)
                 pool.refresh()
                 volumes = pool.listAllVolumes()
             except libvirt.libvirtError:
@@ -83,7 +89,7 @@ def remove_matching(uri: str, matches: Callable[[str], bool]) -> list[str]:
 def main() -> int:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     uri = sys.argv[1] if len(sys.argv) > 1 else SYSTEM_URI
-    removed = remove_matching(uri, lambda name: TEST_TENANT.match(name) is not None)
+    removed = remove_matching(uri, lambda name: TEST_TENANT.match(name) is not None, start_pools=True)
     print(f"leftovers: removed {len(removed)} test object(s) at {uri}" + "".join(f"\n  {n}" for n in removed))
     return 0
 
