@@ -26,6 +26,10 @@ recipes=${EPFIOT_IMAGE_RECIPES:-/var/lib/epfiot/image-recipes}  # the recipe eac
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 uri=qemu:///system
 aiocoap_version=0.4.17
+# DTLSSocket (tinydtls) gives aiocoap CoAP over DTLS. It is a C extension: built once as a wheel by the host's
+# venv, whose CPython 3.11 and glibc are the guest's (Debian 12), then installed into the image without a compiler.
+dtlssocket_version=0.2.3
+wheels=${EPFIOT_IMAGE_WHEELS:-build/wheels}
 disk_mib=3072  # virtual size; the qcow2 holds only what is written, and cloud-init grows the root to disk_size
 packages=(
   linux-image-cloud-amd64 initramfs-tools systemd-sysv udev
@@ -60,7 +64,7 @@ mkdir -p "$pool_dir"
 
 # The recipe is this script, the files it copies and the versions it names: when none changed, the image
 # in the cache is the one this recipe makes.
-recipe=$( (cat image/build.sh image/lwm2m-server.py image/files/*; echo "${packages[*]} $aiocoap_version $mirror") \
+recipe=$( (cat image/build.sh image/lwm2m-server.py image/files/*; echo "${packages[*]} $aiocoap_version $dtlssocket_version $mirror") \
   | sha256sum | cut -c1-16)
 out=$cache/$name
 mkdir -p "$cache" "$recipes"
@@ -84,9 +88,19 @@ if ((force)) || [[ ! -f $out || $(cat "$out.recipe" 2>/dev/null) != "$recipe" ]]
     bookworm "$root" "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
     "deb ${mirror%/debian}/debian-security bookworm-security main"
 
-  say "the LwM2M server (aiocoap $aiocoap_version from PyPI), cloud-init settings, boot loader config"
+  say "the LwM2M server (aiocoap $aiocoap_version from PyPI, DTLSSocket $dtlssocket_version), cloud-init settings, boot loader config"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
     --target "$root/opt/lwm2m-server" "aiocoap==$aiocoap_version" 2> >(grep -v "^WARNING: Location" >&2)
+  wheel=$(ls "$wheels"/dtlssocket-"$dtlssocket_version"-cp311-cp311-linux_x86_64.whl 2>/dev/null | head -n 1 || true)
+  if [[ -z $wheel ]]; then
+    [[ -x .venv/bin/pip ]] || die "no .venv to build the DTLSSocket wheel with: run scripts/setup.sh"
+    .venv/bin/pip wheel --quiet --disable-pip-version-check --no-deps "DTLSSocket==$dtlssocket_version" -w "$wheels" \
+      2> >(grep -v "^WARNING: Location" >&2)
+    wheel=$(ls "$wheels"/dtlssocket-"$dtlssocket_version"-cp311-cp311-linux_x86_64.whl 2>/dev/null | head -n 1 || true)
+    [[ -n $wheel ]] || die "no CPython 3.11 wheel of DTLSSocket $dtlssocket_version in $wheels (the guest runs Debian 12's 3.11)"
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
+    --target "$root/opt/lwm2m-server" "$wheel" 2> >(grep -v "^WARNING: Location" >&2)
   install -m 0755 image/lwm2m-server.py "$root/usr/local/sbin/lwm2m-server"
   install -m 0644 image/files/lwm2m-server.service "$root/etc/systemd/system/lwm2m-server.service"
   install -m 0644 image/files/90-epfiot.cfg "$root/etc/cloud/cloud.cfg.d/90-epfiot.cfg"
