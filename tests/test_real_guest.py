@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from tests.lwm2m_client import Lwm2mTestClient
 pytestmark = [pytest.mark.daemon, pytest.mark.guest]
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "lwm2m-guest.yaml"
+SECURED = "prueba-segura"  # a second thing: bootstrapped over DTLS, sent the guest's server as coaps://
 
 
 @dataclass
@@ -59,6 +60,10 @@ class Guest:
     key: Path
     password: str
     uri: str
+    # the secured thing's keys: its bootstrap key (epfiot serve), and the key of the guest's LwM2M server,
+    # which the VM's user-data writes into the guest's PSK file
+    bootstrap_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    server_key: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def conn(self) -> Any:
@@ -73,7 +78,19 @@ class Guest:
     def document(self) -> dict[str, Any]:
         data: dict[str, Any] = yaml.safe_load(SPEC.read_text())
         data["owner"] = self.owner
-        data["vms"][0]["credentials"]["ssh_authorized_keys"] = [Path(f"{self.key}.pub").read_text().strip()]
+        credentials = data["vms"][0]["credentials"]
+        credentials["ssh_authorized_keys"] = [Path(f"{self.key}.pub").read_text().strip()]
+        user_data = yaml.safe_load(credentials["user_data"])
+        user_data["write_files"] = [{
+            "path": "/etc/lwm2m-server/psk", "permissions": "0600",
+            "content": json.dumps({"identity": f"{SECURED}@lwm2m", "key": self.server_key}),
+        }]  # fmt: skip
+        credentials["user_data"] = "#cloud-config\n" + yaml.safe_dump(user_data, sort_keys=False)
+        data["things"].append({
+            "name": SECURED, "vm": data["vms"][0]["name"],
+            "security": {"mode": "psk", "identity": SECURED, "key": {"env": "GUEST_BOOTSTRAP_KEY"}},
+            "server_security": {"mode": "psk", "identity": f"{SECURED}@lwm2m", "key": {"env": "GUEST_SERVER_KEY"}},
+        })  # fmt: skip
         return data
 
     @property
@@ -100,7 +117,8 @@ class Guest:
         return path
 
     def epfiot(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "ALICE_PASSWORD": self.password}
+        env = {**os.environ, "ALICE_PASSWORD": self.password, "GUEST_BOOTSTRAP_KEY": self.bootstrap_key,
+               "GUEST_SERVER_KEY": self.server_key}  # fmt: skip
         env.pop("EPFIOT_VIRT_TYPE", None)  # as users run it: detected (TCG where KVM cannot boot a kernel)
         done = subprocess.run(
             [sys.executable, "-m", "epfiot", "--state-dir", str(self.state), *argv],
@@ -175,8 +193,8 @@ def test_the_scenario_applies_and_a_second_apply_changes_nothing(guest: Guest) -
 
 def test_the_thing_is_sent_the_fixed_address_at_once(guest: Guest) -> None:
     # Before the guest has booted (no DHCP lease yet): the declared address is enough.
-    [thing] = guest.get("things")
-    assert (thing["name"], thing["server_uri"]) == ("prueba", f"coap://{guest.address}:5683")
+    things = {thing["name"]: thing["server_uri"] for thing in guest.get("things")}
+    assert things == {"prueba": f"coap://{guest.address}:5683", SECURED: f"coaps://{guest.address}:5684"}
 
 
 def test_get_vms_shows_the_fixed_address(guest: Guest) -> None:
@@ -246,7 +264,7 @@ def test_a_bootstrapped_thing_registers_at_the_server_in_the_vm(guest: Guest) ->
         serve.terminate()
         serve.communicate(timeout=30)
 
-    [thing] = guest.get("things")
+    [thing] = [t for t in guest.get("things") if t["name"] == "prueba"]
     assert thing["status"] == "bootstrapped"
     lines = guest.ssh("sudo cat /var/lib/lwm2m-server/registrations.jsonl").stdout.splitlines()
     registered = [e for e in map(json.loads, lines) if e["event"] == "register"]
@@ -270,6 +288,45 @@ async def _bootstrap_then_register(bootstrap_port: int, vm_address: str) -> None
         await context.shutdown()
     assert response.code == aiocoap.CREATED, response
     assert response.opt.location_path[0] == "rd"
+
+
+def test_a_secured_thing_bootstraps_over_dtls_and_registers_at_the_server_in_the_vm_over_dtls(guest: Guest) -> None:
+    # The guest's server listens on coaps :5684 because its user-data wrote the PSK file.
+    wait_for("the LwM2M server's DTLS port in the guest", lambda: ":5684 " in guest.ssh("ss -Hlun", check=False).stdout, 180)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "epfiot", "--state-dir", str(guest.state), "serve", "--bind", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        lines = [serve.stdout.readline(), serve.stdout.readline()]
+        match = re.search(r"CoAP over DTLS on \[127\.0\.0\.1\]:(\d+)", "".join(lines))
+        assert match, lines
+        asyncio.run(_bootstrap_then_register_over_dtls(int(match.group(1)), f"coaps://{guest.address}:5684", guest))
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=30)
+
+    [thing] = [t for t in guest.get("things") if t["name"] == SECURED]
+    assert thing["status"] == "bootstrapped"
+    lines = guest.ssh("sudo cat /var/lib/lwm2m-server/registrations.jsonl").stdout.splitlines()
+    registered = [e for e in map(json.loads, lines) if e["event"] == "register" and e["ep"] == SECURED]
+    assert [(e["transport"], e["identity"]) for e in registered] == [("coaps", f"{SECURED}@lwm2m")]
+    assert guest.server_key not in guest.ssh("sudo journalctl -u lwm2m-server --no-pager").stdout
+
+
+async def _bootstrap_then_register_over_dtls(dtls_port: int, server_uri: str, guest: Guest) -> None:
+    import aiocoap
+
+    psk = (SECURED, bytes.fromhex(guest.bootstrap_key))
+    # aiocoap's tinydtls client transport: the bootstrap over DTLS, then the registration over DTLS with
+    # the identity and key the bootstrap server wrote into Security /0/1
+    async with Lwm2mTestClient(SECURED, "127.0.0.1", dtls_port, version="1.0", psk=psk) as client:
+        await client.bootstrap(timeout=30)
+        security = client.objects[0][1]
+        assert security[0] == server_uri.encode()
+        assert (security[3], security[5]) == (f"{SECURED}@lwm2m".encode(), bytes.fromhex(guest.server_key))
+        assert await client.register(timeout=120) == aiocoap.CREATED
 
 
 def _mem_total_kib(guest: Guest) -> int:
