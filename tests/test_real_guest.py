@@ -291,6 +291,8 @@ async def _bootstrap_then_register(bootstrap_port: int, vm_address: str) -> None
 
 
 def test_a_secured_thing_bootstraps_over_dtls_and_registers_at_the_server_in_the_vm_over_dtls(guest: Guest) -> None:
+    # tinydtls for the guest's Python, from the wheel the image was built with
+    guest.ssh("PYTHONPATH=/opt/lwm2m-server python3 -c 'import DTLSSocket.dtls'")
     # The guest's server listens on coaps :5684 because its user-data wrote the PSK file.
     wait_for("the LwM2M server's DTLS port in the guest", lambda: ":5684 " in guest.ssh("ss -Hlun", check=False).stdout, 180)
     serve = subprocess.Popen(
