@@ -127,13 +127,18 @@ def load_policy(path: Path | None = None) -> UsbPolicy:
     """Read the host USB policy: `path`, else $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if it exists."""
     chosen, explicit = policy_path(path)
     try:
-        text = chosen.read_text(encoding="utf-8")
+        data = chosen.read_bytes()
     except FileNotFoundError:
         if explicit:
             raise PolicyError(f"USB policy file {chosen} does not exist") from None
         return UsbPolicy()
     except OSError as e:
         raise PolicyError(f"cannot read USB policy file {chosen}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PolicyError(f"{chosen}:{line}: the USB policy is not UTF-8 text") from None
     return parse_policy(text, str(chosen))
 
 

@@ -366,6 +366,10 @@ def test_loading_the_policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_policy(empty).rules == ()
+    garbled = tmp_path / "garbled.yaml"
+    garbled.write_bytes(b'usb:\n  - id: "18d1:9302"\n    owners: [\xff]\n')
+    with pytest.raises(PolicyError, match=r"garbled\.yaml:3: the USB policy is not UTF-8 text$"):
+        load_policy(garbled)
 
 
 # --- attached hostdevs vs desired ------------------------------------------------------------------------
