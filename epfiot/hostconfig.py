@@ -242,7 +242,7 @@ def _build(data: dict[str, Any], filename: str, line: Any, problems: list[Manife
                 try:
                     sizes[key] = parse(quotas[key])
                 except ValueError as e:
-                    fail(("tenants", name, "quotas", key), f"{quotas[key]!r} is {e}")
+                    fail(("tenants", name, "quotas", key), str(e))
         tenants[name] = Tenant(
             name,
             frozenset(entry.get("users", [])),

@@ -46,3 +46,15 @@ def test_a_tenant_or_admin_not_both() -> None:
     for argv in (("token", "create"), ("token", "create", "alice", "--admin")):
         result = epfiot(*argv)
         assert result.returncode == 2 and "not both" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_token_for_a_tenant_the_configuration_lacks_says_so_and_a_bad_name_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "host.yaml"
+    config.write_text("version: 1\ntenants:\n  alice: {users: [alice]}\n")
+    assert "is not in" not in epfiot("--host-config", str(config), "token", "create", "alice").stdout
+    result = epfiot("--host-config", str(config), "token", "create", "bob")
+    assert result.returncode == 0 and f"(tenant bob is not in {config} yet" in result.stdout, result
+    config.write_text("version: 1\ntenants: [broken\n")  # being edited: a token can still be made
+    assert epfiot("--host-config", str(config), "token", "create", "bob").returncode == 0
+    refused = epfiot("token", "create", "Bob/x")
+    assert refused.returncode == 2 and refused.stderr.strip() == "error: 'Bob/x' is not a tenant name (lowercase letters, digits and '-')"
