@@ -32,7 +32,6 @@ import grp
 import hashlib
 import hmac
 import ipaddress
-import os
 import pwd
 import secrets
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from typing import Any
 
 from epfiot.addressing import within_ranges
 from epfiot.errors import ManifestProblem, UsageError
+from epfiot.hostfiles import chosen_path, read_host_file
 
 DEFAULT_HOST_CONFIG = Path("/etc/epfiot/host.yaml")
 HOST_CONFIG_ENV = "EPFIOT_HOST_CONFIG"
@@ -170,30 +170,14 @@ def token_hash(token: str) -> str:
 
 def host_config_path(path: Path | None) -> tuple[Path, bool]:
     """The file to read and whether it was named explicitly (then it must exist)."""
-    if path is not None:
-        return path, True
-    if env := os.environ.get(HOST_CONFIG_ENV):
-        return Path(env), True
-    return DEFAULT_HOST_CONFIG, False
+    return chosen_path(path, HOST_CONFIG_ENV, DEFAULT_HOST_CONFIG)
 
 
 def load_host_config(path: Path | None = None) -> HostConfig:
     """Read the host configuration: `path`, else $EPFIOT_HOST_CONFIG, else /etc/epfiot/host.yaml if present."""
     chosen, explicit = host_config_path(path)
-    try:
-        data = chosen.read_bytes()
-    except FileNotFoundError:
-        if explicit:
-            raise HostConfigError(f"host configuration {chosen} does not exist") from None
-        return HostConfig()
-    except OSError as e:
-        raise HostConfigError(f"cannot read host configuration {chosen}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise HostConfigError(f"{chosen}:{line}: not UTF-8 text") from None
-    return parse_host_config(text, str(chosen))
+    text = read_host_file(chosen, explicit, "host configuration", HostConfigError)
+    return HostConfig() if text is None else parse_host_config(text, str(chosen))
 
 
 def parse_host_config(text: str, filename: str = "<host config>") -> HostConfig:

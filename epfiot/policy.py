@@ -27,7 +27,6 @@ would take for a number (0403:6001) still means what it says.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from epfiot.errors import UsageError
+from epfiot.hostfiles import chosen_path, read_host_file
 from epfiot.model import NAME_PATTERN, NO_SOURCE, HostUsbDevice, Source, UsbId, UsbSelector
 from epfiot.wording import counted
 
@@ -115,31 +115,14 @@ class UsbPolicy:
 
 def policy_path(path: Path | None) -> tuple[Path, bool]:
     """The policy file to read and whether it was named explicitly (then it must exist)."""
-    if path is not None:
-        return path, True
-    env = os.environ.get(POLICY_ENV)
-    if env:
-        return Path(env), True
-    return DEFAULT_POLICY_PATH, False
+    return chosen_path(path, POLICY_ENV, DEFAULT_POLICY_PATH)
 
 
 def load_policy(path: Path | None = None) -> UsbPolicy:
     """Read the host USB policy: `path`, else $EPFIOT_POLICY, else /etc/epfiot/policy.yaml if it exists."""
     chosen, explicit = policy_path(path)
-    try:
-        data = chosen.read_bytes()
-    except FileNotFoundError:
-        if explicit:
-            raise PolicyError(f"USB policy file {chosen} does not exist") from None
-        return UsbPolicy()
-    except OSError as e:
-        raise PolicyError(f"cannot read USB policy file {chosen}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise PolicyError(f"{chosen}:{line}: the USB policy is not UTF-8 text") from None
-    return parse_policy(text, str(chosen))
+    text = read_host_file(chosen, explicit, "USB policy file", PolicyError)
+    return UsbPolicy() if text is None else parse_policy(text, str(chosen))
 
 
 def parse_policy(text: str, filename: str = "<policy>") -> UsbPolicy:

@@ -102,7 +102,7 @@ def test_no_file_at_the_default_path_is_no_configuration_but_a_named_one_must_ex
     with pytest.raises(HostConfigError, match="does not exist"):
         load_host_config(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_bytes(b"version: 1\ntenants: {}\n\xff\n")
-    with pytest.raises(HostConfigError, match=r"bad.yaml:3: not UTF-8"):
+    with pytest.raises(HostConfigError, match=r"bad.yaml:3: the host configuration is not UTF-8 text$"):
         load_host_config(tmp_path / "bad.yaml")
     monkeypatch.setenv("EPFIOT_HOST_CONFIG", os.fspath(tmp_path / "host.yaml"))
     (tmp_path / "host.yaml").write_text(EXAMPLE)

@@ -368,7 +368,7 @@ def test_loading_the_policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert load_policy(empty).rules == ()
     garbled = tmp_path / "garbled.yaml"
     garbled.write_bytes(b'usb:\n  - id: "18d1:9302"\n    owners: [\xff]\n')
-    with pytest.raises(PolicyError, match=r"garbled\.yaml:3: the USB policy is not UTF-8 text$"):
+    with pytest.raises(PolicyError, match=r"garbled\.yaml:3: the USB policy file is not UTF-8 text$"):
         load_policy(garbled)
 
 
