@@ -42,6 +42,21 @@ def require_own_network_namespace() -> None:
         )
 
 
+def require_guest_host(uri: str) -> None:
+    """Fails the test (not skips: a green run must have booted guests) unless it runs in a namespace of its
+    own and the daemon at `uri` has the base image in its pool."""
+    import libvirt
+
+    require_own_network_namespace()
+    conn = libvirt.open(uri)
+    try:
+        conn.storagePoolLookupByName(POOL).storageVolLookupByName(IMAGE)
+    except libvirt.libvirtError:
+        pytest.fail(f"no {IMAGE} in the image pool {POOL}: run `make image`", pytrace=False)
+    finally:
+        conn.close()
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 2.0) -> T:
     """The first truthy result of `probe()`, polled until `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout

@@ -39,7 +39,7 @@ from tests.guests import (
     SSH_OPTIONS,
     guest_lock,
     keypair,
-    require_own_network_namespace,
+    require_guest_host,
     ssh_with_key,
     wait_for,
 )
@@ -162,14 +162,7 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def guest(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
-    require_own_network_namespace()
-    conn = libvirt.open(system_uri)
-    try:
-        conn.storagePoolLookupByName(POOL).storageVolLookupByName(IMAGE)
-    except libvirt.libvirtError:
-        pytest.fail(f"no {IMAGE} in the image pool {POOL}: run `make image`", pytrace=False)
-    finally:
-        conn.close()
+    require_guest_host(system_uri)
     # The scenario's network and address are fixed (10.128.0.0/24, .141): runs against one daemon take turns.
     with guest_lock():
         directory = tmp_path_factory.mktemp("guest")

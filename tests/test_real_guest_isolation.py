@@ -20,17 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 import yaml
 
 from tests.guests import (
     BOOT_DEADLINE,
     IMAGE,
-    POOL,
     guest_lock,
     keypair,
-    require_own_network_namespace,
+    require_guest_host,
     ssh_with_key,
     wait_for,
 )
@@ -131,14 +129,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(system_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    require_own_network_namespace()
-    conn = libvirt.open(system_uri)
-    try:
-        conn.storagePoolLookupByName(POOL).storageVolLookupByName(IMAGE)
-    except libvirt.libvirtError:
-        pytest.fail(f"no {IMAGE} in the image pool {POOL}: run `make image`", pytrace=False)
-    finally:
-        conn.close()
+    require_guest_host(system_uri)
     with guest_lock():
         owner = "g" + secrets.token_hex(4)  # the second tenant is owner + "b": cleaned up with it
         directory = tmp_path_factory.mktemp("isolation")
